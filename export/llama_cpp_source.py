@@ -1,0 +1,51 @@
+"""llama.cpp's own GGUF converter, taken from the cached source release of the pinned llama-cpp-python."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from importlib import metadata
+from pathlib import Path
+
+from kit import settings
+from kit.errors import UserError
+
+CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def llama_cpp_version() -> str:
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        raise UserError("llama-cpp-python is not installed: run `bash scripts/setup.sh`") from None
+
+
+def converter_root(version: str | None = None) -> Path:
+    """Folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/ (extracted once from the sdist)."""
+    version = version or llama_cpp_version()
+    out = settings.sources_dir() / f"llama.cpp-{version}"
+    if (out / "convert_hf_to_gguf.py").is_file():
+        return out
+    sdist = settings.sources_dir() / f"llama_cpp_python-{version}.tar.gz"
+    if not sdist.is_file():
+        raise UserError(f"the llama-cpp-python {version} source release is not cached at {sdist}: "
+                        "run `bash scripts/setup.sh` (it downloads and keeps it)")
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
+            if not member.name.startswith(prefix) or not member.isfile():
+                continue
+            relative = member.name[len(prefix):]
+            if not relative.startswith(CONVERTER_MEMBERS):
+                continue
+            target = tmp / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.extractfile(member) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    if not (tmp / "convert_hf_to_gguf.py").is_file():
+        raise UserError(f"{sdist} carries no vendor/llama.cpp/convert_hf_to_gguf.py; delete it and rerun setup")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,159 @@
+"""The recipe schema: one YAML file describes a micro-expert; each section is a stage's config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+from export.config import ExportConfig
+from kit.config_base import StrictModel
+from trainers.config import TrainConfig
+
+DEFAULT_TEACHER = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_STUDENT = "smollm2-135m-instruct"
+
+
+class TaskConfig(StrictModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="short slug; names the run directory")
+    description: str = Field(min_length=10, description="what the expert does, in plain words")
+    system_prompt: str | None = Field(None, description="defaults to the description")
+    instructions: str = Field("", description="extra guidance for the teacher")
+
+    @property
+    def effective_system_prompt(self) -> str:
+        return self.system_prompt or self.description
+
+
+class OutputConfig(StrictModel):
+    format: Literal["text", "json", "sql", "python"] = "text"
+    json_schema: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the answer")
+    schema_file: Path | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+
+            try:
+                Draft202012Validator.check_schema(value)
+            except SchemaError as err:
+                raise ValueError(f"not a valid JSON Schema ({err.message})") from None
+        return value
+
+
+class Seed(StrictModel):
+    input: str | dict[str, Any]
+    output: str | dict[str, Any] | list[Any]
+    reasoning: str | None = None
+
+
+class TeacherConfig(StrictModel):
+    backend: Literal["openai", "llama_cpp", "hf"] = "llama_cpp"
+    model: str = DEFAULT_TEACHER
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(768, ge=16)
+    concurrency: int = Field(4, ge=1, le=256)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+    json_mode: bool = True
+    n_ctx: int = Field(4096, ge=256, description="context length for local teachers")
+    n_threads: int | None = Field(None, ge=1)
+
+
+class JsonSchemaVerifier(StrictModel):
+    type: Literal["json_schema"]
+
+
+class SqlVerifier(StrictModel):
+    type: Literal["sql"]
+    database: Path
+    timeout_s: float = Field(5.0, gt=0)
+    compare: Literal["reference", "majority", "none"] = "majority"
+
+
+class PythonVerifier(StrictModel):
+    type: Literal["python"]
+    tests: str | None = Field(None, description="test code appended to the answer; must raise on failure")
+    tests_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    memory_mb: int = Field(512, ge=32)
+
+
+class JudgeVerifier(StrictModel):
+    type: Literal["judge"]
+    rubric: str = Field(min_length=10)
+    threshold: float = Field(7.0, ge=0, le=10)
+    teacher: TeacherConfig | None = Field(None, description="judge model; defaults to the teacher")
+
+
+class DedupVerifier(StrictModel):
+    type: Literal["dedup"]
+    threshold: float = Field(0.85, gt=0.0, le=1.0, description="Jaccard similarity above which a sample is a duplicate")
+    num_perm: int = Field(128, ge=16, le=1024)
+
+
+class DecontaminateVerifier(StrictModel):
+    type: Literal["decontaminate"]
+    ngram: int = Field(8, ge=3, le=64)
+    min_shared: int = Field(1, ge=1, description="shared n-grams with the eval set that disqualify a sample")
+
+
+Verifier = Annotated[
+    Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, DedupVerifier, DecontaminateVerifier],
+    Field(discriminator="type"),
+]
+
+
+def _default_verifiers() -> list:
+    return [DedupVerifier(type="dedup"), DecontaminateVerifier(type="decontaminate")]
+
+
+class CriticConfig(StrictModel):
+    verifiers: list[Verifier] = Field(default_factory=_default_verifiers)
+    max_attempts_factor: float = Field(4.0, ge=1.0, description="give up after target_samples x this many attempts")
+
+
+class DataConfig(StrictModel):
+    target_samples: int = Field(300, ge=1)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    topics: list[str] = Field(default_factory=list)
+    personas: list[str] = Field(default_factory=list)
+    difficulty_levels: list[str] = Field(default_factory=lambda: ["easy", "medium", "hard"])
+    evolve_fraction: float = Field(0.3, ge=0.0, le=1.0, description="share of inputs made by rewriting seeds")
+    answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class StudentConfig(StrictModel):
+    model: str = DEFAULT_STUDENT
+
+
+class EvalConfig(StrictModel):
+    file: Path | None = Field(None, description="held-out JSONL with `input` and `output`, written by hand")
+    metrics: list[Literal["exact_match", "json_valid", "json_schema_valid", "json_fields", "execution_accuracy",
+                          "contains", "pass_rate"]] | None = Field(None, description="defaults from output.format")
+    max_new_tokens: int = Field(256, ge=1)
+    limit: int | None = Field(None, ge=1)
+
+
+class Recipe(StrictModel):
+    version: Literal[1] = 1
+    task: TaskConfig
+    output: OutputConfig = OutputConfig()
+    seeds: list[Seed] = Field(default_factory=list)
+    seeds_file: Path | None = Field(None, description="JSONL of extra seeds (input, output, reasoning)")
+    teacher: TeacherConfig = TeacherConfig()
+    critic: CriticConfig = CriticConfig()
+    data: DataConfig = DataConfig()
+    student: StudentConfig = StudentConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    eval: EvalConfig = EvalConfig()

@@ -1,0 +1,1 @@
+"""Train a small student on distilled data: LoRA / QLoRA SFT and logit distillation."""

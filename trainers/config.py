@@ -1,0 +1,42 @@
+"""Typed configuration of the training stage (the recipe's `train:` section)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kit.config_base import StrictModel
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+
+
+class DistillSettings(StrictModel):
+    enabled: bool = False
+    teacher: str | None = Field(None, description="local HF teacher sharing the student's tokenizer")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of cross-entropy; 1-alpha weights KL")
+    temperature: float = Field(2.0, gt=0.0)
+    top_k: int = Field(32, ge=1, le=1024, description="teacher logits kept per position")
+
+
+class TrainConfig(StrictModel):
+    method: Literal["lora", "qlora"] = "lora"
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_seq_len: int = Field(1024, ge=32)
+    packing: bool = True
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(50, ge=1, description="save a checkpoint every N optimizer steps")
+    early_stopping_patience: int = Field(2, ge=0, description="epochs without validation improvement; 0 = off")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    lora: LoraSettings = LoraSettings()
+    distill: DistillSettings = DistillSettings()
