@@ -84,6 +84,13 @@ def doctor() -> None:
     console.print(table)
 
 
+# Stage commands live in their own modules; each registers itself here (one line per module).
+# [distill commands]
+# [train commands]
+# [export commands]
+# [runtime commands]
+
+
 def main() -> None:
     try:
         app()
