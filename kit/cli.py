@@ -22,17 +22,28 @@ err_console = Console(stderr=True)
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
     """Check a recipe: every problem with its line, YAML path and fix."""
-    from kit.recipe_loader import RecipeInvalid, load_recipe
+    from kit.recipe_loader import RecipeInvalid, load_recipe, load_seeds
 
     try:
         loaded = load_recipe(recipe)
+        seeds = load_seeds(loaded)
     except RecipeInvalid as err:
         for problem in err.problems:
             err_console.print(problem.render(err.source), markup=False, highlight=False, soft_wrap=True)
         err_console.print(f"[red]{len(err.problems)} problem(s) in {err.source}[/red]", soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green] {recipe}: task '{loaded.task.name}', {len(loaded.seeds)} seed(s), "
+    console.print(f"[green]ok[/green] {recipe}: task '{loaded.task.name}', {len(seeds)} seed(s), "
                   f"teacher {loaded.teacher.backend}:{loaded.teacher.model}, student {loaded.student.model}")
+
+
+@app.command()
+def init(name: str = typer.Argument(..., help="folder and task name of the new recipe"),
+         template: str = typer.Option("tool-calling", "--template", "-t", help="tool-calling | text-to-sql")) -> None:
+    """Scaffold a new recipe folder (recipe, seeds, eval set) from a template."""
+    from kit.scaffold import scaffold
+
+    recipe = scaffold(name, template)
+    console.print(f"[green]created[/green] {recipe.parent}/ — edit it, then `kit validate {recipe}`")
 
 
 @models_app.command("list")

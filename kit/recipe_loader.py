@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kit.errors import UserError
-from kit.recipe import Recipe
+from kit.recipe import Recipe, Seed
 
 
 @dataclass(frozen=True)
@@ -252,3 +252,23 @@ def _semantic_problems(recipe: Recipe, root: yaml.Node | None) -> list[RecipePro
     if missing_ship:
         add(["export", "ship"], f"{missing_ship} are not in export.gguf_types", "add them to gguf_types or remove them from ship")
     return problems
+
+
+def load_seeds(recipe: Recipe) -> list[Seed]:
+    """The recipe's inline seeds followed by those of its seeds_file (JSONL), each validated."""
+    seeds = list(recipe.seeds)
+    if recipe.seeds_file is None:
+        return seeds
+    problems: list[RecipeProblem] = []
+    for number, line in enumerate(recipe.seeds_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            seeds.append(Seed.model_validate_json(line))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "<line>"
+            problems.append(RecipeProblem(where, number, first["msg"], "each line is {\"input\": ..., \"output\": ...}"))
+    if problems:
+        raise RecipeInvalid(str(recipe.seeds_file), problems)
+    return seeds

@@ -145,3 +145,37 @@ def test_kit_validate_prints_each_problem_and_exits_non_zero(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "kit", "validate", str(write(tmp_path, MINIMAL, "ok.yaml"))],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "ok" in ok.stdout
+
+
+def test_seeds_file_lines_are_validated_and_located(tmp_path):
+    from kit.recipe_loader import load_seeds
+
+    (tmp_path / "seeds.jsonl").write_text('{"input": "a", "output": "b"}\n{"input": "c"}\n')
+    recipe = load_recipe(write(tmp_path, MINIMAL + "seeds_file: seeds.jsonl\n"))
+    with pytest.raises(RecipeInvalid) as info:
+        load_seeds(recipe)
+    [problem] = info.value.problems
+    assert problem.line == 2 and problem.path == "output"
+    (tmp_path / "seeds.jsonl").write_text('{"input": "a", "output": {"x": 1}, "reasoning": "r"}\n')
+    assert [s.input for s in load_seeds(recipe)] == ["3 miles in km", "a"]
+
+
+@pytest.mark.parametrize("template", ["tool-calling", "text-to-sql"])
+def test_kit_init_scaffolds_a_recipe_that_validates(tmp_path, template):
+    from kit.recipe_loader import load_seeds
+    from kit.scaffold import scaffold
+
+    recipe = load_recipe(scaffold("my-expert", template, tmp_path))
+    assert recipe.task.name == "my-expert" and load_seeds(recipe) and recipe.eval.file.is_file()
+    with pytest.raises(UserError, match="already exists"):
+        scaffold("my-expert", template, tmp_path)
+
+
+@pytest.mark.parametrize("example", ["tool-calling", "text-to-sql"])
+def test_shipped_examples_validate(example):
+    from kit.recipe_loader import load_seeds
+
+    root = Path(__file__).resolve().parents[1] / "examples" / example
+    recipe = load_recipe(root / "recipe.yaml")
+    assert len(load_seeds(recipe)) >= 10
+    assert sum(1 for line in recipe.eval.file.read_text().splitlines() if line.strip()) >= 100
