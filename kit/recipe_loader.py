@@ -248,9 +248,6 @@ def _semantic_problems(recipe: Recipe, root: yaml.Node | None) -> list[RecipePro
     distill = recipe.train.distill
     if distill.enabled and not distill.teacher and recipe.teacher.backend != "hf":
         add(["train", "distill"], "logit distillation needs a local HF teacher", "set `train.distill.teacher:` or use teacher.backend: hf")
-    missing_ship = [t for t in recipe.export.ship if t not in recipe.export.gguf_types]
-    if missing_ship:
-        add(["export", "ship"], f"{missing_ship} are not in export.gguf_types", "add them to gguf_types or remove them from ship")
     return problems
 
 

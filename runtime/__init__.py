@@ -1,4 +1,15 @@
 """The embeddable runtime: loads a bundle and serves the expert.
 
-Imports only llama_cpp, onnxruntime, tokenizers and numpy (lazily) — never torch or transformers.
+Imports only llama_cpp, onnxruntime, tokenizers, numpy, jsonschema and jinja2 (each lazily, where used) and,
+in runtime.server only, fastapi / uvicorn / sse-starlette — never torch or transformers.
+
+    from runtime import Expert
+    with Expert.load("path/to/bundle") as expert:
+        print(expert.chat([{"role": "user", "content": "hi"}]))
 """
+
+from runtime.errors import BundleError, ContextLengthError, OutputError
+from runtime.expert import Expert
+from runtime.params import GenerationParams, GenerationStats
+
+__all__ = ["BundleError", "ContextLengthError", "Expert", "GenerationParams", "GenerationStats", "OutputError"]

@@ -118,12 +118,13 @@ def test_missing_files_and_inconsistent_sections_are_reported(tmp_path):
                 - {type: sql, database: missing.db}
                 - {type: python}
             eval: {file: nowhere.jsonl}
-            export: {gguf_types: [F16], ship: [Q4_K_M]}
             """))
     messages = " | ".join(p.message for p in info.value.problems)
     for expected in ("no seed examples", "needs an output schema", "SQLite database not found",
-                     "needs tests", "file not found", "not in export.gguf_types"):
+                     "needs tests", "file not found"):
         assert expected in messages
+    with pytest.raises(RecipeInvalid, match="gguf_types does not make"):
+        load_recipe(write(tmp_path, MINIMAL + "export: {gguf_types: [F16], ship: [Q4_K_M]}\n"))
 
 
 def test_invalid_json_schema_and_bad_yaml_are_explained(tmp_path):

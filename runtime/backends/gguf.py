@@ -1,0 +1,93 @@
+"""GGUF through llama.cpp (llama-cpp-python): GPU offload when the build has it, grammar-constrained JSON."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from runtime.backends.base import LoadOptions
+from runtime.errors import ContextLengthError
+from runtime.manifest import BundleError
+from runtime.params import GenerationParams, GenerationStats
+
+
+@lru_cache(maxsize=32)
+def _grammar(schema_json: str | None):
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    if schema_json is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+def grammar_for(params: GenerationParams):
+    """The llama.cpp grammar that constrains output to the params' JSON schema (or any JSON), else None."""
+    if params.json_schema is not None:
+        return _grammar(json.dumps(params.json_schema, sort_keys=True))
+    return _grammar(None) if params.json_object else None
+
+
+class GGUFBackend:
+    name = "gguf"
+    constrains_json = True
+
+    def __init__(self, model_path: Path, options: LoadOptions):
+        import llama_cpp
+
+        gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
+        if options.device == "gpu" and not gpu_build:
+            raise BundleError("device='gpu' but this llama-cpp-python build has no GPU offload: rebuild it with "
+                              "CMAKE_ARGS=\"-DGGML_CUDA=on\" (or -DGGML_METAL=on), or pass device='cpu'")
+        self.device = "gpu" if gpu_build and options.device != "cpu" else "cpu"
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=options.n_ctx, n_threads=options.n_threads,
+                                       n_threads_batch=options.n_threads, n_gpu_layers=-1 if self.device == "gpu" else 0,
+                                       verbose=False)
+        except ValueError as err:
+            raise BundleError(f"llama.cpp cannot load {model_path} ({err}); is it a complete GGUF file?") from None
+        model = self.llm._model
+        self.bos_token = model.token_get_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
+        self.eos_token = model.token_get_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
+        self._add_bos = bool(model.add_bos_token()) and self.llm.token_bos() >= 0
+        self.chat_template = self.llm.metadata.get("tokenizer.chat_template")
+
+    def tokenize(self, prompt: str) -> list[int]:
+        add_bos = self._add_bos and not (self.bos_token and prompt.startswith(self.bos_token))
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+
+    def generate(self, prompt: str, params: GenerationParams, stats: GenerationStats) -> Iterator[str]:
+        tokens = self.tokenize(prompt)
+        n_ctx = self.llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise ContextLengthError(f"the prompt has {len(tokens)} tokens; this model's context holds {n_ctx}")
+        stats.prompt_tokens = len(tokens)
+        # Evaluate every prompt from scratch: reusing a cached prefix changes the batch shapes and, with them,
+        # the float rounding, so the same request could get a different greedy answer.
+        self.llm.reset()
+        chunks = self.llm.create_completion(
+            tokens, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+            top_k=params.top_k, min_p=0.0, repeat_penalty=params.repeat_penalty, stop=list(params.stop),
+            seed=params.seed, grammar=grammar_for(params), stream=True)
+        text = []
+        try:
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    text.append(choice["text"])
+                    yield choice["text"]
+                if choice["finish_reason"]:
+                    stats.finish_reason = choice["finish_reason"]
+        finally:
+            chunks.close()
+            stats.completion_tokens = self.count_tokens("".join(text))
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.close()

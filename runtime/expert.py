@@ -1,0 +1,151 @@
+"""`Expert`: a loaded bundle with chat / stream / complete / run, safe to share between threads."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from runtime.backends import Backend, LoadOptions, open_backend
+from runtime.bundle import resolve_bundle
+from runtime.chat_template import render_chat
+from runtime.errors import BundleError, OutputError
+from runtime.manifest import Manifest
+from runtime.params import GenerationParams, GenerationStats
+
+Message = dict[str, Any]
+
+
+class Expert:
+    """One model behind a lock: calls from several threads run one after another."""
+
+    def __init__(self, backend: Backend, manifest: Manifest, path: Path):
+        self.backend = backend
+        self.manifest = manifest
+        self.path = path
+        self.defaults = GenerationParams.from_defaults(manifest.generation)
+        self.chat_template = manifest.chat_template or backend.chat_template
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", *, n_ctx: int = 2048,
+             n_threads: int | None = None, verify: bool = True) -> "Expert":
+        """Load a bundle folder, a bare .gguf or a bare ONNX folder.
+
+        backend: auto (GGUF if the bundle has one, else ONNX) | gguf | onnx.
+        device: auto (GPU when the build / execution provider supports it) | cpu | gpu.
+        verify: check the manifest's sha256 of every bundle file first.
+        """
+        if device not in ("auto", "cpu", "gpu"):
+            raise BundleError(f"unknown device {device!r}; use auto, cpu or gpu")
+        bundle = resolve_bundle(path, verify=verify)
+        name = backend if backend != "auto" else ("gguf" if bundle.gguf is not None else "onnx")
+        model = bundle.model_for(name)
+        return cls(open_backend(name, model, LoadOptions(device, n_ctx, n_threads)), bundle.manifest, Path(path))
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def is_task_expert(self) -> bool:
+        """Answers are JSON checked against the manifest's schema."""
+        return self.manifest.output_format == "json" or self.manifest.output_schema is not None
+
+    # -- prompts -----------------------------------------------------------------------------
+    def params(self, **overrides: Any) -> GenerationParams:
+        """The manifest's generation defaults with `overrides` (None values ignored)."""
+        return self.defaults.updated(**overrides)
+
+    def with_system_prompt(self, messages: list[Message]) -> list[Message]:
+        if self.manifest.system_prompt and not any(m.get("role") == "system" for m in messages):
+            return [{"role": "system", "content": self.manifest.system_prompt}, *messages]
+        return list(messages)
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text for a conversation: manifest system prompt, then the chat template."""
+        if not self.chat_template:
+            raise BundleError(f"{self.path} carries no chat template (manifest or model): use complete(prompt), "
+                              "or re-export the bundle with the tokenizer's chat template")
+        return render_chat(self.chat_template, self.with_system_prompt(messages), self.backend.bos_token,
+                           self.backend.eos_token)
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(self, prompt: str, params: GenerationParams, stats: GenerationStats | None = None) -> Iterator[str]:
+        """Stream the completion of a raw prompt; the model is held from the first piece until the iterator ends
+        or is closed (close it if you stop early)."""
+        stats = stats if stats is not None else GenerationStats()
+        with self._lock:
+            backend = self._open_backend()
+            pieces = backend.generate(prompt, params, stats)
+            try:
+                yield from pieces
+            finally:
+                pieces.close()
+
+    def _open_backend(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError("this Expert was closed; load it again")
+        return self.backend
+
+    def chat(self, messages: list[Message], **overrides: Any) -> str:
+        """The assistant's reply to `messages` (OpenAI-style dicts with role and content)."""
+        return "".join(self.generate(self.render(messages), self.params(**overrides)))
+
+    def stream(self, messages: list[Message], **overrides: Any) -> Iterator[str]:
+        """The assistant's reply as it is generated, piece by piece."""
+        return self.generate(self.render(messages), self.params(**overrides))
+
+    def complete(self, prompt: str, **overrides: Any) -> str:
+        """Raw text completion, no chat template and no system prompt."""
+        return "".join(self.generate(prompt, self.params(**overrides)))
+
+    def run(self, input: Any, **overrides: Any) -> Any:
+        """Answer one task input; a JSON expert's answer is returned parsed and validated against the manifest's
+        schema (OutputError if it does not validate). GGUF constrains sampling to the schema; ONNX cannot."""
+        content = input if isinstance(input, str) else json.dumps(input, ensure_ascii=False)
+        messages = [{"role": "user", "content": content}]
+        if not self.is_task_expert:
+            return self.chat(messages, **overrides)
+        schema = self.manifest.output_schema
+        constraint = {}
+        if self._open_backend().constrains_json:
+            constraint = {"json_schema": schema} if schema is not None else {"json_object": True}
+        text = self.chat(messages, **{**constraint, **overrides})
+        return parse_json_output(text, schema)
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the model (waits for a generation in progress)."""
+        with self._lock:
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
+
+    def __enter__(self) -> "Expert":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        backend = self.backend.name if self.backend else "closed"
+        return f"Expert({self.name!r}, backend={backend!r}, path={str(self.path)!r})"
+
+
+def parse_json_output(text: str, schema: dict[str, Any] | None) -> Any:
+    """Parse a JSON answer and validate it against `schema`; OutputError names what is wrong."""
+    import jsonschema
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise OutputError(f"the model's output is not JSON ({err.msg} at char {err.pos})", text) from None
+    if schema is not None:
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as err:
+            raise OutputError(f"the model's output breaks the output schema: {err.message}", text) from None
+    return value
