@@ -31,6 +31,14 @@ class OutputConfig(StrictModel):
     json_schema: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the answer")
     schema_file: Path | None = None
 
+    def resolved_schema(self) -> dict[str, Any] | None:
+        """The answer's JSON Schema, inline or read from schema_file."""
+        if self.json_schema is not None or self.schema_file is None:
+            return self.json_schema
+        import json
+
+        return json.loads(self.schema_file.read_text(encoding="utf-8"))
+
     @field_validator("json_schema")
     @classmethod
     def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -63,6 +71,9 @@ class TeacherConfig(StrictModel):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0, le=20)
     json_mode: bool = True
+    response_format: Literal["auto", "json_schema", "json_object"] = Field(
+        "auto", description="openai backend: how to ask for JSON-Schema output; auto tries the OpenAI form "
+                            "(json_schema) and switches to {type: json_object, schema} when the endpoint wants that")
     n_ctx: int = Field(4096, ge=256, description="context length for local teachers")
     n_threads: int | None = Field(None, ge=1)
 
@@ -76,6 +87,7 @@ class SqlVerifier(StrictModel):
     database: Path
     timeout_s: float = Field(5.0, gt=0)
     compare: Literal["reference", "majority", "none"] = "majority"
+    field: str | None = Field(None, description="for json output: the answer's key holding the query")
 
 
 class PythonVerifier(StrictModel):
@@ -84,6 +96,7 @@ class PythonVerifier(StrictModel):
     tests_file: Path | None = None
     timeout_s: float = Field(10.0, gt=0)
     memory_mb: int = Field(512, ge=32)
+    field: str | None = Field(None, description="for json output: the answer's key holding the code")
 
 
 class JudgeVerifier(StrictModel):

@@ -1,0 +1,84 @@
+"""What the critic judges (a candidate sample) and the verifier interface."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Answer:
+    """One teacher answer: the parsed final answer, its string form and the reasoning before it."""
+
+    value: Any
+    output: str
+    reasoning: str = ""
+
+
+@dataclass
+class Candidate:
+    index: int  # position in the generation plan; stable across re-runs
+    input: str | dict[str, Any]
+    answers: list[Answer]  # every answer the teacher gave (several with self-consistency)
+    chosen: int = 0  # which answer becomes the sample
+    origin: str = ""
+    reference: Any = None  # an independent answer written with the input, when a verifier asks for one
+    votes: int = 1
+
+    @property
+    def input_text(self) -> str:
+        return input_text(self.input)
+
+    @property
+    def answer(self) -> Answer:
+        return self.answers[self.chosen]
+
+
+def input_text(value: str | dict[str, Any]) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+@dataclass(frozen=True)
+class Rejection:
+    verifier: str
+    reason: str
+
+
+class Verifier:
+    """One check. `check` returns a reason to reject, or None. Stateful verifiers (dedup) also `admit`
+    every accepted sample; their check is repeated, synchronously, just before a sample is written."""
+
+    name: str = ""
+    stateful: bool = False
+    notes: list[str]
+
+    def __init__(self) -> None:
+        self.notes = []
+
+    async def check(self, candidate: Candidate) -> str | None:
+        raise NotImplementedError
+
+    def check_now(self, candidate: Candidate) -> str | None:
+        """Stateful verifiers only: the same check, without awaiting."""
+        raise NotImplementedError
+
+    def admit(self, sample_id: str, candidate: Candidate) -> None:
+        pass
+
+
+def field_of(candidate_answer: Answer, field_name: str | None, what: str) -> tuple[str | None, str | None]:
+    """The text a verifier runs: the answer itself, or one key of a JSON answer. Returns (text, problem)."""
+    value = candidate_answer.value
+    if field_name is not None:
+        if not isinstance(value, dict) or not isinstance(value.get(field_name), str):
+            return None, f"the answer has no string field '{field_name}' holding the {what}"
+        return value[field_name], None
+    if isinstance(value, str):
+        return value, None
+    return None, f"the answer is JSON; set the verifier's `field:` to the key holding the {what}"

@@ -1,0 +1,199 @@
+"""What the teacher is asked: the generation plan (diverse on purpose), the prompts, the reply schemas
+and how replies are parsed. Everything comes from the recipe; nothing here knows a task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from kit.critic.base import Answer, input_text
+
+EVOLUTIONS = (
+    "add one more constraint or requirement to it",
+    "make it more specific and concrete, with realistic details",
+    "make it need one more step of reasoning",
+    "change the scenario and the details but keep the same kind of request",
+    "phrase it the way a busy real user would type it: short and casual",
+)
+SHOWN_SEEDS = 3
+
+
+class ParseError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    index: int
+    evolve_seed: int | None  # rewrite this seed, or (None) write a fresh input
+    evolution: str
+    topic: str | None
+    persona: str | None
+    difficulty: str | None
+    shown: tuple[int, ...]  # seeds shown as examples
+
+    @property
+    def origin(self) -> str:
+        if self.evolve_seed is not None:
+            return f"evolve seed {self.evolve_seed}: {self.evolution}"
+        parts = [f"{k}={v}" for k, v in (("topic", self.topic), ("persona", self.persona),
+                                           ("difficulty", self.difficulty)) if v]
+        return "new " + ", ".join(parts) if parts else "new"
+
+
+def request_seed(data_seed: int, index: int, role: str, k: int = 0) -> int:
+    """A sampling seed per request: distinct requests never share a cache key; re-runs repeat them exactly."""
+    return int(hashlib.sha256(f"{data_seed}:{index}:{role}:{k}".encode()).hexdigest()[:8], 16)
+
+
+def plan_item(config, index: int) -> PlanItem:
+    """The `index`-th input to write; the same recipe always gives the same plan."""
+    data = config.data
+    rng = random.Random(f"{data.seed}:{index}")
+    seeds = config.seeds
+    evolve = rng.random() < data.evolve_fraction
+    pick = lambda options: rng.choice(options) if options else None  # noqa: E731
+    return PlanItem(
+        index=index,
+        evolve_seed=rng.randrange(len(seeds)) if evolve else None,
+        evolution=rng.choice(EVOLUTIONS),
+        topic=pick(data.topics),
+        persona=pick(data.personas),
+        difficulty=pick(data.difficulty_levels),
+        shown=tuple(rng.sample(range(len(seeds)), min(SHOWN_SEEDS, len(seeds)))),
+    )
+
+
+# -- schemas -------------------------------------------------------------------------------------
+def inputs_are_objects(config) -> bool:
+    return bool(config.seeds) and all(isinstance(s.input, dict) for s in config.seeds)
+
+
+def answer_value_schema(config) -> dict[str, Any]:
+    if config.output.format == "json":
+        return config.output.json_schema or {"type": "object"}
+    return {"type": "string", "minLength": 1}
+
+
+def input_schema(config, with_reference: bool) -> dict[str, Any]:
+    value = {"type": "object"} if inputs_are_objects(config) else {"type": "string", "minLength": 1}
+    properties: dict[str, Any] = {"input": value}
+    if with_reference:
+        properties["reference"] = answer_value_schema(config)
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def answer_schema(config) -> dict[str, Any]:
+    return {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": answer_value_schema(config)},
+            "required": ["reasoning", "answer"]}
+
+
+# -- prompts -------------------------------------------------------------------------------------
+def _task_block(config) -> str:
+    text = f"Task: {config.task.description}"
+    if config.task.instructions:
+        text += f"\nGuidance: {config.task.instructions}"
+    return text
+
+
+def _format_note(config) -> str:
+    fmt = config.output.format
+    if fmt == "json":
+        schema = config.output.json_schema
+        return "The answer is a JSON value" + (f" matching this JSON Schema: {json.dumps(schema)}" if schema else "")
+    return {"sql": "The answer is one SQL query, nothing else.",
+            "python": "The answer is Python source code, nothing else.",
+            "text": "The answer is plain text."}[fmt]
+
+
+def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
+    seeds = config.seeds
+    examples = "\n".join(f"- {input_text(seeds[i].input)}" for i in item.shown)
+    reply = '{"input": ...' + (', "reference": <a correct answer to it>' if with_reference else "") + "}"
+    system = (f"You write realistic, varied inputs for an assistant that does one task.\n{_task_block(config)}\n"
+              f"Reply with JSON only: {reply}")
+    if item.evolve_seed is not None:
+        user = (f"Here is an input:\n{input_text(seeds[item.evolve_seed].input)}\n\n"
+                f"Rewrite it: {item.evolution}. It must still be a valid input for the task.")
+    else:
+        wishes = [f"about {item.topic}" if item.topic else "", f"as {item.persona} would ask it" if item.persona else "",
+                  f"at {item.difficulty} difficulty" if item.difficulty else ""]
+        user = (f"Example inputs:\n{examples}\n\nWrite one new input, different from the examples, "
+                f"{' '.join(w for w in wishes if w)}.").replace(" .", ".")
+    if with_reference:
+        user += f"\nAlso give a correct reference answer. {_format_note(config)}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def answer_messages(config, item: PlanItem, task_input: str | dict[str, Any]) -> list[dict[str, str]]:
+    """System prompt, the shown seeds as worked examples, then the new input."""
+    system = (f"{config.task.effective_system_prompt}\n{_task_block(config)}\n{_format_note(config)}\n"
+              'Think step by step in "reasoning", then give the final answer in "answer". '
+              'Reply with JSON only: {"reasoning": "...", "answer": ...}')
+    messages = [{"role": "system", "content": system}]
+    for i in item.shown:
+        seed = config.seeds[i]
+        messages.append({"role": "user", "content": input_text(seed.input)})
+        messages.append({"role": "assistant", "content": json.dumps(
+            {"reasoning": seed.reasoning or "", "answer": seed.output}, ensure_ascii=False)})
+    messages.append({"role": "user", "content": input_text(task_input)})
+    return messages
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def _json_object(text: str) -> dict[str, Any]:
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ParseError(f"reply is not JSON ({err.msg} at char {err.pos}{', truncated?' if err.pos >= len(text) - 1 else ''})") from None
+    if not isinstance(value, dict):
+        raise ParseError("reply is not a JSON object")
+    return value
+
+
+def parse_input(config, text: str, with_reference: bool) -> tuple[str | dict[str, Any], Any]:
+    value = _json_object(text)
+    task_input = value.get("input")
+    wanted = dict if inputs_are_objects(config) else str
+    if not isinstance(task_input, wanted) or not task_input or (isinstance(task_input, str) and not task_input.strip()):
+        raise ParseError(f"reply has no {'object' if wanted is dict else 'text'} 'input'")
+    if isinstance(task_input, str):
+        task_input = task_input.strip()
+    reference = value.get("reference") if with_reference else None
+    if with_reference and reference is None:
+        raise ParseError("reply has no 'reference'")
+    return task_input, reference
+
+
+def parse_answer(config, text: str) -> Answer:
+    value = _json_object(text)
+    if "answer" not in value:
+        raise ParseError("reply has no 'answer'")
+    answer = value["answer"]
+    reasoning = value.get("reasoning") if isinstance(value.get("reasoning"), str) else ""
+    if config.output.format == "json":
+        if isinstance(answer, str):  # some models quote the JSON
+            try:
+                answer = json.loads(answer)
+            except json.JSONDecodeError:
+                raise ParseError("the answer is not JSON") from None
+        output = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+    else:
+        if not isinstance(answer, str) or not answer.strip():
+            raise ParseError("the answer is not text")
+        answer = output = answer.strip()
+    return Answer(answer, output, reasoning.strip())
+
+
+def vote_key(config, answer: Answer) -> str:
+    """The normalized answer self-consistency votes on."""
+    if config.output.format == "json":
+        return json.dumps(answer.value, sort_keys=True, separators=(",", ":"))
+    text = " ".join(answer.output.split())
+    return text.rstrip(";").casefold() if config.output.format == "sql" else text

@@ -1,0 +1,121 @@
+"""Verifiers on real inputs: a real SQLite file, the real sandbox, real MinHash; each rejection says why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from kit.critic import Answer, Candidate, build_critic
+from kit.recipe import (DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier, PythonVerifier, SqlVerifier)
+
+SCHEMA = {"type": "object", "properties": {"value": {"type": "number"}, "unit": {"type": "string"}},
+          "required": ["value", "unit"]}
+
+
+def critic(*verifiers, eval_file=None, seeds=()):
+    return build_critic(list(verifiers), schema=SCHEMA, eval_file=eval_file, seed_inputs=list(seeds),
+                        judge_client=None, task_description="test task")
+
+
+def candidate(value, text: str = "how far is it") -> Candidate:
+    return voted([value], text)
+
+
+def voted(values: list, text: str = "how far is it") -> Candidate:
+    answers = [Answer(v, v if isinstance(v, str) else json.dumps(v)) for v in values]
+    return Candidate(0, text, answers)
+
+
+def review(c, cand):
+    return asyncio.run(c.review(cand))
+
+
+@pytest.fixture
+def shop(tmp_path):
+    path = tmp_path / "shop.db"
+    db = sqlite3.connect(path)
+    db.executescript("create table orders (id int, amount real, city text);"
+                     "insert into orders values (1, 10.0, 'paris'), (2, 25.5, 'lyon'), (3, 7.0, 'paris');")
+    db.commit()
+    db.close()
+    return path
+
+
+def test_json_schema_names_the_failing_field():
+    c = critic(JsonSchemaVerifier(type="json_schema"))
+    assert review(c, candidate({"value": 3, "unit": "km"})) is None
+    rejection = review(c, candidate({"value": "three", "unit": "km"}))
+    assert rejection.verifier == "json_schema" and rejection.reason.startswith("value:")
+
+
+def test_sql_runs_read_only_and_reports_errors(shop):
+    c = critic(SqlVerifier(type="sql", database=shop, compare="none"))
+    assert review(c, candidate("SELECT count(*) FROM orders")) is None
+    assert "no such table" in review(c, candidate("SELECT * FROM customers")).reason
+    assert "readonly" in review(c, candidate("DELETE FROM orders")).reason
+    assert sqlite3.connect(shop).execute("select count(*) from orders").fetchone()[0] == 3
+
+
+def test_sql_time_limit_stops_a_runaway_query(shop):
+    c = critic(SqlVerifier(type="sql", database=shop, compare="none", timeout_s=0.5))
+    endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
+    assert review(c, candidate(endless)).reason.startswith("timeout")
+
+
+def test_sql_majority_compares_result_sets_not_text(shop):
+    c = critic(SqlVerifier(type="sql", database=shop, compare="majority"))
+    agree = voted(["SELECT id FROM orders", "SELECT id FROM orders WHERE city = 'paris'",
+                   "select id from orders where city='paris' order by id desc"])
+    assert review(c, agree) is None and agree.votes == 2 and agree.chosen == 1
+    split = voted(["SELECT 1", "SELECT 2", "SELECT 3"])
+    assert "no majority" in review(c, split).reason
+
+
+def test_sql_reference_and_json_field(shop):
+    c = critic(SqlVerifier(type="sql", database=shop, compare="reference", field="sql"))
+    good = candidate({"sql": "SELECT sum(amount) FROM orders"})
+    good.reference = {"sql": "SELECT SUM(amount) AS total FROM orders"}
+    assert review(c, good) is None
+    bad = candidate({"sql": "SELECT max(amount) FROM orders"})
+    bad.reference = {"sql": "SELECT sum(amount) FROM orders"}
+    assert "differs from the reference" in review(c, bad).reason
+
+
+def test_python_verifier_runs_the_recipe_tests_in_the_sandbox():
+    tests = "assert add(2, 3) == 5\n"
+    c = critic(PythonVerifier(type="python", tests=tests, timeout_s=3))
+    assert review(c, candidate("def add(a, b):\n    return a + b\n")) is None
+    assert review(c, candidate("def add(a, b):\n    return a * b\n")).reason.startswith("error: AssertionError")
+    assert review(c, candidate("def add(a, b):\n    while True: pass\n")).reason.startswith("time_limit")
+    assert review(c, candidate("import socket\nsocket.socket()\n")).reason.startswith("network")
+
+
+def test_dedup_cuts_near_duplicates_of_kept_samples_and_seeds():
+    c = critic(DedupVerifier(type="dedup", threshold=0.7), seeds=["convert three miles into kilometres for my run"])
+    first = candidate({"value": 1, "unit": "km"}, "how many litres are in five gallons of fresh water today")
+    assert review(c, first) is None
+    c.admit("s1", first)
+    near = candidate({"value": 1, "unit": "km"}, "how many litres are in five gallons of fresh water today please")
+    assert review(c, near).reason == "near-duplicate of s1"
+    assert review(c, candidate({"value": 1}, "convert three miles into kilometres for my run")).reason.startswith(
+        "near-duplicate of seed")
+    assert review(c, candidate({"value": 1}, "what is the boiling point of water at sea level in fahrenheit")) is None
+
+
+def test_decontaminate_cuts_overlap_with_the_eval_set(tmp_path):
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"input": "a long question about the distance from paris to lyon by train",
+                                     "output": "465 km"}) + "\n")
+    c = critic(DecontaminateVerifier(type="decontaminate", ngram=5), eval_file=eval_file)
+    leaked = candidate("465 km", "tell me the distance from paris to lyon by train please")
+    assert "5-gram" in review(c, leaked).reason
+    assert review(c, candidate("12 km", "how far is the beach from the station")) is None
+    assert review(c, candidate("465 km", "465 km")).verifier == "decontaminate"  # short texts: exact copies
+
+
+def test_decontaminate_without_eval_file_says_so():
+    c = critic(DecontaminateVerifier(type="decontaminate"))
+    assert review(c, candidate("x")) is None and "no eval.file" in c.notes[0]

@@ -1,0 +1,307 @@
+"""The generate stage end to end against a local OpenAI-compatible server that misbehaves on purpose
+(429, 500, hangs, malformed JSON), plus resume after kill -9 and the user-facing errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from kit.errors import UserError
+from kit.generate import GenerateConfig, run
+from kit.recipe_loader import load_recipe
+from kit.run_dir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = [a + b + c for a in "bcdfgklmnprstvz" for b in "aeiou" for c in "lmnrst"]
+
+
+class FakeTeacher:
+    """A tiny OpenAI-compatible chat server: deterministic replies (by the request's seed), with a fault
+    plan keyed by the number of the /chat/completions request (1-based)."""
+
+    def __init__(self, faults: dict[int, str] | None = None, delay_s: float = 0.0, hang_s: float = 3.0):
+        self.faults = dict(faults or {})
+        self.delay_s = delay_s
+        self.hang_s = hang_s
+        self.count = 0
+        self.bodies: list[str] = []  # sha256 of each request body that was answered
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reply(self, body: dict) -> dict:
+        schema = (body.get("response_format") or {}).get("schema") or \
+            (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
+        props = schema.get("properties", {})
+        rng = random.Random(body.get("seed", 0))
+        if "input" in props:
+            content = {"input": " ".join(rng.choice(VOCAB) for _ in range(8))}
+        elif "answer" in props:
+            question = body["messages"][-1]["content"]
+            stable = int(hashlib.sha256(question.encode()).hexdigest()[:6], 16) % 1000
+            value = stable if rng.random() < 0.7 else rng.randrange(1000)  # most samples agree with each other
+            answer = {"value": "not a number" if value % 5 == 0 else value, "unit": "km"}
+            content = {"reasoning": f"step one, then {value}", "answer": answer}
+        else:  # the judge
+            answer = body["messages"][-1]["content"].rsplit("Answer:\n", 1)[-1]
+            content = {"reason": "checked", "score": 3 if '"value":7' in answer else 8}
+        return {"choices": [{"message": {"role": "assistant", "content": json.dumps(content)}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+                try:
+                    self.send_response(status)
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_GET(self):
+                self._send(200, b'{"object": "list", "data": [{"id": "fake"}]}')
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with fake.lock:
+                    fake.count += 1
+                    fault = fake.faults.get(fake.count)
+                time.sleep(fake.delay_s)
+                if fault == "429":
+                    return self._send(429, b'{"error": "slow down"}', {"Retry-After": "0"})
+                if fault == "500":
+                    return self._send(500, b'{"error": "boom"}')
+                if fault == "hang":
+                    time.sleep(fake.hang_s)
+                    return self._send(200, json.dumps(fake.reply(json.loads(raw))).encode())
+                if fault == "malformed":
+                    return self._send(200, b'{"choices": [{"message": ')
+                with fake.lock:
+                    fake.bodies.append(hashlib.sha256(raw).hexdigest())
+                self._send(200, json.dumps(fake.reply(json.loads(raw))).encode())
+
+        return Handler
+
+
+def write_recipe(folder: Path, url: str, target: int, extra_verifiers: str = "", teacher_extra: str = "",
+                 data_extra: str = "") -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        task: {{name: fake-task, description: Turn a request into a distance with its unit.}}
+        output:
+          format: json
+          schema: {{type: object, properties: {{value: {{type: number}}, unit: {{type: string}}}}, required: [value, unit]}}
+        seeds:
+          - {{input: "three miles please", output: {{value: 4.83, unit: km}}, reasoning: "1 mile is 1.609 km"}}
+          - {{input: "ten kilometres in miles", output: {{value: 6.2, unit: mi}}}}
+        teacher: {{backend: openai, base_url: "{url}", model: fake, concurrency: 3, timeout_s: 1.0,
+                   max_retries: 4, max_tokens: 64{teacher_extra}}}
+        critic:
+          verifiers:
+            - {{type: json_schema}}
+            - {{type: judge, rubric: "Is the distance plausible and the unit right?", threshold: 6}}
+            - {{type: dedup}}{extra_verifiers}
+        data: {{target_samples: {target}, topics: [hiking, flights], validation_fraction: 0.2{data_extra}}}
+        """))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def fake_teacher():
+    servers: list[FakeTeacher] = []
+
+    def start(**kwargs) -> FakeTeacher:
+        servers.append(FakeTeacher(**kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_faults_are_retried_and_every_accepted_sample_is_intact(tmp_path, fake_teacher):
+    teacher = fake_teacher(faults={2: "429", 4: "500", 6: "hang", 8: "malformed", 9: "429", 10: "500"})
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=12))
+    run_dir = RunDir(tmp_path / "run")
+    manifest = run(recipe, run_dir)
+
+    samples = read_jsonl(run_dir.data / "samples.jsonl")
+    rejected = read_jsonl(run_dir.data / "rejected.jsonl")
+    stats = json.loads((run_dir.data / "stats.json").read_text())
+    assert len(samples) == 12 and manifest.figures["target_reached"]
+    assert len({s["id"] for s in samples}) == 12
+    assert len({s["index"] for s in samples + rejected}) == len(samples) + len(rejected)
+    for sample in samples:  # every kept answer passed the schema and the judge
+        output = json.loads(sample["output"])
+        assert isinstance(output["value"], int) and output["value"] != 7 and output["unit"] == "km"
+    assert {r["verifier"] for r in rejected} <= {"json_schema", "judge", "dedup", "parse"}
+    assert any(r["verifier"] == "json_schema" for r in rejected)
+    usage = stats["teacher"]
+    assert usage["retries"] == 6 and usage["failed"] == 0
+    assert set(usage["retry_reasons"]) == {"http 429", "http 500", "timeout", "malformed response"}
+    assert stats["accepted"] == 12 and stats["attempts"] == 12 + len(rejected)
+    assert stats["tokens"]["prompt"] > 0 and stats["samples_per_s"] > 0
+    steps = {s["step"]: s for s in stats["steps"]}
+    assert steps["json_schema"]["cut"] == sum(r["verifier"] == "json_schema" for r in rejected)
+
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(run_dir.dataset))
+    assert dataset["train"].num_rows + dataset["validation"].num_rows == 12 and dataset["validation"].num_rows >= 2
+    row = dataset["train"][0]
+    assert set(row) == {"id", "input", "output", "reasoning", "messages"}
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+    assert row["messages"][0]["content"] == recipe.task.effective_system_prompt
+    assert row["messages"][1]["content"] == row["input"] and row["messages"][2]["content"] == row["output"]
+    assert (run_dir.data / "manifest.json").is_file()
+
+
+def test_rerun_spends_nothing_and_a_larger_target_reuses_the_cache(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    recipe_path = write_recipe(tmp_path, teacher.url, target=5)
+    run_dir = RunDir(tmp_path / "run")
+    run(load_recipe(recipe_path), run_dir)
+    sent = teacher.count
+    run(load_recipe(recipe_path), run_dir)
+    assert teacher.count == sent  # nothing asked twice
+    first = [s["id"] for s in read_jsonl(run_dir.data / "samples.jsonl")]
+
+    config = GenerateConfig.from_recipe(load_recipe(recipe_path))
+    config.data.target_samples = 9
+    run(config, run_dir)
+    samples = read_jsonl(run_dir.data / "samples.jsonl")
+    assert len(samples) == 9 and [s["id"] for s in samples[:5]] == first
+    assert len(teacher.bodies) == len(set(teacher.bodies))  # no request was ever answered twice
+
+
+def test_changed_recipe_does_not_mix_with_old_samples(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    run_dir = RunDir(tmp_path / "run")
+    run(load_recipe(write_recipe(tmp_path, teacher.url, target=2)), run_dir)
+    changed = write_recipe(tmp_path, teacher.url, target=2, teacher_extra=", temperature: 0.1")
+    with pytest.raises(UserError, match="--fresh"):
+        run(load_recipe(changed), run_dir)
+
+
+def test_self_consistency_keeps_only_majority_answers(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=6, data_extra=", answers_per_input: 3"))
+    run_dir = RunDir(tmp_path / "run")
+    run(recipe, run_dir)
+    samples = read_jsonl(run_dir.data / "samples.jsonl")
+    rejected = read_jsonl(run_dir.data / "rejected.jsonl")
+    assert len(samples) == 6 and all(s["votes"] >= 2 and s["answers"] == 3 for s in samples)
+    assert all("agree" in r["reason"] for r in rejected if r["verifier"] == "self_consistency")
+
+
+def kit(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kit", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_after_kill_loses_nothing_and_repeats_nothing(tmp_path, fake_teacher):
+    teacher = fake_teacher(delay_s=0.15)
+    write_recipe(tmp_path, teacher.url, target=16)
+    samples_file = tmp_path / "runs" / "fake-task" / "data" / "samples.jsonl"
+    first = kit("generate", "recipe.yaml", "--no-progress", cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if samples_file.exists() and len(samples_file.read_text().splitlines()) >= 5:
+            break
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = read_jsonl(samples_file)
+    assert 5 <= len(before) < 16
+    answered_before = len(teacher.bodies)
+
+    second = kit("generate", "recipe.yaml", "--no-progress", cwd=tmp_path)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    after = read_jsonl(samples_file)
+    ids = [s["id"] for s in after]
+    assert len(after) == 16 and len(set(ids)) == 16
+    assert after[: len(before)] == before  # what was accepted stays, byte for byte, in order
+    rejected = read_jsonl(samples_file.with_name("rejected.jsonl"))
+    assert len({r["index"] for r in rejected + after}) == len(rejected) + len(after)
+    # only requests in flight at the kill may be asked again (at most `concurrency` of them)
+    repeats = len(teacher.bodies) - len(set(teacher.bodies))
+    assert repeats <= 3 and len(teacher.bodies) > answered_before
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_teacher_is_one_clear_message(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    write_recipe(tmp_path, url, target=2)
+    process = kit("generate", "recipe.yaml", "--no-progress", cwd=tmp_path)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "Traceback" not in err + out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and url in lines[0] and "teacher.base_url" in lines[0]
+
+
+def test_bad_recipe_is_one_clear_message(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(textwrap.dedent("""\
+        task: {name: fake-task, description: Turn a request into a distance with its unit.}
+        seeds: [{input: a, output: b}]
+        teacher: {backend: ollama}
+        data: {target_samples: 0}
+        """))
+    process = kit("generate", "recipe.yaml", cwd=tmp_path)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in err + out
+    assert "teacher.backend" in err and "data.target_samples" in err
+    missing = kit("generate", "nope.yaml", cwd=tmp_path)
+    out, err = missing.communicate(timeout=60)
+    assert missing.returncode == 1 and "recipe not found" in err and "Traceback" not in err
+
+
+def test_a_torn_last_line_is_cut_when_the_log_is_opened_again(tmp_path):
+    from kit.sample_store import JsonlLog
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"id": "a", "index": 0}\n{"id": "b", "ind')  # killed in the middle of a write
+    log = JsonlLog(path)
+    assert [row["id"] for row in log.rows] == ["a"]
+    log.append({"id": "c", "index": 2})
+    log.close()
+    assert [row["id"] for row in read_jsonl(path)] == ["a", "c"]

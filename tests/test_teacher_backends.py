@@ -1,0 +1,140 @@
+"""Teacher backends against real models: the openai backend through a real llama.cpp server (end to end
+generation), the in-process llama_cpp backend and the hf backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from kit.recipe import TeacherConfig
+from kit.teachers import make_teacher
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+          "required": ["city", "days"]}
+MESSAGES = [{"role": "system", "content": "You plan trips. Reply with JSON only."},
+            {"role": "user", "content": "A weekend in Rome."}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """A real llama-cpp-python server on loopback with the store's SmolLM2-135M."""
+    from kit.model_store import ModelStore
+
+    model = ModelStore().pull("smollm2-135m-instruct")
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
+        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host",
+                                    "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "False"],
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"llama.cpp server did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def complete_once(config: TeacherConfig, cache_path=None, schema=SCHEMA, runs: int = 1):
+    async def go():
+        client = make_teacher(config, cache_path)
+        try:
+            await client.backend.check()
+            replies = [await client.complete(MESSAGES, schema, client.sampling(seed=7)) for _ in range(runs)]
+            return replies, client.usage
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_openai_backend_gets_schema_constrained_json_from_llama_cpp_server(llama_server, tmp_path):
+    config = TeacherConfig(backend="openai", base_url=llama_server, model="smollm2", max_tokens=64, temperature=0.2)
+    (first, second), usage = complete_once(config, tmp_path / "cache.sqlite", runs=2)
+    reply = json.loads(first.text)
+    assert isinstance(reply["city"], str) and isinstance(reply["days"], int)
+    assert first.prompt_tokens > 0 and first.completion_tokens > 0
+    assert second.cached and second.text == first.text and usage.requests == 1 and usage.cached == 1
+
+
+@pytest.mark.slow
+def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
+    from datasets import load_from_disk
+    from jsonschema import validate
+
+    from kit.generate import run
+    from kit.recipe_loader import load_recipe
+    from kit.run_dir import RunDir
+
+    (tmp_path / "eval.jsonl").write_text('{"input": "12 inches in cm", "output": {"value": 30.48, "unit": "cm"}}\n')
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(textwrap.dedent(f"""\
+        task: {{name: unit-converter, description: Convert a quantity between metric and imperial units.}}
+        output:
+          format: json
+          schema: {{type: object, properties: {{value: {{type: number}}, unit: {{type: string}}}}, required: [value, unit]}}
+        seeds:
+          - {{input: 3 miles in km, output: {{value: 4.83, unit: km}}, reasoning: 1 mile is 1.609 km.}}
+          - {{input: 10 kg in pounds, output: {{value: 22.05, unit: lb}}, reasoning: 1 kg is 2.205 lb.}}
+        teacher: {{backend: openai, base_url: "{llama_server}", model: smollm2, max_tokens: 96, concurrency: 2}}
+        critic:
+          verifiers: [{{type: json_schema}}, {{type: dedup}}, {{type: decontaminate}}]
+        data: {{target_samples: 3, topics: [cooking, travel], validation_fraction: 0.34}}
+        eval: {{file: eval.jsonl}}
+        """))
+    recipe = load_recipe(recipe_path)
+    run_dir = RunDir(tmp_path / "run")
+    manifest = run(recipe, run_dir)
+    assert manifest.figures["accepted"] == 3
+    dataset = load_from_disk(str(run_dir.dataset))
+    rows = list(dataset["train"]) + list(dataset["validation"])
+    assert len(rows) == 3 and dataset["validation"].num_rows == 1
+    for row in rows:
+        validate(json.loads(row["output"]), recipe.output.json_schema)
+        assert row["messages"][-1] == {"role": "assistant", "content": row["output"]}
+    stats = json.loads((run_dir.data / "stats.json").read_text())
+    assert stats["teacher"]["requests"] >= 6 and stats["tokens"]["completion"] > 0
+
+
+@pytest.mark.slow
+def test_llama_cpp_backend_in_process_follows_the_schema(tmp_path):
+    config = TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=64, n_ctx=1024,
+                           temperature=0.2)
+    (reply,), usage = complete_once(config)
+    value = json.loads(reply.text)
+    assert isinstance(value["city"], str) and isinstance(value["days"], int)
+    assert usage.completion_tokens > 0
+
+
+def test_hf_backend_generates_from_a_local_transformers_model(tiny_llama, tmp_path):
+    config = TeacherConfig(backend="hf", model=str(tiny_llama), max_tokens=16, temperature=0.7)
+    (reply,), usage = complete_once(config, tmp_path / "cache.sqlite")
+    assert isinstance(reply.text, str) and 0 < reply.completion_tokens <= 16 and reply.prompt_tokens > 0
+    assert usage.requests == 1
