@@ -12,7 +12,6 @@ from kit.errors import UserError
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
-    app.command("distill", hidden=True, help="Same as `kit generate`.")(generate)
 
 
 def generate(
