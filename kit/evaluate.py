@@ -1,0 +1,259 @@
+"""The eval stage: the recipe's metrics for base student, teacher, trained student and every export.
+
+Each target runs in its own process (kit.eval_worker) so latency, decode speed and peak memory are its own.
+Writes report.json, report.md and report.png into the run's eval folder.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kit import metrics
+from kit.errors import UserError
+from kit.recipe import Recipe, SqlVerifier
+from kit.recipe_loader import load_seeds
+from kit.run_dir import RunDir
+from kit.stage import StageManifest, config_dict, fingerprint, read_stage_manifest, write_stage_manifest
+
+STAGE = "eval"
+console = Console()
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # e.g. "base", "teacher", "merged", "gguf-Q4_K_M", "onnx-int8"
+    kind: str  # hf | gguf | onnx | teacher
+    path: str = ""
+
+
+def eval_cases(recipe: Recipe) -> list[dict[str, Any]]:
+    if recipe.eval.file is None:
+        raise UserError("the recipe has no eval set: add `eval.file:` (JSONL of input/output written by hand)")
+    cases = []
+    for number, line in enumerate(recipe.eval.file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if "input" not in row or "output" not in row:
+                raise UserError(f"{recipe.eval.file}:{number}: each line needs `input` and `output`")
+            if not isinstance(row["input"], str):
+                row["input"] = json.dumps(row["input"], ensure_ascii=False)
+            cases.append(row)
+    return cases[: recipe.eval.limit] if recipe.eval.limit else cases
+
+
+def default_targets(recipe: Recipe, run: RunDir, include_teacher: bool = True) -> list[Target]:
+    """Base student and teacher, then what the export stage made (merged HF, GGUF quants, ONNX variants)."""
+    from kit.model_ref import resolve_model
+
+    targets = [Target("base", "hf", resolve_model(recipe.student.model).hf())]
+    if include_teacher:
+        targets.append(Target("teacher", "teacher"))
+    exported = read_stage_manifest(run.export)
+    if exported is not None:
+        for key, rel in exported.outputs.items():
+            if key == "merged":
+                targets.append(Target("merged", "hf", str(run.export / rel)))
+            elif key.startswith("gguf_"):
+                targets.append(Target(f"gguf-{key[5:]}", "gguf", str(run.export / rel)))
+            elif key.startswith("onnx_"):
+                targets.append(Target(f"onnx-{key[5:]}", "onnx", str(run.export / rel)))
+    return targets
+
+
+def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
+    """Run one target over the eval inputs in a child process; its predictions and resource figures."""
+    schema = recipe.output.resolved_schema() if recipe.output.format == "json" else None
+    fewshot = []
+    if target.kind == "teacher":
+        for seed in load_seeds(recipe):
+            answer = seed.output if isinstance(seed.output, str) else json.dumps(seed.output, ensure_ascii=False)
+            question = seed.input if isinstance(seed.input, str) else json.dumps(seed.input, ensure_ascii=False)
+            fewshot += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
+            "system_prompt": recipe.task.effective_system_prompt, "fewshot": fewshot, "schema": schema,
+            "max_new_tokens": recipe.eval.max_new_tokens, "threads": threads,
+            "teacher": recipe.teacher.model_dump(mode="json")}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        result = subprocess.run([sys.executable, "-m", "kit.eval_worker", str(spec_path), str(out_path)],
+                                capture_output=True, text=True)
+        if result.returncode != 0 or not out_path.exists():
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise UserError(f"evaluating {target.name} failed: {' | '.join(tail)}")
+        return json.loads(out_path.read_text())
+
+
+def score(recipe: Recipe, cases: list[dict[str, Any]], texts: list[str]) -> dict[str, float]:
+    """Mean of each of the recipe's metrics over the eval set (json_fields expands to one figure per key)."""
+    fmt = recipe.output.format
+    names = metrics.default_metrics(recipe)
+    schema = recipe.output.resolved_schema()
+    valid = metrics.schema_validator(schema) if schema is not None else None
+    database = next((v for v in recipe.critic.verifiers if isinstance(v, SqlVerifier)), None)
+    rows = []
+    for case, text in zip(cases, texts):
+        gold, row = case["output"], {}
+        for name in names:
+            if name == "json_valid":
+                row[name] = metrics.json_valid(text, gold)
+            elif name == "json_schema_valid" and valid is not None:
+                row[name] = valid(text)
+            elif name == "json_fields":
+                row.update({f"field:{k}": v for k, v in metrics.json_fields(text, gold).items()})
+            elif name == "exact_match":
+                row[name] = metrics.exact_match(text, gold, fmt)
+            elif name == "contains":
+                row[name] = metrics.contains(text, gold)
+            elif name == "execution_accuracy":
+                if database is None:
+                    raise UserError("execution_accuracy needs a database: add a `sql` verifier to critic.verifiers")
+                row[name] = execution_match(database, metrics.extract_code(text), str(gold))
+            elif name == "pass_rate":
+                row[name] = python_pass(recipe, metrics.extract_code(text), case)
+        rows.append(row)
+    return metrics.mean_scores(rows)
+
+
+def execution_match(database: SqlVerifier, predicted: str, gold: str) -> float:
+    """1 when both queries give the same result set (row order matters only if the gold query sorts)."""
+    from kit.critic.sql import SqlError, run_query
+
+    ordered = "order by" in gold.lower()
+    try:
+        expected = run_query(database.database, gold, database.timeout_s, ordered=ordered)
+    except SqlError as err:
+        raise UserError(f"a gold query of the eval set fails ({err}): {gold}") from None
+    try:
+        return float(run_query(database.database, predicted, database.timeout_s, ordered=ordered) == expected)
+    except SqlError:
+        return 0.0
+
+
+def python_pass(recipe: Recipe, code: str, case: dict[str, Any]) -> float:
+    from kit.recipe import PythonVerifier
+    from kit.sandbox import run_python
+
+    verifier = next((v for v in recipe.critic.verifiers if isinstance(v, PythonVerifier)), None)
+    tests = case.get("tests") or (verifier.tests if verifier else None)
+    if verifier and verifier.tests_file and not tests:
+        tests = verifier.tests_file.read_text()
+    if not tests:
+        raise UserError("pass_rate needs tests: give each eval case `tests` or the python verifier `tests:`")
+    result = run_python(code + "\n\n" + tests, timeout_s=verifier.timeout_s if verifier else 10.0)
+    return float(result.ok)
+
+
+def primary_metric(figures: dict[str, float]) -> str:
+    for name in ("exact_match", "execution_accuracy", "pass_rate"):
+        if name in figures:
+            return name
+    return next(iter(figures))
+
+
+def summarize(prediction: dict[str, Any]) -> dict[str, float]:
+    rows = prediction["rows"]
+    tokens = sum(r["completion_tokens"] for r in rows)
+    seconds = sum(r["seconds"] for r in rows)
+    firsts = [r["first_token_s"] for r in rows if r["first_token_s"] is not None]
+    return {"latency_ms_p50": 1000 * statistics.median(r["seconds"] for r in rows),
+            "decode_tokens_per_s": tokens / seconds if seconds else 0.0,
+            "first_token_ms_p50": 1000 * statistics.median(firsts) if firsts else None,
+            "peak_rss_mb": prediction["peak_rss_mb"], "wall_s": prediction["wall_s"]}
+
+
+def run(recipe: Recipe, run: RunDir, targets: list[Target] | None = None, threads: int | None = None) -> StageManifest:
+    started = time.time()
+    cases = eval_cases(recipe)
+    targets = targets if targets is not None else default_targets(recipe, run)
+    run.eval.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"task": recipe.task.name, "cases": len(cases), "targets": {}}
+    samples: dict[str, list[str]] = {}
+    for target in targets:
+        console.print(f"[bold]eval[/bold] {target.name} ({target.kind}) on {len(cases)} cases ...")
+        prediction = predict(recipe, target, cases, threads)
+        texts = [r["text"] for r in prediction["rows"]]
+        samples[target.name] = texts
+        report["targets"][target.name] = {"kind": target.kind, "metrics": score(recipe, cases, texts),
+                                          "runtime": summarize(prediction)}
+    report["primary_metric"] = primary_metric(next(iter(report["targets"].values()))["metrics"]) if targets else None
+    (run.eval / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run.eval / "predictions.jsonl").write_text("".join(
+        json.dumps({"input": c["input"], "gold": c["output"], **{t: samples[t][i] for t in samples}}, ensure_ascii=False)
+        + "\n" for i, c in enumerate(cases)))
+    (run.eval / "report.md").write_text(report_markdown(report))
+    plot_report(report, run.eval / "report.png")
+    console.print(report_table(report))
+    inputs = {"eval_set": fingerprint(recipe.eval.file)}
+    if read_stage_manifest(run.export) is not None:
+        inputs["export"] = read_stage_manifest(run.export).key
+    manifest = StageManifest(stage=STAGE, config=config_dict(recipe.eval), inputs=inputs,
+                             outputs={"report": "report.json", "markdown": "report.md", "plot": "report.png",
+                                      "predictions": "predictions.jsonl"},
+                             figures={name: t["metrics"] for name, t in report["targets"].items()}, started=started)
+    write_stage_manifest(run.eval, manifest)
+    return manifest
+
+
+def _columns(report: dict[str, Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for target in report["targets"].values():
+        seen.update(dict.fromkeys(target["metrics"]))
+    return list(seen)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    columns = _columns(report)
+    head = ["target", *columns, "p50 latency ms", "decode tok/s", "peak RSS MB"]
+    lines = [f"# Evaluation: {report['task']} ({report['cases']} held-out cases)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, target in report["targets"].items():
+        rt = target["runtime"]
+        cells = [name, *(f"{100 * target['metrics'].get(c, 0):.1f}" for c in columns),
+                 f"{rt['latency_ms_p50']:.0f}", f"{rt['decode_tokens_per_s']:.1f}", f"{rt['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Metric columns are percentages of the eval set."]
+    return "\n".join(lines) + "\n"
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    columns = _columns(report)
+    table = Table("target", *columns, "p50 ms", "tok/s", "RSS MB", title=f"eval: {report['task']}")
+    for name, target in report["targets"].items():
+        rt = target["runtime"]
+        table.add_row(name, *(f"{100 * target['metrics'].get(c, 0):.1f}" for c in columns),
+                      f"{rt['latency_ms_p50']:.0f}", f"{rt['decode_tokens_per_s']:.1f}", f"{rt['peak_rss_mb']:.0f}")
+    return table
+
+
+def plot_report(report: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = report.get("primary_metric")
+    names = list(report["targets"])
+    values = [100 * report["targets"][n]["metrics"].get(metric, 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
+    bars = ax.bar(names, values, color="#4c72b0")
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{report['task']}: {metric} on {report['cases']} held-out cases")
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,64 @@
+"""The eval stage scores real predictions: SQL by execution, JSON by fields, runtime artifacts in a child process."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kit import evaluate
+from kit.recipe_loader import load_recipe
+from kit.run_dir import RunDir
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_sql_execution_accuracy_ignores_row_order_unless_the_gold_sorts():
+    recipe = load_recipe(EXAMPLES / "text-to-sql" / "recipe.yaml")
+    cases = [{"input": "q1", "output": "SELECT name FROM categories"},
+             {"input": "q2", "output": "SELECT name FROM categories ORDER BY name"},
+             {"input": "q3", "output": "SELECT COUNT(*) FROM orders"}]
+    predictions = ["SELECT name FROM categories ORDER BY name DESC",  # same set, order irrelevant
+                   "```sql\nSELECT name FROM categories ORDER BY name DESC\n```",  # wrong order where it matters
+                   "SELECT COUNT(*) FROM nowhere"]  # does not execute
+    assert evaluate.score(recipe, cases, predictions)["execution_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_tool_calling_scores_validity_schema_and_each_field():
+    recipe = load_recipe(EXAMPLES / "tool-calling" / "recipe.yaml")
+    gold = {"tool": "set_volume", "arguments": {"level": 30}}
+    cases = [{"input": "volume 30", "output": gold}] * 3
+    predictions = [json.dumps(gold), '{"tool": "set_volume", "arguments": {"level": 3}}', "I can't do that"]
+    figures = evaluate.score(recipe, cases, predictions)
+    assert figures["json_valid"] == pytest.approx(2 / 3)
+    assert figures["json_schema_valid"] == pytest.approx(2 / 3)
+    assert figures["field:tool"] == pytest.approx(2 / 3)
+    assert figures["field:arguments"] == pytest.approx(1 / 3)
+    assert figures["exact_match"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_path):
+    from kit.model_store import ModelStore
+
+    (tmp_path / "eval.jsonl").write_text('{"input": "What is the capital of France?", "output": "Paris"}\n'
+                                         '{"input": "What is the capital of Italy?", "output": "Rome"}\n')
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(textwrap.dedent("""\
+        task: {name: capitals, description: Answer with the capital city of the country asked about.}
+        seeds: [{input: "What is the capital of Spain?", output: Madrid}]
+        eval: {file: eval.jsonl, metrics: [contains, exact_match], max_new_tokens: 16}
+        """))
+    recipe = load_recipe(recipe_path)
+    run = RunDir(tmp_path / "run")
+    gguf = ModelStore().pull("smollm2-135m-instruct")
+    manifest = evaluate.run(recipe, run, [evaluate.Target("student-q4", "gguf", str(gguf))], threads=2)
+    report = json.loads((run.eval / "report.json").read_text())
+    target = report["targets"]["student-q4"]
+    assert target["metrics"]["contains"] >= 0.5  # the 135M instruct model knows Paris
+    assert target["runtime"]["decode_tokens_per_s"] > 0 and target["runtime"]["peak_rss_mb"] > 50
+    assert (run.eval / "report.png").stat().st_size > 1000
+    assert "student-q4" in (run.eval / "report.md").read_text()
+    assert manifest.figures["student-q4"] == target["metrics"]
