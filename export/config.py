@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kit.config_base import StrictModel
 
 GGUFType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K"]
 OnnxQuant = Literal["int8", "int4"]
+OnnxVariant = Literal["fp32", "int8", "int4"]
 
 
 class OnnxSettings(StrictModel):
     enabled: bool = True
     quantize: list[OnnxQuant] = Field(default_factory=lambda: ["int8"])
+    ship: list[OnnxVariant] = Field(default_factory=lambda: ["int8"], description="ONNX variants copied into the bundle")
+    int8_keep_float: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "dense_4h_to_h"],
+                                       description="MatMuls whose node name contains one of these stay float in int8")
+
+    @model_validator(mode="after")
+    def _shipped_are_made(self) -> "OnnxSettings":
+        missing = [v for v in self.ship if v != "fp32" and v not in self.quantize]
+        if missing:
+            raise ValueError(f"onnx.ship names {missing}, which onnx.quantize does not make; add them to onnx.quantize")
+        return self
 
 
 class GenerationDefaults(StrictModel):
@@ -32,3 +43,20 @@ class ExportConfig(StrictModel):
     onnx: OnnxSettings = OnnxSettings()
     verify_tokens: int = Field(32, ge=1, description="greedy tokens compared against the merged model")
     generation: GenerationDefaults = GenerationDefaults()
+    gguf_pre_tokenizer: str | None = Field(
+        None, description="llama.cpp pre-tokenizer name (e.g. gpt-2) written when llama.cpp's converter does not "
+        "recognise the tokenizer; a model that came from a GGUF keeps its own")
+    threads: int | None = Field(None, ge=1, description="CPU threads for quantization and verification "
+                                "(default: each library's own choice; 1 is fastest on a busy machine)")
+    verify_rows: int = Field(16, ge=0, description="validation rows scored in verification (besides the fixed set)")
+    max_perplexity_ratio: float = Field(1.25, gt=1.0, description="a quantized artifact above this perplexity "
+                                        "ratio to the merged model fails verification and is not shipped")
+    min_top1_agreement: float = Field(0.6, ge=0.0, le=1.0, description="a quantized artifact whose next-token "
+                                      "top-1 agrees with the merged model less often fails verification")
+
+    @model_validator(mode="after")
+    def _shipped_are_made(self) -> "ExportConfig":
+        missing = [t for t in self.ship if t != "F16" and t not in self.gguf_types]
+        if missing:
+            raise ValueError(f"ship names {missing}, which gguf_types does not make; add them to gguf_types")
+        return self

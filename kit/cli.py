@@ -96,10 +96,11 @@ def doctor() -> None:
 
 
 # Stage commands live in their own modules; each registers itself here (one line per module).
-# [distill commands]
-# [train commands]
-# [export commands]
-# [runtime commands]
+from kit.cli_distill import register as register_distill; register_distill(app)  # noqa: E402
+from kit.cli_train import register as register_train; register_train(app)  # noqa: E402
+from kit.cli_export import register as register_export; register_export(app)  # noqa: E402
+from kit.cli_runtime import register as register_runtime; register_runtime(app)  # noqa: E402
+from kit.cli_pipeline import register as register_pipeline; register_pipeline(app)  # noqa: E402
 
 
 def main() -> None:

@@ -56,7 +56,11 @@ def default_targets(recipe: Recipe, run: RunDir, include_teacher: bool = True) -
     """Base student and teacher, then what the export stage made (merged HF, GGUF quants, ONNX variants)."""
     from kit.model_ref import resolve_model
 
-    targets = [Target("base", "hf", resolve_model(recipe.student.model).hf())]
+    student = resolve_model(recipe.student.model)
+    # A student that ships as a GGUF is scored as one (as apps would run it, and far faster than eager PyTorch).
+    base = Target("base", "gguf", str(student.gguf())) if student.kind in ("store", "gguf") else \
+        Target("base", "hf", student.hf())
+    targets = [base]
     if include_teacher:
         targets.append(Target("teacher", "teacher"))
     exported = read_stage_manifest(run.export)

@@ -37,6 +37,7 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1, description="save a checkpoint every N optimizer steps")
     early_stopping_patience: int = Field(2, ge=0, description="epochs without validation improvement; 0 = off")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads per process; default: usable cores / local processes")
     seed: int = 0
     lora: LoraSettings = LoraSettings()
     distill: DistillSettings = DistillSettings()
