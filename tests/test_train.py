@@ -1,0 +1,299 @@
+"""The training stage on the tiny random Llama: data, loss masking, figures, resume, distillation, accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kit.errors import UserError
+from kit.run_dir import RunDir
+from trainers.checkpoints import last_complete_checkpoint
+from trainers.config import DistillSettings, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM = "Map the request to a JSON tool call."
+CITIES = ["paris", "london", "tokyo", "rome", "berlin", "madrid", "oslo", "cairo"]
+CONTACTS = ["mom", "dad", "alice", "bob", "sam", "max"]
+
+
+def tool_call_rows(count: int, seed: int = 0) -> list[dict]:
+    """A learnable task in the distill stage's row format: a short request -> a JSON tool call."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        kind = rng.randrange(3)
+        if kind == 0:
+            minutes = rng.randint(1, 60)
+            request, answer = f"set a timer for {minutes} minutes", {"tool": "timer", "minutes": minutes}
+        elif kind == 1:
+            city, day = rng.choice(CITIES), rng.choice(["today", "tomorrow"])
+            request, answer = f"weather in {city} {day}", {"tool": "weather", "city": city, "day": day}
+        else:
+            contact = rng.choice(CONTACTS)
+            request, answer = f"call {contact}", {"tool": "call", "contact": contact}
+        output = json.dumps(answer)
+        rows.append({"id": f"row-{i}", "input": request, "output": output, "reasoning": "",
+                     "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": request},
+                                  {"role": "assistant", "content": output}]})
+    return rows
+
+
+def write_dataset(run_dir: RunDir, count: int = 300, validation: int = 40) -> RunDir:
+    from datasets import Dataset, DatasetDict
+
+    rows = tool_call_rows(count)
+    DatasetDict(train=Dataset.from_list(rows[validation:]),
+                validation=Dataset.from_list(rows[:validation])).save_to_disk(str(run_dir.dataset))
+    return run_dir
+
+
+def write_recipe(path: Path, student: str, train: dict) -> Path:
+    import yaml
+
+    recipe = {"task": {"name": "tool-calls", "description": "Map a request to a JSON tool call."},
+              "seeds": [{"input": "call mom", "output": {"tool": "call", "contact": "mom"}}],
+              "student": {"model": student}, "train": train}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def kit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kit", *args]
+
+
+def fast_config(**overrides) -> TrainConfig:
+    # one thread: the tiny model's ops are too small to split, and the test machine is shared
+    values = dict(threads=1, max_steps=24, batch_size=8, learning_rate=3e-3, checkpoint_every=8, max_seq_len=128,
+                  lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    return TrainConfig.model_validate(values | overrides)
+
+
+@pytest.fixture(scope="module")
+def dataset_run(tmp_path_factory) -> RunDir:
+    return write_dataset(RunDir(tmp_path_factory.mktemp("train-data")))
+
+
+def fresh_run(dataset_run: RunDir, tmp_path: Path) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(dataset_run.dataset, run.dataset)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_llama, tmp_path_factory) -> Path:
+    """A larger random Llama that shares the tiny student's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    out = tmp_path_factory.mktemp("tiny-teacher")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+def test_loss_covers_the_assistant_answer_and_its_end_of_turn_only(tiny_llama):
+    from trainers.data import tokenize_conversation
+    from trainers.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    row = tool_call_rows(1)[0]
+    encoded = tokenize_conversation(tokenizer, row["messages"], max_len=512)
+    trained = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100]
+    assert tokenizer.decode(trained) == row["output"] + "<|im_end|>\n"
+    prompt = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label == -100]
+    assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
+
+
+def test_missing_dataset_names_the_distill_stage(tmp_path, tiny_llama):
+    from trainers.sft import train
+
+    with pytest.raises(UserError, match="distill"):
+        train(fast_config(), str(tiny_llama), RunDir(tmp_path / "empty"))
+
+
+def test_qlora_without_cuda_or_bitsandbytes_is_refused(dataset_run, tmp_path, tiny_llama):
+    from trainers.sft import train
+
+    with pytest.raises(UserError, match="qlora"):
+        train(fast_config(method="qlora"), str(tiny_llama), fresh_run(dataset_run, tmp_path))
+
+
+def test_padding_free_batches_give_the_same_loss_as_padded_ones(dataset_run, tiny_llama, tmp_path):
+    """Packed rows keep examples apart (position ids -> block-diagonal attention), so the loss is unchanged."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from trainers.data import load_dataset_dict
+    from trainers.model import resolve_base
+    from trainers.sft import TrainPaths, build_trainer
+
+    trainer, _ = build_trainer(fast_config(), resolve_base(str(tiny_llama)), None, load_dataset_dict(dataset_run.dataset),
+                               TrainPaths(tmp_path), "cpu", show_progress=False)
+    examples = [trainer.train_dataset[i] for i in range(6)]
+    pad_id = trainer.processing_class.pad_token_id
+    padded = DataCollatorForLanguageModeling(pad_token_id=pad_id)(examples)
+    flat = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)(examples)
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    trainer.model.eval()
+    with torch.no_grad():
+        loss_padded = trainer.compute_loss(trainer.model, padded)
+        loss_flat = trainer.compute_loss(trainer.model, flat)
+    assert loss_flat.item() == pytest.approx(loss_padded.item(), rel=1e-4)
+
+
+def test_kd_loss_is_zero_only_when_the_student_matches_the_teacher():
+    import torch
+
+    from trainers.trainer import kd_loss_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50)
+    top = (logits / 2.0).log_softmax(-1).topk(50, dim=-1)
+    assert kd_loss_sum(logits, top.indices, top.values, 2.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert kd_loss_sum(torch.randn(5, 50), top.indices, top.values, 2.0).item() > 0.01
+    few = (logits / 2.0).log_softmax(-1).topk(8, dim=-1)
+    assert kd_loss_sum(logits, few.indices, few.values, 2.0).item() >= 0.0
+
+
+# -- the stage -----------------------------------------------------------------------------------------------
+def test_training_lowers_validation_loss_and_writes_figures(dataset_run, tiny_llama, tmp_path):
+    from kit.stage import read_stage_manifest
+    from trainers.sft import train
+
+    run = fresh_run(dataset_run, tmp_path)
+    manifest = train(fast_config(), str(tiny_llama), run, show_progress=False)
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["validation_loss_after"] < metrics["validation_loss_before"]
+    assert metrics["global_step"] == 24 and metrics["train_tokens_per_s"] > 0 and metrics["peak_rss_mb"] > 0
+    assert (run.train / "loss.png").stat().st_size > 1000
+    assert (run.adapter / "adapter_model.safetensors").is_file()
+    base = json.loads((run.adapter / "base_model.json").read_text())
+    assert base["path"] == str(tiny_llama) and len(base["sha256"]) == 64
+    assert read_stage_manifest(run.train).key == manifest.key
+    assert manifest.figures["validation_loss_after"] == metrics["validation_loss_after"]
+    # the same command again finds the stage up to date and does not train
+    stamp = (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns
+    assert train(fast_config(), str(tiny_llama), run, show_progress=False).key == manifest.key
+    assert (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(dataset_run, tiny_llama, tmp_path):
+    from trainers.sft import train
+
+    run = fresh_run(dataset_run, tmp_path)
+    # a learning rate far too high makes validation loss worse after the first epoch; patience 1 stops there
+    config = fast_config(max_steps=None, epochs=6, batch_size=64, learning_rate=0.5, early_stopping_patience=1)
+    train(config, str(tiny_llama), run, show_progress=False)
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["stopped_early"] and len(metrics["validation_loss_by_epoch"]) < 6
+
+
+def test_resume_after_kill_loses_nothing(dataset_run, tiny_llama, tmp_path):
+    """kill -9 after the first checkpoint; the same command resumes there and ends as an uninterrupted run does."""
+    steps, every = 120, 10
+    train = {"threads": 1, "max_steps": steps, "checkpoint_every": every, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 128}
+    recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), train)
+    killed, whole = fresh_run(dataset_run, tmp_path / "killed"), fresh_run(dataset_run, tmp_path / "whole")
+    command = kit_command("train", str(recipe), "--run-dir", str(killed.root), "--no-progress")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while last_complete_checkpoint(killed.train / "checkpoints") is None and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    assert not (killed.train / "manifest.json").exists()
+
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(kit_command("train", str(recipe), "--run-dir", str(whole.root), "--no-progress"),
+                   cwd=ROOT, check=True, capture_output=True)
+    resumed = json.loads((killed.train / "metrics.json").read_text())
+    reference = json.loads((whole.train / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= every
+    logged = [e["step"] for e in resumed["log_history"] if "loss" in e]
+    assert logged == list(range(1, steps + 1))  # every step once: no gap, no repeat
+    losses = {e["step"]: e["loss"] for e in resumed["log_history"] if "loss" in e}
+    expected = {e["step"]: e["loss"] for e in reference["log_history"] if "loss" in e}
+    after = [s for s in expected if s > resumed["resumed_from_step"]]
+    assert [losses[s] for s in after] == pytest.approx([expected[s] for s in after], rel=1e-3)
+    assert resumed["validation_loss_after"] == pytest.approx(reference["validation_loss_after"], rel=1e-3)
+
+
+# -- distillation --------------------------------------------------------------------------------------------
+def test_distillation_caches_teacher_topk_once_and_trains(dataset_run, tiny_llama, tiny_teacher, tmp_path):
+    from trainers.sft import train
+
+    run = fresh_run(dataset_run, tmp_path)
+    config = fast_config(distill=DistillSettings(enabled=True, teacher=str(tiny_teacher), alpha=0.5, top_k=8))
+    manifest = train(config, str(tiny_llama), run, show_progress=False)
+    caches = list((run.train / "teacher_topk").iterdir())
+    assert len(caches) == 1 and (caches[0] / "dataset_info.json").is_file()
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["distill"] and metrics["validation_loss_after"] < metrics["validation_loss_before"]
+    assert "teacher" in manifest.inputs
+    # a new run on the same data and teacher reads the cache instead of running the teacher again
+    stamp = caches[0].stat().st_mtime_ns
+    shutil.rmtree(run.train / "checkpoints")
+    (run.train / "manifest.json").unlink()
+    train(config.model_copy(update={"max_steps": 4}), str(tiny_llama), run, show_progress=False)
+    assert [p.stat().st_mtime_ns for p in (run.train / "teacher_topk").iterdir()] == [stamp]
+
+
+def test_distillation_refuses_a_teacher_with_another_tokenizer(dataset_run, tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    from trainers.sft import train
+
+    other = tmp_path / "other-teacher"
+    shutil.copytree(tiny_llama, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<|tool|>"])
+    tokenizer.save_pretrained(other)
+    config = fast_config(distill=DistillSettings(enabled=True, teacher=str(other)))
+    with pytest.raises(UserError, match="tokenizer"):
+        train(config, str(tiny_llama), fresh_run(dataset_run, tmp_path))
+
+
+# -- beyond one process --------------------------------------------------------------------------------------
+def test_accelerate_launch_trains_with_two_cpu_processes(dataset_run, tiny_llama, tmp_path):
+    """Two DDP processes (gloo) on a CPU-only machine through `accelerate launch` (torchrun underneath).
+
+    `accelerate launch --cpu --num_processes 2` starts a single process unless an MPI hostfile is configured
+    (accelerate 1.15's simple launcher); `--multi_gpu` is the launcher that starts N processes, and with no GPU
+    they train on the CPU over gloo.
+    """
+    run = fresh_run(dataset_run, tmp_path)
+    recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), {"threads": 1, "max_steps": 6, "batch_size": 4,
+                                                                      "checkpoint_every": 3, "max_seq_len": 128})
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kit",
+               "train", str(recipe), "--run-dir", str(run.root), "--no-progress"]
+    cpu_only = os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=cpu_only)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["threads_per_process"] >= 1
+    assert metrics["global_step"] == 6 and (run.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_a_bad_flag_is_a_one_line_error(tmp_path, tiny_llama):
+    recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), {"max_steps": 2})
+    done = subprocess.run(kit_command("train", str(recipe), "--device", "tpu", "--run-dir", str(tmp_path / "run")),
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "device" in done.stderr and "Traceback" not in done.stderr

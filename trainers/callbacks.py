@@ -1,0 +1,72 @@
+"""Trainer callbacks: a progress bar with loss and train tokens/s, and the throughput it measures."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+
+class TrainProgress(TrainerCallback):
+    """tqdm bar over optimizer steps showing loss and train tokens/s; keeps this session's throughput.
+
+    Tokens/s counts the input tokens the trainer saw (`num_input_tokens_seen`) over the time spent inside
+    optimizer steps only, so evaluation and checkpoint saving do not dilute it.
+    """
+
+    def __init__(self, show: bool = True):
+        self.show = show
+        self.bar = None
+        self.step_seconds = 0.0
+        self.tokens = 0
+        self._step_started = 0.0
+        self._tokens_at_begin = 0  # tokens seen at the end of the previous step
+        self._last_loss: float | None = None
+        self.steps: list[tuple[int, float]] = []  # (tokens, seconds) of each optimizer step this session
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.step_seconds if self.step_seconds else 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.show and state.is_local_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                            dynamic_ncols=True)
+        self._tokens_at_begin = state.num_input_tokens_seen
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # the trainer counts a step's tokens as it fetches the batches, just before on_step_begin
+        if self._step_started:
+            seconds, tokens = time.perf_counter() - self._step_started, state.num_input_tokens_seen - self._tokens_at_begin
+            self.steps.append((tokens, seconds))
+            self.step_seconds += seconds
+            self.tokens += tokens
+            self._step_started = 0.0
+        self._tokens_at_begin = state.num_input_tokens_seen
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self._last_loss = float(logs["loss"])
+            if state.log_history:  # keep the figure beside the loss in the run's history
+                state.log_history[-1]["train_tokens_per_s"] = round(self.tokens_per_second, 1)
+        if "eval_loss" in logs and self.bar is not None:
+            self.bar.write(f"epoch {logs.get('epoch', 0):.2f}: validation loss {logs['eval_loss']:.4f}")
+        self._refresh()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _refresh(self) -> None:
+        if self.bar is not None:
+            loss = f"{self._last_loss:.4f}" if self._last_loss is not None else "-"
+            self.bar.set_postfix_str(f"loss {loss}, {self.tokens_per_second:,.0f} tok/s")

@@ -1,0 +1,248 @@
+"""The training stage: LoRA / QLoRA SFT of the student on the distilled dataset (optionally with logit KD).
+
+`run(recipe, run_dir)` reads runs/<task>/data/dataset and writes runs/<task>/train/: adapter/ (peft, with
+base_model.json), checkpoints/, loss.png, metrics.json and manifest.json. Rerun with the same command after
+a crash (even kill -9) and it resumes from the last complete checkpoint; rerun after it finished and it is
+skipped. The same code runs under `accelerate launch` (DDP / FSDP): transformers' Trainer does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.errors import UserError
+from kit.run_dir import RunDir
+from kit.stage import StageManifest, config_dict, is_up_to_date, read_stage_manifest, write_stage_manifest
+from trainers.config import TrainConfig
+
+STAGE = "train"
+BASE_MODEL_FILE = "base_model.json"
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    folder: Path  # runs/<task>/train
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.folder / "teacher_topk"
+
+    @property
+    def loss_png(self) -> Path:
+        return self.folder / "loss.png"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+
+def run(recipe, run_dir: RunDir, show_progress: bool = True) -> StageManifest:
+    """Stage entry point: train `recipe.student.model` with `recipe.train` on the run's dataset."""
+    return train(recipe.train, recipe.student.model, run_dir, show_progress=show_progress)
+
+
+def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: bool = True) -> StageManifest:
+    """Train (or resume, or skip when up to date) and return the stage manifest."""
+    from accelerate import PartialState
+
+    from trainers.checkpoints import claim, last_complete_checkpoint
+    from trainers.data import dataset_fingerprint, load_dataset_dict
+    from trainers.model import resolve_base, resolve_device, set_cpu_threads
+
+    processes = PartialState()
+    device = resolve_device(config)
+    threads = set_cpu_threads(processes.num_processes, config.threads) if device == "cpu" else None
+    paths = TrainPaths(run_dir.train)
+    data = load_dataset_dict(run_dir.dataset)
+    base = resolve_base(student)
+    teacher = _resolve_teacher(config)
+    # threads change speed, not results: changing them neither retrains nor discards checkpoints
+    stage_config = {"student": student, "train": config_dict(config) | {"threads": None}}
+    inputs = {"dataset": dataset_fingerprint(run_dir.dataset), "base_model": base.sha256}
+    if teacher is not None:
+        inputs["teacher"] = teacher.sha256
+    if is_up_to_date(paths.folder, STAGE, stage_config, inputs) and (paths.adapter / "adapter_config.json").is_file():
+        return read_stage_manifest(paths.folder)
+
+    started = time.time()
+    with processes.main_process_first():
+        if processes.is_main_process:
+            claim(paths.checkpoints, StageManifest(STAGE, stage_config, inputs).key)
+    resume_from = last_complete_checkpoint(paths.checkpoints)
+    trainer, progress = build_trainer(config, base, teacher, data, paths, device, show_progress)
+    summary = _fit(trainer, paths, resume_from)
+    trainer.save_model(str(paths.adapter))
+    if not processes.is_main_process:
+        return StageManifest(STAGE, stage_config, inputs)
+    (paths.adapter / BASE_MODEL_FILE).write_text(json.dumps(base.as_dict(), indent=2) + "\n")
+    metrics = _metrics(trainer, progress, summary, base, config, device, threads, processes.num_processes)
+    figures = _write_figures(trainer, metrics, paths, f"{student}: {config.method}" + (" + KD" if teacher else ""))
+    manifest = StageManifest(stage=STAGE, config=stage_config, inputs=inputs, started=started, figures=figures,
+                             outputs={"adapter": "adapter", "loss_png": "loss.png", "metrics": "metrics.json"})
+    write_stage_manifest(paths.folder, manifest)
+    return manifest
+
+
+def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, device: str, show_progress: bool = True):
+    """The StudentTrainer (trl SFTTrainer + our loss) and its progress callback, ready to train."""
+    from accelerate import PartialState
+    from transformers import PrinterCallback
+    from transformers.trainer_callback import EarlyStoppingCallback
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from trainers.callbacks import TrainProgress
+    from trainers.data import tokenized_splits
+    from trainers.distill import DistillCollator, check_same_tokenizer, with_teacher_topk
+    from trainers.model import load_causal_lm, load_tokenizer, lora_config
+    from trainers.trainer import StudentTrainer
+
+    tokenizer = load_tokenizer(base.path)
+    rows = tokenized_splits(tokenizer, data, config.max_seq_len)
+    train_rows, collator = rows["train"], None
+    if teacher is not None:
+        check_same_tokenizer(tokenizer, load_tokenizer(teacher.path), teacher.spec)
+        with PartialState().main_process_first():  # the main process fills the cache, the others read it
+            train_rows = with_teacher_topk(train_rows, teacher, config.distill, paths.teacher_cache, device)
+        collator = DistillCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
+                                                                   padding_free=config.packing))
+    progress = TrainProgress(show=show_progress)
+    callbacks: list[Any] = [progress]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = StudentTrainer(
+        model=load_causal_lm(base.path, config, device), args=training_args(config, device, paths.checkpoints,
+                                                                             own_collator=collator is not None),
+        train_dataset=train_rows, eval_dataset=rows["validation"], processing_class=tokenizer,
+        peft_config=lora_config(config.lora), data_collator=collator, callbacks=callbacks, distill=config.distill)
+    trainer.remove_callback(PrinterCallback)
+    return trainer, progress
+
+
+def training_args(config: TrainConfig, device: str, output_dir: Path, own_collator: bool = False):
+    """SFTConfig from the recipe: checkpoints every N steps, validation each epoch, padding-free batches."""
+    from trl import SFTConfig
+
+    padding_free = config.packing and not own_collator  # the distillation collator flattens batches itself
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        fp16=False,
+        # rows arrive tokenized and truncated to max_seq_len (trainers/data.py); batches are concatenated into
+        # one row with per-example position ids when packing is on, so no token is padding
+        max_length=None,
+        packing=False,
+        padding_free=padding_free,
+        include_num_input_tokens_seen="all" if config.packing else "non_padding",
+        remove_unused_columns=False,
+        eval_strategy="epoch",
+        save_strategy="steps",
+        save_steps=config.checkpoint_every,
+        save_total_limit=2,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_strategy="steps",
+        logging_steps=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=device == "cuda",
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def _resolve_teacher(config: TrainConfig):
+    from trainers.model import resolve_base
+
+    if not config.distill.enabled:
+        return None
+    if not config.distill.teacher:
+        raise UserError("train.distill.enabled needs train.distill.teacher: a local HF model (or store name) "
+                        "sharing the student's tokenizer")
+    return resolve_base(config.distill.teacher)
+
+
+def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]:
+    from trainers.checkpoints import read_initial_eval, write_initial_eval
+
+    initial = read_initial_eval(paths.checkpoints)
+    if resume_from is None or initial is None:
+        initial = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            write_initial_eval(paths.checkpoints, initial)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    state = trainer.state
+    evals = [e for e in state.log_history if "eval_loss" in e]
+    final = evals[-1] if evals and evals[-1].get("step") == state.global_step else trainer.evaluate()
+    return {"initial": initial, "final": final, "resumed_from_step": _step_of(resume_from)}
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
+
+
+def _metrics(trainer, progress, summary, base, config: TrainConfig, device: str, threads, processes: int) -> dict:
+    from trainers.figures import peak_rss_mb
+
+    state = trainer.state
+    train_losses = [e["loss"] for e in state.log_history if "loss" in e]
+    metrics = {
+        "base_model": base.as_dict(),
+        "method": config.method,
+        "distill": config.distill.enabled,
+        "device": device,
+        "threads_per_process": threads,
+        "processes": processes,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epochs_done": state.epoch,
+        "stopped_early": state.global_step < state.max_steps,
+        "resumed_from_step": summary["resumed_from_step"],
+        "validation_loss_before": summary["initial"].get("eval_loss"),
+        "validation_loss_after": summary["final"].get("eval_loss"),
+        "validation_loss_by_epoch": [{"epoch": e.get("epoch"), "step": e["step"], "loss": e["eval_loss"]}
+                                     for e in state.log_history if "eval_loss" in e],
+        "train_loss_last": train_losses[-1] if train_losses else None,
+        "train_tokens_per_s": round(progress.tokens_per_second, 1),
+        "train_tokens_this_session": progress.tokens,
+        "train_tokens_total": state.num_input_tokens_seen,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "log_history": state.log_history,
+    }
+    if device == "cuda":
+        import torch
+
+        metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / (1 << 20), 1)
+    return metrics
+
+
+def _write_figures(trainer, metrics: dict, paths: TrainPaths, title: str) -> dict[str, Any]:
+    from trainers.figures import loss_curves, plot_loss, write_metrics
+
+    train_curve, validation_curve = loss_curves(trainer.state.log_history)
+    if metrics["validation_loss_before"] is not None:
+        validation_curve = [(0, metrics["validation_loss_before"]), *validation_curve]
+    plot_loss(train_curve, validation_curve, paths.loss_png, title)
+    write_metrics(metrics, paths.metrics)
+    return {k: v for k, v in metrics.items() if k not in ("log_history", "validation_loss_by_epoch", "base_model")}
