@@ -25,7 +25,7 @@ def load_dataset_dict(path: Path):
         if len(data[split]) == 0:
             raise UserError(f"the {split} split at {path} is empty: distill more samples (data.target_samples)")
         if "messages" not in data[split].column_names:
-            raise UserError(f"the {split} split at {path} has no `messages` column: re-run the distill stage")
+            raise UserError(f"the {split} split at {path} has no `messages` column: re-run `kit generate`")
     return data
 
 
@@ -43,7 +43,7 @@ def dataset_fingerprint(path: Path) -> str:
 def prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, str]]:
     """Split a conversation into its prompt (everything before) and the final assistant message."""
     if not messages or messages[-1]["role"] != "assistant":
-        raise UserError("every training conversation must end with an assistant message; re-run the distill stage")
+        raise UserError("every training conversation must end with an assistant message; re-run `kit generate`")
     return messages[:-1], messages[-1]
 
 

@@ -1,0 +1,160 @@
+"""GGUF: convert with llama.cpp's own converter, quantize with llama.cpp, probe every file in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from export.gguf_tokenizer import tokenizer_differences
+from export.llama_cpp_source import converter_root
+from kit.errors import UserError
+
+# Converter --outtype for the unquantized types; every other type is quantized from F16.
+CONVERTER_OUTTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+# Texts every GGUF must tokenize (in a child process) before it is written under its final name.
+SMOKE_TEXTS = ("Hello world 123", "<|im_start|>user\nÜber 3.14 ünïcode 🚀 {\"k\": [1, 2]}<|im_end|>\n")
+PROBE = Path(__file__).with_name("llama_probe.py")
+LAUNCHER = Path(__file__).with_name("convert_launcher.py")
+
+
+def gguf_name(quant: str) -> str:
+    return f"model-{quant}.gguf"
+
+
+def llama_ftype(quant: str) -> int:
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}", None)
+    if value is None:
+        raise UserError(f"this llama-cpp-python build has no quantization type {quant}")
+    return int(value)
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def probe_gguf(path: Path, request: dict[str, Any], timeout_s: float = 600) -> ProbeResult:
+    """Run llama_probe.py on `path` in a child process; a native abort comes back as ok=False."""
+    with tempfile.TemporaryDirectory(prefix="microkit-probe-") as tmp:
+        request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request_file.write_text(json.dumps({"model": str(path), "n_ctx": 512, **request}), encoding="utf-8")
+        env = os.environ | {"GGML_NO_BACKTRACE": "1"}  # a crash must not spend a minute in gdb
+        try:
+            done = subprocess.run([sys.executable, str(PROBE), str(request_file), str(result_file)],
+                                  capture_output=True, text=True, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            return ProbeResult(False, error=f"llama.cpp probe timed out after {timeout_s:.0f}s")
+        if done.returncode != 0 or not result_file.is_file():
+            stage = ([line for line in done.stdout.splitlines() if line.startswith("stage: ")] or ["stage: start"])[-1]
+            reason = _exit_reason(done.returncode)
+            tail = " | ".join(done.stderr.strip().splitlines()[-2:])[:300]
+            return ProbeResult(False, error=f"llama.cpp {reason} at {stage[7:]}: {tail}")
+        return ProbeResult(True, json.loads(result_file.read_text(encoding="utf-8")))
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def check_loads_and_tokenizes(path: Path) -> str | None:
+    """None when llama.cpp loads `path` and tokenizes the smoke texts; else why not."""
+    probe = probe_gguf(path, {"tokenize": list(SMOKE_TEXTS)}, timeout_s=300)
+    if not probe.ok:
+        return probe.error
+    if any(not ids for ids in probe.result["tokens"]):
+        return "llama.cpp tokenized a smoke text to no tokens"
+    return None
+
+
+def convert_to_gguf(hf_dir: Path, out: Path, outtype: str = "F16", pre_tokenizer: str | None = None,
+                    source_gguf: Path | None = None) -> Path:
+    """Convert an HF folder with llama.cpp's convert_hf_to_gguf.py; refuse a file llama.cpp cannot use.
+
+    pre_tokenizer: llama.cpp pre-tokenizer name written if the converter does not recognise the
+    tokenizer. source_gguf: the GGUF the base came from; the result must carry its tokenizer unchanged.
+    """
+    root = converter_root()
+    partial = out.with_name(out.name + ".partial")
+    command = [sys.executable, str(LAUNCHER), str(root), pre_tokenizer or "-", "--",
+               str(hf_dir), "--outfile", str(partial), "--outtype", CONVERTER_OUTTYPES[outtype]]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        tail = "\n".join(done.stderr.strip().splitlines()[-3:])
+        hint = (" (set export.gguf_pre_tokenizer to the llama.cpp pre-tokenizer your tokenizer uses, e.g. gpt-2)"
+                if "pre-tokenizer was not recognized" in done.stderr else "")
+        raise UserError(f"llama.cpp's converter failed on {hf_dir}{hint}:\n{tail}")
+    refuse_unusable(partial, source_gguf)
+    partial.replace(out)
+    return out
+
+
+def refuse_unusable(path: Path, source_gguf: Path | None = None) -> None:
+    """Delete `path` and raise when llama.cpp cannot load and tokenize it or its tokenizer left the source's."""
+    problem = check_loads_and_tokenizes(path)
+    if problem is None and source_gguf is not None:
+        diffs = tokenizer_differences(source_gguf, path)
+        if diffs:
+            problem = f"its tokenizer differs from the source GGUF's in {', '.join(diffs)}"
+    if problem is not None:
+        path.unlink(missing_ok=True)
+        raise UserError(f"refused to write {path.name.removesuffix('.partial')}: {problem}")
+
+
+def quantize_gguf(f16: Path, out: Path, quant: str, threads: int | None = None) -> Path:
+    """Quantize an F16 GGUF in process with llama.cpp's llama_model_quantize; probe the result."""
+    import logging
+
+    import llama_cpp
+    import llama_cpp._logger  # noqa: F401  (installs the log callback that honours this logger's level)
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_ftype(quant)
+    params.nthread = threads or 0
+    partial = out.with_name(out.name + ".partial")
+    native_log = logging.getLogger("llama-cpp-python")
+    level = native_log.level
+    native_log.setLevel(logging.ERROR)  # llama.cpp logs every tensor at INFO
+    try:
+        status = llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params)
+    finally:
+        native_log.setLevel(level)
+    if status != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise UserError(f"llama.cpp could not quantize {f16.name} to {quant} (status {status})")
+    refuse_unusable(partial)
+    partial.replace(out)
+    return out
+
+
+def make_ggufs(hf_dir: Path, out_dir: Path, quants: list[str], pre_tokenizer: str | None = None,
+               source_gguf: Path | None = None, threads: int | None = None) -> dict[str, Path]:
+    """F16 (always: every quant derives from it) plus each requested type, as out_dir/model-<TYPE>.gguf."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = {"F16": convert_to_gguf(hf_dir, out_dir / gguf_name("F16"), "F16", pre_tokenizer, source_gguf)}
+    for quant in dict.fromkeys(quants):
+        if quant in made:
+            continue
+        target = out_dir / gguf_name(quant)
+        if quant in CONVERTER_OUTTYPES:
+            made[quant] = convert_to_gguf(hf_dir, target, quant, pre_tokenizer, source_gguf)
+        else:
+            made[quant] = quantize_gguf(made["F16"], target, quant, threads)
+    return made

@@ -1,0 +1,96 @@
+"""`kit export`: flags and recipe onto ExportConfig + BundleInfo; the work is export.stage.run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from kit.errors import UserError
+
+
+def _export_config(base: dict[str, Any], gguf: list[str] | None, ship: list[str] | None, onnx: bool | None,
+                   pre_tokenizer: str | None):
+    from pydantic import ValidationError
+
+    from export.config import ExportConfig
+
+    data = dict(base)
+    if gguf:
+        data["gguf_types"] = gguf
+    if ship:
+        data["ship"] = ship
+    if onnx is not None:
+        data["onnx"] = {**data.get("onnx", {}), "enabled": onnx}
+    if pre_tokenizer:
+        data["gguf_pre_tokenizer"] = pre_tokenizer
+    try:
+        return ExportConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "settings"
+        raise UserError(f"export {where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _from_recipe(recipe_path: Path, runs: Path):
+    from export.bundle import BundleInfo
+    from kit.recipe_loader import load_recipe
+    from kit.run_dir import RunDir
+
+    recipe = load_recipe(recipe_path)
+    run_dir = RunDir.for_task(recipe.task.name, runs)
+    schema = recipe.output.json_schema
+    if schema is None and recipe.output.schema_file is not None:
+        schema = json.loads(Path(recipe.output.schema_file).read_text(encoding="utf-8"))
+    report = run_dir.eval / "report.json"
+    evals = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    info = BundleInfo(name=recipe.task.name, task=recipe.task.description,
+                      system_prompt=recipe.task.effective_system_prompt, output_format=recipe.output.format,
+                      output_schema=schema, eval=evals.get("metrics", evals) if isinstance(evals, dict) else {})
+    return recipe, run_dir, info
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_command(
+        recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (uses runs/<task>/train/adapter)"),
+        base: Optional[str] = typer.Option(None, "--base", help="base model: store name, .gguf, HF folder or id"),
+        adapter: Optional[Path] = typer.Option(None, "--adapter", help="peft adapter folder"),
+        out: Optional[Path] = typer.Option(None, "--out", help="without a recipe: writes OUT/export and OUT/bundle"),
+        runs: Path = typer.Option(Path("runs"), "--runs", help="where run directories live"),
+        gguf: Optional[list[str]] = typer.Option(None, "--gguf", help="GGUF type to make (repeat), e.g. Q4_K_M"),
+        ship: Optional[list[str]] = typer.Option(None, "--ship", help="GGUF type to ship in the bundle (repeat)"),
+        onnx: Optional[bool] = typer.Option(None, "--onnx/--no-onnx", help="make the ONNX exports"),
+        pre_tokenizer: Optional[str] = typer.Option(None, "--pre-tokenizer",
+                                                    help="llama.cpp pre-tokenizer for an unrecognised tokenizer"),
+        name: Optional[str] = typer.Option(None, "--name", help="bundle name (without a recipe)"),
+        system: Optional[str] = typer.Option(None, "--system", help="system prompt (without a recipe)"),
+        force: bool = typer.Option(False, "--force", help="redo even when the export is up to date"),
+    ) -> None:
+        """Merge, convert (GGUF, ONNX), quantize, verify every artifact and write the bundle."""
+        from rich.console import Console
+
+        from export.bundle import BundleInfo
+        from export.stage import run
+
+        if recipe is not None:
+            loaded, run_dir, info = _from_recipe(recipe, runs)
+            config = _export_config(loaded.export.model_dump(), gguf, ship, onnx, pre_tokenizer)
+            workdir, bundle_dir = run_dir.export, run_dir.bundle
+            adapter = adapter or run_dir.adapter
+            base = base or loaded.student.model
+            dataset = run_dir.dataset
+        else:
+            if out is None or (base is None and adapter is None):
+                raise UserError("pass a recipe, or --out DIR with --base MODEL and/or --adapter DIR")
+            config = _export_config({}, gguf, ship, onnx, pre_tokenizer)
+            workdir, bundle_dir, dataset = out / "export", out / "bundle", None
+            info = BundleInfo(name=name or out.resolve().name, system_prompt=system)
+        stage = run(config, workdir, bundle_dir, info, adapter=adapter, base=base, dataset=dataset, force=force)
+        console = Console()
+        failed = stage.figures.get("failed", [])
+        console.print(f"[green]bundle[/green] {bundle_dir} ({len(stage.figures.get('shipped', []))} files); "
+                      f"verification: {workdir / 'verify.json'}"
+                      + (f"; [red]failed, not shipped:[/red] {', '.join(failed)}" if failed else ""))

@@ -1,0 +1,147 @@
+"""Export on the model-store student (SmolLM2-135M-Instruct, from a GGUF) with a small trained adapter.
+
+Repeats the known trap (GGUF -> transformers -> save_pretrained -> llama.cpp converter) and shows the
+export carries the original tokenizer through instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from export.bundle import BundleInfo
+from export.config import ExportConfig
+from runtime.manifest import read_manifest, verify_files
+
+pytestmark = pytest.mark.slow
+STUDENT = "smollm2-135m-instruct"
+SYSTEM = "You convert units. Answer with JSON."
+TEXTS = ["Convert 3 miles to km: 4.83 km", "  {\"value\": 12, \"unit\": \"kg\"}\n\tdone", "Ünïcode 🚀 123456"]
+
+
+@pytest.fixture(scope="module")
+def student_hf() -> Path:
+    from kit.model_store import ModelStore
+
+    return ModelStore().pull_hf(STUDENT)
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(student_hf, tmp_path_factory) -> Path:
+    """Three AdamW steps of LoRA (all linear layers) on one example: a small but real trained adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(student_hf, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    ids = torch.tensor([[1, 4093, 198, 35, 8067, 281, 3593, 2, 198, 1, 520, 9531, 198, 33, 30, 29, 33, 2]])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("student-adapter") / "adapter"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def student_export(trained_adapter, tmp_path_factory):
+    from export.stage import run
+
+    root = tmp_path_factory.mktemp("student-export")
+    config = ExportConfig(gguf_types=["F16", "Q8_0", "Q4_K_M"], ship=["F16", "Q4_K_M"],
+                          onnx={"quantize": ["int8"], "ship": ["int8"]}, threads=1)
+    info = BundleInfo(name="unit-converter", task="Convert units.", system_prompt=SYSTEM, output_format="json")
+    stage = run(config, root / "export", root / "bundle", info, adapter=trained_adapter, base=STUDENT)
+    return root, stage
+
+
+def test_student_export_writes_a_verified_bundle_with_matching_hashes(student_export):
+    root, stage = student_export
+    manifest = read_manifest(root / "bundle")
+    verify_files(root / "bundle", manifest)
+    assert {"model-F16.gguf", "model-Q4_K_M.gguf", "onnx/model_int8.onnx", "Modelfile"} <= {f.path for f in manifest.files}
+    assert manifest.base_model["license"] == "Apache-2.0"
+    verify = json.loads((root / "export" / "verify.json").read_text())
+    by_name = {a["name"]: a for a in verify["artifacts"]}
+    assert all(a["status"] == "ok" and a["tokenization_identical"] for a in by_name.values()), by_name
+    assert by_name["model-F16.gguf"]["greedy_identical"] and by_name["onnx/model.onnx"]["greedy_identical"]
+    assert by_name["model-Q8_0.gguf"]["perplexity_ratio"] < by_name["model-Q4_K_M.gguf"]["perplexity_ratio"]
+
+
+def test_bundle_ggufs_generate_in_llama_cpp_and_f16_matches_the_merged_model(student_export):
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = student_export
+    merged = root / "export" / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    prompt = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                            {"role": "user", "content": "5 miles in km?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    with torch.inference_mode():
+        want = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
+    for name in ("model-F16.gguf", "model-Q4_K_M.gguf"):
+        llm = Llama(str(root / "bundle" / name), n_ctx=256, verbose=False)
+        assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == ids
+        out = llm.create_completion(prompt, max_tokens=32, temperature=0.0)
+        assert out["choices"][0]["text"].strip()
+        if name == "model-F16.gguf":
+            have = []
+            for token in llm.generate(ids, temp=0.0, top_k=1):
+                have.append(token)
+                if len(have) == len(want) or token == tokenizer.eos_token_id:
+                    break
+            assert have == want
+
+
+def test_bundle_onnx_runs_in_onnxruntime(student_export):
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from export.onnx_export import OnnxCausalLM
+
+    root, _ = student_export
+    onnx_dir = root / "bundle" / "onnx"
+    ids = Tokenizer.from_file(str(onnx_dir / "tokenizer.json")).encode("3 miles in km").ids
+    logits = OnnxCausalLM(onnx_dir / "model_int8.onnx").logits(ids)
+    assert logits.shape == (len(ids), 49152) and np.isfinite(logits).all()
+
+
+def test_known_trap_naive_gguf_is_refused_and_the_export_keeps_the_original_tokenizer(
+        student_hf, student_export, tmp_path):
+    from export.gguf import check_loads_and_tokenizes, convert_to_gguf, probe_gguf
+    from export.gguf_tokenizer import tokenizer_differences
+    from kit.errors import UserError
+    from kit.model_store import ModelStore
+
+    # The naive route: the transformers round trip of the GGUF, saved and converted as it is. Its
+    # tokenizer.model is not a sentencepiece model (the converter cannot even parse it) ...
+    naive = tmp_path / "naive"
+    shutil.copytree(student_hf, naive)
+    with pytest.raises(UserError, match="converter failed"):
+        convert_to_gguf(naive, tmp_path / "naive.gguf")
+    # ... and without it the converter writes a sentencepiece-style vocabulary with no merges, which
+    # llama.cpp cannot tokenize: the child-process check refuses it, and this process lives on.
+    (naive / "tokenizer.model").unlink()
+    with pytest.raises(UserError, match="refused to write naive.gguf: llama.cpp was killed by SIGABRT"):
+        convert_to_gguf(naive, tmp_path / "naive.gguf")
+    assert not list(tmp_path.glob("naive.gguf*"))
+
+    root, _ = student_export
+    source = ModelStore().path(STUDENT)
+    exported = root / "export" / "model-F16.gguf"
+    assert check_loads_and_tokenizes(exported) is None
+    assert tokenizer_differences(source, exported) == []
+    original = probe_gguf(source, {"tokenize": TEXTS})
+    ours = probe_gguf(exported, {"tokenize": TEXTS})
+    assert original.ok and ours.ok and ours.result["tokens"] == original.result["tokens"]
