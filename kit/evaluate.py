@@ -24,7 +24,8 @@ from kit.errors import UserError
 from kit.recipe import Recipe, SqlVerifier
 from kit.recipe_loader import load_seeds
 from kit.run_dir import RunDir
-from kit.stage import StageManifest, config_dict, fingerprint, read_stage_manifest, write_stage_manifest
+from kit.stage import (StageManifest, config_dict, fingerprint, is_up_to_date, read_stage_manifest,
+                       write_stage_manifest)
 
 STAGE = "eval"
 console = Console()
@@ -177,6 +178,35 @@ def summarize(prediction: dict[str, Any]) -> dict[str, float]:
             "peak_rss_mb": prediction["peak_rss_mb"], "wall_s": prediction["wall_s"]}
 
 
+def stage_inputs(recipe: Recipe, run: RunDir) -> dict[str, str]:
+    inputs = {"eval_set": fingerprint(recipe.eval.file)}
+    exported = read_stage_manifest(run.export)
+    if exported is not None:
+        inputs["export"] = exported.key
+    return inputs
+
+
+def stage_config(recipe: Recipe, targets: list[Target]) -> dict[str, Any]:
+    return {"eval": config_dict(recipe.eval), "targets": [t.name for t in targets],
+            "teacher": config_dict(recipe.teacher), "student": recipe.student.model}
+
+
+def run_if_needed(recipe: Recipe, run_dir: RunDir, targets: list[Target], threads: int | None = None) -> StageManifest:
+    """The eval stage, skipped when the eval set, the export and the targets are what the last report scored."""
+    if is_up_to_date(run_dir.eval, STAGE, stage_config(recipe, targets), stage_inputs(recipe, run_dir)):
+        console.print(f"eval is up to date in {run_dir.eval}")
+        return read_stage_manifest(run_dir.eval)
+    return run(recipe, run_dir, targets, threads)
+
+
+def headline(run: RunDir) -> str:
+    """One line: the primary metric per target."""
+    report = json.loads((run.eval / "report.json").read_text())
+    metric = report["primary_metric"]
+    scores = ", ".join(f"{name} {100 * t['metrics'].get(metric, 0):.1f}" for name, t in report["targets"].items())
+    return f"{metric}: {scores}"
+
+
 def run(recipe: Recipe, run: RunDir, targets: list[Target] | None = None, threads: int | None = None) -> StageManifest:
     started = time.time()
     cases = eval_cases(recipe)
@@ -199,10 +229,7 @@ def run(recipe: Recipe, run: RunDir, targets: list[Target] | None = None, thread
     (run.eval / "report.md").write_text(report_markdown(report))
     plot_report(report, run.eval / "report.png")
     console.print(report_table(report))
-    inputs = {"eval_set": fingerprint(recipe.eval.file)}
-    if read_stage_manifest(run.export) is not None:
-        inputs["export"] = read_stage_manifest(run.export).key
-    manifest = StageManifest(stage=STAGE, config=config_dict(recipe.eval), inputs=inputs,
+    manifest = StageManifest(stage=STAGE, config=stage_config(recipe, targets), inputs=stage_inputs(recipe, run),
                              outputs={"report": "report.json", "markdown": "report.md", "plot": "report.png",
                                       "predictions": "predictions.jsonl"},
                              figures={name: t["metrics"] for name, t in report["targets"].items()}, started=started)

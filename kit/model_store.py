@@ -103,7 +103,7 @@ class ModelStore:
         gguf = self.pull(name)
         out = self.hf_dir(name)
         source = out / HF_SOURCE_FILE
-        if source.exists() and json.loads(source.read_text()).get("sha256") == self.model(name).sha256:
+        if source.exists() and json.loads(source.read_text()) == _source_record(gguf, self.model(name).sha256):
             return out
         dequantize_gguf_to_hf(gguf, out, sha256=self.model(name).sha256)
         return out
@@ -161,18 +161,32 @@ def _byte_progress() -> Progress:
                     TimeRemainingColumn(), transient=False)
 
 
+HF_FOLDER_FORMAT = 2  # bump when the HF folder's contents change, so cached folders are rebuilt
+
+
+def _source_record(gguf: Path, sha256: str) -> dict:
+    return {"gguf": str(gguf), "sha256": sha256, "format": HF_FOLDER_FORMAT}
+
+
 def dequantize_gguf_to_hf(gguf: Path, out: Path, sha256: str | None = None) -> Path:
     """Load a GGUF with transformers (dequantized to float32) and save it as an HF folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from export.gguf_tokenizer import read_gguf_metadata, tokenizer_from_gguf
+
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if read_gguf_metadata(gguf, ("tokenizer.ggml.model",)).get("tokenizer.ggml.model") == "gpt2":
+        # transformers' GGUF tokenizer loses BPE details llama.cpp keeps (pre-tokenizer, BOS/EOS policy);
+        # rebuilt from the GGUF's metadata, training tokenizes exactly as the runtime will.
+        tokenizer = tokenizer_from_gguf(gguf)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / HF_SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": sha256 or sha256_file(gguf)}, indent=2))
+    (tmp / HF_SOURCE_FILE).write_text(json.dumps(_source_record(gguf, sha256 or sha256_file(gguf)), indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

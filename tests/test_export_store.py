@@ -124,10 +124,16 @@ def test_known_trap_naive_gguf_is_refused_and_the_export_keeps_the_original_toke
     from kit.errors import UserError
     from kit.model_store import ModelStore
 
-    # The naive route: the transformers round trip of the GGUF, saved and converted as it is. Its
-    # tokenizer.model is not a sentencepiece model (the converter cannot even parse it) ...
+    # The naive route: the transformers round trip of the GGUF (tokenizer loaded with gguf_file=), saved
+    # and converted as it is. Its tokenizer.model is not a sentencepiece model (the converter cannot parse it) ...
+    from transformers import AutoTokenizer
+
     naive = tmp_path / "naive"
     shutil.copytree(student_hf, naive)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        (naive / name).unlink(missing_ok=True)
+    gguf = ModelStore().path(STUDENT)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(naive)
     with pytest.raises(UserError, match="converter failed"):
         convert_to_gguf(naive, tmp_path / "naive.gguf")
     # ... and without it the converter writes a sentencepiece-style vocabulary with no merges, which

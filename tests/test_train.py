@@ -120,10 +120,10 @@ def test_loss_covers_the_assistant_answer_and_its_end_of_turn_only(tiny_llama):
     assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
 
 
-def test_missing_dataset_names_the_distill_stage(tmp_path, tiny_llama):
+def test_missing_dataset_names_the_generate_command(tmp_path, tiny_llama):
     from trainers.sft import train
 
-    with pytest.raises(UserError, match="distill"):
+    with pytest.raises(UserError, match="kit generate"):
         train(fast_config(), str(tiny_llama), RunDir(tmp_path / "empty"))
 
 

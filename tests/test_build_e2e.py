@@ -1,0 +1,66 @@
+"""`kit build` end to end on a shrunken recipe: every stage for real, then a rerun that skips them all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+RECIPE = """\
+task:
+  name: capital-finder
+  description: Give the capital city of the country named in the question, as JSON.
+  system_prompt: 'Answer with JSON {"capital": CITY}.'
+output:
+  format: json
+  schema: {type: object, properties: {capital: {type: string}}, required: [capital], additionalProperties: false}
+seeds:
+  - {input: "What is the capital of France?", output: {capital: Paris}}
+  - {input: "Capital of Japan?", output: {capital: Tokyo}}
+  - {input: "Which city is the capital of Italy?", output: {capital: Rome}}
+teacher: {backend: llama_cpp, model: smollm2-135m-instruct, max_tokens: 96, n_ctx: 2048, temperature: 0.9}
+critic:
+  verifiers: [{type: json_schema}, {type: dedup, threshold: 0.9}, {type: decontaminate, ngram: 5}]
+data: {target_samples: 12, validation_fraction: 0.25, topics: [Europe, Asia, Americas], evolve_fraction: 0.3}
+student: {model: smollm2-135m-instruct}
+train: {max_steps: 4, batch_size: 4, max_seq_len: 256, checkpoint_every: 2, threads: 2}
+export:
+  gguf_types: [F16, Q8_0]
+  ship: [Q8_0]
+  onnx: {enabled: true, quantize: [int8], ship: [int8]}
+  verify_rows: 2
+  generation: {max_tokens: 24}
+eval: {file: eval.jsonl, max_new_tokens: 24}
+"""
+EVAL = [("What is the capital of Germany?", "Berlin"), ("Capital of Spain?", "Madrid"),
+        ("Which city is the capital of Canada?", "Ottawa")]
+
+
+@pytest.mark.slow
+def test_build_runs_every_stage_then_resumes_by_skipping(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"input": q, "output": {"capital": a}}) + "\n"
+                                                 for q, a in EVAL))
+    command = [sys.executable, "-m", "kit", "build", str(tmp_path / "recipe.yaml"), "--runs", str(tmp_path / "runs"),
+               "--threads", "2"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "runs" / "capital-finder"
+    for stage in ("data", "train", "export", "eval"):
+        assert (run / stage / "manifest.json").is_file(), stage
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert {"base", "teacher", "merged", "gguf-Q8_0", "onnx-int8"} <= set(report["targets"])
+    manifest = json.loads((run / "bundle" / "manifest.json").read_text())
+    assert manifest["eval"]["cases"] == 3 and "gguf-Q8_0" in manifest["eval"]["targets"]
+    assert "## Evaluation" in (run / "bundle" / "README.md").read_text()
+    from runtime import Expert
+
+    with Expert.load(run / "bundle") as expert:  # hashes, including the refreshed model card, still match
+        assert isinstance(expert.run("What is the capital of Peru?"), dict)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "export is up to date" in second.stdout + second.stderr
+    assert "eval is up to date" in second.stdout + second.stderr
