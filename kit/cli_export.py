@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,21 +34,12 @@ def _export_config(base: dict[str, Any], gguf: list[str] | None, ship: list[str]
 
 
 def _from_recipe(recipe_path: Path, runs: Path):
-    from export.bundle import BundleInfo
+    from kit.pipeline import bundle_info
     from kit.recipe_loader import load_recipe
     from kit.run_dir import RunDir
 
     recipe = load_recipe(recipe_path)
-    run_dir = RunDir.for_task(recipe.task.name, runs)
-    schema = recipe.output.json_schema
-    if schema is None and recipe.output.schema_file is not None:
-        schema = json.loads(Path(recipe.output.schema_file).read_text(encoding="utf-8"))
-    report = run_dir.eval / "report.json"
-    evals = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
-    info = BundleInfo(name=recipe.task.name, task=recipe.task.description,
-                      system_prompt=recipe.task.effective_system_prompt, output_format=recipe.output.format,
-                      output_schema=schema, eval=evals.get("metrics", evals) if isinstance(evals, dict) else {})
-    return recipe, run_dir, info
+    return recipe, RunDir.for_task(recipe.task.name, runs), bundle_info(recipe)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,17 +20,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from kit import settings
 from kit.errors import UserError
 from kit.model_registry import REGISTRY, PackagedFile, StoreModel
+from runtime.manifest import sha256_of as sha256_file
 
 VERIFIED_SUFFIX = ".sha256"
 HF_SOURCE_FILE = "microkit_source.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _normalized(package: str) -> str:
