@@ -112,6 +112,7 @@ def tokenizer_from_gguf(path: Path):
         pad_token=token("padding") or eos, chat_template=meta.get("tokenizer.chat_template"),
         add_bos_token=add_bos, add_eos_token=add_eos, clean_up_tokenization_spaces=False,
         model_max_length=int(meta.get(f"{meta.get('general.architecture', '')}.context_length", 2048)),
+        model_input_names=["input_ids", "attention_mask"],  # causal LMs take no token_type_ids
     )
     return tokenizer
 

@@ -154,7 +154,7 @@ def _byte_progress() -> Progress:
                     TimeRemainingColumn(), transient=False)
 
 
-HF_FOLDER_FORMAT = 2  # bump when the HF folder's contents change, so cached folders are rebuilt
+HF_FOLDER_FORMAT = 3  # bump when the HF folder's contents change, so cached folders are rebuilt
 
 
 def _source_record(gguf: Path, sha256: str) -> dict:
