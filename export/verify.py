@@ -116,8 +116,10 @@ def _row_messages(row: dict[str, Any], system: str | None) -> list[dict[str, str
     def text(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
-    if isinstance(row.get("messages"), list):
-        return [{"role": m["role"], "content": text(m["content"])} for m in row["messages"]]
+    if isinstance(row.get("messages"), list):  # with the system prompt the bundle serves
+        from kit.sample_store import with_system_prompt
+
+        return with_system_prompt([{"role": m["role"], "content": text(m["content"])} for m in row["messages"]], system)
     for prompt_key, answer_key in (("input", "output"), ("prompt", "completion")):
         if prompt_key in row and answer_key in row:
             head = [{"role": "system", "content": system}] if system else []

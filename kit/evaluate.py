@@ -80,13 +80,15 @@ def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads
     """Run one target over the eval inputs in a child process; its predictions and resource figures."""
     schema = recipe.output.resolved_schema() if recipe.output.format == "json" else None
     fewshot = []
+    # the base student and the teacher get the task's prompt; what was trained gets the student's own
+    system_prompt = recipe.task.effective_system_prompt if target.name in ("base", "teacher") else recipe.student_system_prompt
     if target.kind == "teacher":
         for seed in load_seeds(recipe):
             answer = seed.output if isinstance(seed.output, str) else json.dumps(seed.output, ensure_ascii=False)
             question = seed.input if isinstance(seed.input, str) else json.dumps(seed.input, ensure_ascii=False)
             fewshot += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
-            "system_prompt": recipe.task.effective_system_prompt, "fewshot": fewshot, "schema": schema,
+            "system_prompt": system_prompt, "fewshot": fewshot, "schema": schema,
             "max_new_tokens": recipe.eval.max_new_tokens, "threads": threads,
             "teacher": recipe.teacher.model_dump(mode="json")}
     with tempfile.TemporaryDirectory() as tmp:

@@ -190,8 +190,10 @@ class Generation:
         self._stop_if_done()
         n = config.data.answers_per_input
         messages = answer_messages(config, item, task_input)
+        answer_params = {} if config.teacher.answer_temperature is None else \
+            {"temperature": config.teacher.answer_temperature}
         replies = await asyncio.gather(*(teacher.complete(messages, answer_schema(config), teacher.sampling(
-            request_seed(config.data.seed, index, "answer", k))) for k in range(n)))
+            request_seed(config.data.seed, index, "answer", k), **answer_params)) for k in range(n)))
         answers, problems = [], []
         for r in replies:
             try:

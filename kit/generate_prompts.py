@@ -11,14 +11,14 @@ from typing import Any
 
 from kit.critic.base import Answer, input_text
 
-EVOLUTIONS = (
+EVOLUTIONS = (  # each completes "Rewrite this input so that you ..."
     "add one more constraint or requirement to it",
     "make it more specific and concrete, with realistic details",
     "make it need one more step of reasoning",
     "change the scenario and the details but keep the same kind of request",
     "phrase it the way a busy real user would type it: short and casual",
 )
-SHOWN_SEEDS = 3
+MAX_SHOTS = 16  # seeds shown in every prompt, always the same ones in the same order
 
 
 class ParseError(ValueError):
@@ -33,7 +33,6 @@ class PlanItem:
     topic: str | None
     persona: str | None
     difficulty: str | None
-    shown: tuple[int, ...]  # seeds shown as examples
 
     @property
     def origin(self) -> str:
@@ -63,8 +62,13 @@ def plan_item(config, index: int) -> PlanItem:
         topic=pick(data.topics),
         persona=pick(data.personas),
         difficulty=pick(data.difficulty_levels),
-        shown=tuple(rng.sample(range(len(seeds)), min(SHOWN_SEEDS, len(seeds)))),
     )
+
+
+def shots(config) -> list:
+    """The seeds every prompt shows. Prompts put everything fixed first and the item's own words last:
+    a local teacher then re-reads only the tail (its context keeps the shared prefix)."""
+    return config.seeds[:MAX_SHOTS]
 
 
 # -- schemas -------------------------------------------------------------------------------------
@@ -87,6 +91,8 @@ def input_schema(config, with_reference: bool) -> dict[str, Any]:
 
 
 def answer_schema(config) -> dict[str, Any]:
+    if not config.data.reasoning:
+        return {"type": "object", "properties": {"answer": answer_value_schema(config)}, "required": ["answer"]}
     return {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": answer_value_schema(config)},
             "required": ["reasoning", "answer"]}
 
@@ -110,18 +116,19 @@ def _format_note(config) -> str:
 
 
 def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
-    seeds = config.seeds
-    examples = "\n".join(f"- {input_text(seeds[i].input)}" for i in item.shown)
+    examples = "\n".join(f"- {input_text(seed.input)}" for seed in shots(config))
     reply = '{"input": ...' + (', "reference": <a correct answer to it>' if with_reference else "") + "}"
     system = (f"You write realistic, varied inputs for an assistant that does one task.\n{_task_block(config)}\n"
+              f"Example inputs:\n{examples}\n"
+              "An input is only what the user would type: never a note, an instruction or an answer. "
               f"Reply with JSON only: {reply}")
     if item.evolve_seed is not None:
-        user = (f"Here is an input:\n{input_text(seeds[item.evolve_seed].input)}\n\n"
-                f"Rewrite it: {item.evolution}. It must still be a valid input for the task.")
+        user = (f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}\n"
+                "Give only the rewritten input.")
     else:
         wishes = [f"about {item.topic}" if item.topic else "", f"as {item.persona} would ask it" if item.persona else "",
                   f"at {item.difficulty} difficulty" if item.difficulty else ""]
-        user = (f"Example inputs:\n{examples}\n\nWrite one new input, different from the examples, "
+        user = (f"Write one new input, different from the examples, "
                 f"{' '.join(w for w in wishes if w)}.").replace(" .", ".")
     if with_reference:
         user += f"\nAlso give a correct reference answer. {_format_note(config)}"
@@ -129,16 +136,17 @@ def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[st
 
 
 def answer_messages(config, item: PlanItem, task_input: str | dict[str, Any]) -> list[dict[str, str]]:
-    """System prompt, the shown seeds as worked examples, then the new input."""
-    system = (f"{config.task.effective_system_prompt}\n{_task_block(config)}\n{_format_note(config)}\n"
-              'Think step by step in "reasoning", then give the final answer in "answer". '
-              'Reply with JSON only: {"reasoning": "...", "answer": ...}')
+    """System prompt, the seeds as worked examples, then the new input."""
+    reasoning = config.data.reasoning
+    reply = ('Think step by step in "reasoning", then give the final answer in "answer". '
+             'Reply with JSON only: {"reasoning": "...", "answer": ...}') if reasoning else \
+        'Reply with JSON only: {"answer": ...}'
+    system = f"{config.task.effective_system_prompt}\n{_task_block(config)}\n{_format_note(config)}\n{reply}"
     messages = [{"role": "system", "content": system}]
-    for i in item.shown:
-        seed = config.seeds[i]
+    for seed in shots(config):
+        shot = {"reasoning": seed.reasoning or "", "answer": seed.output} if reasoning else {"answer": seed.output}
         messages.append({"role": "user", "content": input_text(seed.input)})
-        messages.append({"role": "assistant", "content": json.dumps(
-            {"reasoning": seed.reasoning or "", "answer": seed.output}, ensure_ascii=False)})
+        messages.append({"role": "assistant", "content": json.dumps(shot, ensure_ascii=False)})
     messages.append({"role": "user", "content": input_text(task_input)})
     return messages
 

@@ -73,7 +73,7 @@ def bundle_info(recipe: Recipe, evals: dict[str, Any] | None = None):
     from export.bundle import BundleInfo
 
     return BundleInfo(name=recipe.task.name, task=recipe.task.description,
-                      system_prompt=recipe.task.effective_system_prompt, output_format=recipe.output.format,
+                      system_prompt=recipe.student_system_prompt, output_format=recipe.output.format,
                       output_schema=recipe.output.resolved_schema(), eval=evals or {})
 
 

@@ -65,6 +65,9 @@ class TeacherConfig(StrictModel):
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    answer_temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="temperature for answers (default: `temperature`): inputs want variety, "
+                                          "answers accuracy; keep it above 0 when answers_per_input > 1")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(768, ge=16)
     concurrency: int = Field(4, ge=1, le=256)
@@ -141,12 +144,18 @@ class DataConfig(StrictModel):
     difficulty_levels: list[str] = Field(default_factory=lambda: ["easy", "medium", "hard"])
     evolve_fraction: float = Field(0.3, ge=0.0, le=1.0, description="share of inputs made by rewriting seeds")
     answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
+    reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
+                                              "dataset's `reasoning` column); off: about half the teacher tokens")
     batch_size: int = Field(8, ge=1)
     seed: int = 0
 
 
 class StudentConfig(StrictModel):
     model: str = DEFAULT_STUDENT
+    system_prompt: str | None = Field(
+        None, description="the system prompt the student is trained and served with; default: the task's. "
+                          "'' trains and serves without one: the task lives in the weights, and every "
+                          "request is shorter (faster training and a faster first token)")
 
 
 class EvalConfig(StrictModel):
@@ -170,3 +179,9 @@ class Recipe(StrictModel):
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     eval: EvalConfig = EvalConfig()
+
+    @property
+    def student_system_prompt(self) -> str | None:
+        """What the trained student sees as its system prompt (None: no system message)."""
+        prompt = self.task.effective_system_prompt if self.student.system_prompt is None else self.student.system_prompt
+        return prompt or None

@@ -86,6 +86,12 @@ def dataset_row(sample: dict[str, Any], system_prompt: str) -> dict[str, Any]:
             "messages": messages}
 
 
+def with_system_prompt(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
+    """The conversation with its system message replaced by `system` (dropped when None)."""
+    rest = [m for m in messages if m.get("role") != "system"]
+    return ([{"role": "system", "content": system}] if system else []) + rest
+
+
 def split_ids(ids: list[str], validation_fraction: float, seed: int) -> set[str]:
     """The validation ids: a seeded shuffle of the sorted ids, so the split survives re-runs."""
     order = sorted(ids)

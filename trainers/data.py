@@ -61,10 +61,17 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_len: in
     return {"input_ids": full_ids[:max_len], "labels": labels[:max_len]}
 
 
-def tokenized_splits(tokenizer, data, max_len: int):
-    """Every split as `input_ids` / `labels`; rows left without a trained token by truncation are dropped."""
+KEEP = object()  # keep each row's own system message
+
+
+def tokenized_splits(tokenizer, data, max_len: int, system_prompt: str | None | object = KEEP):
+    """Every split as `input_ids` / `labels`; rows left without a trained token by truncation are dropped.
+    `system_prompt` replaces the rows' system message (None drops it): the student's own prompt."""
+    from kit.sample_store import with_system_prompt
+
     def encode(row: dict[str, Any]) -> dict[str, list[int]]:
-        return tokenize_conversation(tokenizer, row["messages"], max_len)
+        messages = row["messages"] if system_prompt is KEEP else with_system_prompt(row["messages"], system_prompt)
+        return tokenize_conversation(tokenizer, messages, max_len)
 
     out = {}
     for split in SPLITS:

@@ -18,6 +18,7 @@ from kit.errors import UserError
 from kit.run_dir import RunDir
 from kit.stage import StageManifest, config_dict, is_up_to_date, read_stage_manifest, write_stage_manifest
 from trainers.config import TrainConfig
+from trainers.data import KEEP
 
 STAGE = "train"
 BASE_MODEL_FILE = "base_model.json"
@@ -50,11 +51,14 @@ class TrainPaths:
 
 def run(recipe, run_dir: RunDir, show_progress: bool = True) -> StageManifest:
     """Stage entry point: train `recipe.student.model` with `recipe.train` on the run's dataset."""
-    return train(recipe.train, recipe.student.model, run_dir, show_progress=show_progress)
+    return train(recipe.train, recipe.student.model, run_dir, show_progress=show_progress,
+                 system_prompt=recipe.student_system_prompt)
 
 
-def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: bool = True) -> StageManifest:
-    """Train (or resume, or skip when up to date) and return the stage manifest."""
+def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: bool = True, *,
+          system_prompt: str | None | object = KEEP) -> StageManifest:
+    """Train (or resume, or skip when up to date) and return the stage manifest. `system_prompt` replaces
+    the dataset's system message (None: train without one); by default the dataset's own is kept."""
     from accelerate import PartialState
 
     from trainers.checkpoints import claim, last_complete_checkpoint
@@ -70,6 +74,8 @@ def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: boo
     teacher = _resolve_teacher(config)
     # threads change speed, not results: changing them neither retrains nor discards checkpoints
     stage_config = {"student": student, "train": config_dict(config) | {"threads": None}}
+    if system_prompt is not KEEP:
+        stage_config["system_prompt"] = system_prompt
     inputs = {"dataset": dataset_fingerprint(run_dir.dataset), "base_model": base.sha256}
     if teacher is not None:
         inputs["teacher"] = teacher.sha256
@@ -81,7 +87,7 @@ def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: boo
         if processes.is_main_process:
             claim(paths.checkpoints, StageManifest(STAGE, stage_config, inputs).key)
     resume_from = last_complete_checkpoint(paths.checkpoints)
-    trainer, progress = build_trainer(config, base, teacher, data, paths, device, show_progress)
+    trainer, progress = build_trainer(config, base, teacher, data, paths, device, show_progress, system_prompt)
     summary = _fit(trainer, paths, resume_from)
     trainer.save_model(str(paths.adapter))
     if not processes.is_main_process:
@@ -95,7 +101,8 @@ def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: boo
     return manifest
 
 
-def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, device: str, show_progress: bool = True):
+def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, device: str, show_progress: bool = True,
+                  system_prompt: str | None | object = KEEP):
     """The StudentTrainer (trl SFTTrainer + our loss) and its progress callback, ready to train."""
     from accelerate import PartialState
     from transformers import PrinterCallback
@@ -109,7 +116,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     from trainers.trainer import StudentTrainer
 
     tokenizer = load_tokenizer(base.path)
-    rows = tokenized_splits(tokenizer, data, config.max_seq_len)
+    rows = tokenized_splits(tokenizer, data, config.max_seq_len, system_prompt)
     train_rows, collator = rows["train"], None
     if teacher is not None:
         check_same_tokenizer(tokenizer, load_tokenizer(teacher.path), teacher.spec)
