@@ -19,6 +19,8 @@ def build(
     until: str = typer.Option("bundle", "--until", help="stop after this stage: generate|train|export|eval|bundle"),
     no_teacher: bool = typer.Option(False, "--no-teacher-eval", help="skip scoring the teacher in the report"),
     threads: int = typer.Option(None, "--threads", help="CPU threads per eval target"),
+    serve_check: bool = typer.Option(True, "--serve-check/--no-serve-check",
+                                     help="serve the finished bundle once and send it one request"),
 ) -> None:
     """Recipe to verified, quantized, evaluated bundle: generate, train, export, eval, bundle (resumable)."""
     from kit.pipeline import build as run_build, summary_table
@@ -27,10 +29,11 @@ def build(
 
     loaded = load_recipe(recipe)
     run_dir = RunDir.for_task(loaded.task.name, runs)
-    results = run_build(loaded, run_dir, until=until, eval_teacher=not no_teacher, threads=threads)
+    results = run_build(loaded, run_dir, until=until, eval_teacher=not no_teacher, threads=threads,
+                        serve=serve_check)
     console = Console()
     console.print(summary_table(results))
-    if results[-1].stage == "bundle":
+    if results[-1].stage in ("bundle", "serve"):
         report = run_dir.eval / "report.md"
         console.print(report.read_text())
         console.print(f"bundle: [bold]{run_dir.bundle}[/bold]\n"

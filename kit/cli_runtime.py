@@ -7,13 +7,20 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
 from kit.errors import UserError
 
 BUNDLE_HELP = "a bundle folder, a .gguf file or an ONNX folder"
+# the loading and sampling flags `chat` and `run` share
+Backend = Annotated[str, typer.Option(help="auto | gguf | onnx")]
+Device = Annotated[str, typer.Option(help="auto | cpu | gpu")]
+NCtx = Annotated[Optional[int], typer.Option("--n-ctx", help="context window in tokens")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads")]
+MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", help="override the bundle's max_tokens")]
+Temperature = Annotated[Optional[float], typer.Option(help="override the bundle's temperature")]
 
 
 def register(app: typer.Typer) -> None:
@@ -46,12 +53,12 @@ def _load(bundle: Path, backend: str, device: str, n_ctx: Optional[int], threads
 
 def chat(
     bundle: Path = typer.Argument(..., help=BUNDLE_HELP),
-    backend: str = typer.Option("auto", help="auto | gguf | onnx"),
-    device: str = typer.Option("auto", help="auto | cpu | gpu"),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="context window in tokens"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="override the bundle's max_tokens"),
-    temperature: Optional[float] = typer.Option(None, help="override the bundle's temperature"),
+    backend: Backend = "auto",
+    device: Device = "auto",
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+    max_tokens: MaxTokens = None,
+    temperature: Temperature = None,
 ) -> None:
     """Talk to an expert, streaming; /reset forgets the conversation, /system TEXT sets the system prompt."""
     with _load(bundle, backend, device, n_ctx, threads) as expert:
@@ -101,12 +108,12 @@ def _task_input(line: str) -> Any:
 def run(
     bundle: Path = typer.Argument(..., help=BUNDLE_HELP),
     input: Optional[str] = typer.Argument(None, help="the task input; without it, one JSON value per stdin line"),
-    backend: str = typer.Option("auto", help="auto | gguf | onnx"),
-    device: str = typer.Option("auto", help="auto | cpu | gpu"),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="context window in tokens"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="override the bundle's max_tokens"),
-    temperature: Optional[float] = typer.Option(None, help="override the bundle's temperature"),
+    backend: Backend = "auto",
+    device: Device = "auto",
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+    max_tokens: MaxTokens = None,
+    temperature: Temperature = None,
     seed: Optional[int] = typer.Option(None, help="sampling seed"),
 ) -> None:
     """Answer one input (or a JSON-lines batch on stdin); task experts print schema-valid JSON."""

@@ -121,6 +121,7 @@ def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[st
     system = (f"You write realistic, varied inputs for an assistant that does one task.\n{_task_block(config)}\n"
               f"Example inputs:\n{examples}\n"
               "An input is only what the user would type: never a note, an instruction or an answer. "
+              "Keep each input about as long as the examples. "
               f"Reply with JSON only: {reply}")
     if item.evolve_seed is not None:
         user = (f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}\n"

@@ -32,8 +32,9 @@ class StageResult:
 
 
 def build(recipe: Recipe, run: RunDir, until: str = "bundle", eval_teacher: bool = True,
-          threads: int | None = None) -> list[StageResult]:
-    """Run every stage up to `until`; returns one result per stage that ran (or was found up to date)."""
+          threads: int | None = None, serve: bool = True) -> list[StageResult]:
+    """Run every stage up to `until`; returns one result per stage that ran (or was found up to date).
+    A finished bundle is then served once (`kit serve`, one request over HTTP) unless `serve` is False."""
     if until not in STAGES:
         raise UserError(f"unknown stage '{until}': use one of {', '.join(STAGES)}")
     steps: dict[str, Callable[[], tuple[dict[str, Any], str]]] = {
@@ -43,8 +44,10 @@ def build(recipe: Recipe, run: RunDir, until: str = "bundle", eval_teacher: bool
         "eval": lambda: _eval(recipe, run, eval_teacher, threads),
         "bundle": lambda: _bundle(recipe, run),
     }
+    if until == "bundle" and serve:
+        steps["serve"] = lambda: _serve(recipe, run)
     results = []
-    for name in STAGES[: STAGES.index(until) + 1]:
+    for name in [*STAGES[: STAGES.index(until) + 1], *(["serve"] if "serve" in steps else [])]:
         console.print(Rule(f"[bold]{name}[/bold]"))
         started = time.time()
         figures, summary = steps[name]()
@@ -98,6 +101,17 @@ def _bundle(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
 
     attach_eval(run.bundle, run.eval / "report.json", run.eval / "report.md")
     return {}, f"{run.bundle} (manifest hashes refreshed, model card carries the eval table)"
+
+
+def _serve(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
+    from kit.recipe_loader import load_seeds
+    from kit.serve_check import first_eval_input, serve_check
+
+    check = serve_check(run.bundle, first_eval_input(recipe.eval.file, load_seeds(recipe)),
+                        max_tokens=recipe.export.generation.max_tokens)
+    figures = {"request": check.request, "reply": check.reply, "seconds": round(check.seconds, 3),
+               "startup_s": round(check.startup_s, 2)}
+    return figures, f"kit serve answered {check.request!r} with {check.reply!r} in {check.seconds:.2f}s"
 
 
 def summary_table(results: list[StageResult]) -> Table:

@@ -56,6 +56,8 @@ def test_build_runs_every_stage_then_resumes_by_skipping(tmp_path):
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     assert manifest["eval"]["cases"] == 3 and "gguf-Q8_0" in manifest["eval"]["targets"]
     assert "## Evaluation" in (run / "bundle" / "README.md").read_text()
+    # the build ends by serving the bundle for real and asking it the first held-out question
+    assert "kit serve answered 'What is the capital of Germany?'" in " ".join(first.stdout.split())
     from runtime import Expert
 
     with Expert.load(run / "bundle") as expert:  # hashes, including the refreshed model card, still match

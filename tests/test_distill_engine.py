@@ -38,6 +38,7 @@ class FakeTeacher:
         self.hang_s = hang_s
         self.count = 0
         self.bodies: list[str] = []  # sha256 of each request body that was answered
+        self.requests: list[dict] = []  # and the body itself
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -106,6 +107,7 @@ class FakeTeacher:
                     return self._send(200, b'{"choices": [{"message": ')
                 with fake.lock:
                     fake.bodies.append(hashlib.sha256(raw).hexdigest())
+                    fake.requests.append(json.loads(raw))
                 self._send(200, json.dumps(fake.reply(json.loads(raw))).encode())
 
         return Handler
@@ -224,6 +226,27 @@ def test_self_consistency_keeps_only_majority_answers(tmp_path, fake_teacher):
     rejected = read_jsonl(run_dir.data / "rejected.jsonl")
     assert len(samples) == 6 and all(s["votes"] >= 2 and s["answers"] == 3 for s in samples)
     assert all("agree" in r["reason"] for r in rejected if r["verifier"] == "self_consistency")
+
+
+def test_answers_without_reasoning_at_their_own_temperature(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=4, teacher_extra=", temperature: 0.9, answer_temperature: 0.1",
+                                      data_extra=", reasoning: false"))
+    run_dir = RunDir(tmp_path / "run")
+    run(recipe, run_dir)
+
+    def schema(body):
+        return (body.get("response_format") or {}).get("json_schema", {}).get("schema", {}).get("properties", {})
+
+    answers = [b for b in teacher.requests if "answer" in schema(b)]
+    inputs = [b for b in teacher.requests if "input" in schema(b)]
+    assert answers and inputs
+    assert all(b["temperature"] == 0.1 and "reasoning" not in schema(b) for b in answers)
+    assert all(b["temperature"] == 0.9 for b in inputs)
+    shots = [m["content"] for m in answers[0]["messages"] if m["role"] == "assistant"]
+    assert shots and all(set(json.loads(s)) == {"answer"} for s in shots)
+    # every answer prompt is the same up to its last message (a local teacher re-reads only that)
+    assert len({json.dumps(b["messages"][:-1]) for b in answers}) == 1
 
 
 def kit(*args: str, cwd: Path) -> subprocess.Popen:

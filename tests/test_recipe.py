@@ -37,6 +37,14 @@ def test_minimal_recipe_gets_defaults_for_everything_else(tmp_path):
     assert [v.type for v in recipe.critic.verifiers] == ["dedup", "decontaminate"]
     assert "Q4_K_M" in recipe.export.gguf_types
     assert recipe.task.effective_system_prompt.startswith("Convert")
+    assert recipe.student_system_prompt == recipe.task.effective_system_prompt  # the student keeps the task's
+    assert recipe.data.reasoning and recipe.teacher.answer_temperature is None
+
+
+def test_student_system_prompt_can_be_replaced_or_dropped(tmp_path):
+    short = load_recipe(write(tmp_path, MINIMAL + "student: {system_prompt: Convert.}\n"))
+    bare = load_recipe(write(tmp_path, MINIMAL + "student: {system_prompt: ''}\n"))
+    assert short.student_system_prompt == "Convert." and bare.student_system_prompt is None
 
 
 def test_full_recipe_with_every_section_and_relative_paths(tmp_path):

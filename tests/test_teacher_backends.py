@@ -133,6 +133,34 @@ def test_llama_cpp_backend_in_process_follows_the_schema(tmp_path):
     assert usage.completion_tokens > 0
 
 
+@pytest.mark.slow
+def test_llama_cpp_backend_keeps_a_context_per_system_prompt_and_follows_the_schema():
+    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+
+    backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=48,
+                                            n_ctx=1024, temperature=0.0))
+    other = [{"role": "system", "content": "You name colours."}, {"role": "user", "content": "The sky?"}]
+    # a reply written freely cannot hold this constant: the grammar must step in
+    strict = {"type": "object", "properties": {"code": {"const": "QX-17"}}, "required": ["code"]}
+
+    async def scenario():
+        await backend.check()
+        first = await backend.complete(MESSAGES, strict, {"max_tokens": 48, "temperature": 0.0})
+        await backend.complete(other, None, {"max_tokens": 8, "temperature": 0.0})
+        trip = backend._contexts[backend._context_key(MESSAGES)]
+        kept = trip.n_tokens  # the trip context still holds its prompt after the other system prompt ran
+        await backend.complete(MESSAGES[:1] + [{"role": "user", "content": "Two days in Oslo."}], None,
+                               {"max_tokens": 8, "temperature": 0.0})
+        return first, kept, len(backend._contexts)
+
+    try:
+        first, kept, contexts = asyncio.run(scenario())
+    finally:
+        asyncio.run(backend.aclose())
+    assert json.loads(first.text) == {"code": "QX-17"}
+    assert kept > 0 and contexts == 2
+
+
 def test_hf_backend_generates_from_a_local_transformers_model(tiny_llama, tmp_path):
     config = TeacherConfig(backend="hf", model=str(tiny_llama), max_tokens=16, temperature=0.7)
     (reply,), usage = complete_once(config, tmp_path / "cache.sqlite")

@@ -120,6 +120,23 @@ def test_loss_covers_the_assistant_answer_and_its_end_of_turn_only(tiny_llama):
     assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
 
 
+def test_the_student_prompt_replaces_or_drops_the_datasets_system_message(tiny_llama):
+    from datasets import Dataset, DatasetDict
+
+    from trainers.data import tokenized_splits
+    from trainers.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    rows = Dataset.from_list(tool_call_rows(2))
+    data = DatasetDict({"train": rows, "validation": rows})
+    system = rows[0]["messages"][0]["content"]
+    kept = tokenizer.decode(tokenized_splits(tokenizer, data, 512)["train"][0]["input_ids"])
+    short = tokenizer.decode(tokenized_splits(tokenizer, data, 512, "Route it.")["train"][0]["input_ids"])
+    bare = tokenizer.decode(tokenized_splits(tokenizer, data, 512, None)["train"][0]["input_ids"])
+    assert system in kept and system not in short and "Route it." in short
+    assert system not in bare and "Route it." not in bare and rows[0]["output"] in bare
+
+
 def test_missing_dataset_names_the_generate_command(tmp_path, tiny_llama):
     from trainers.sft import train
 
@@ -198,7 +215,8 @@ def test_early_stopping_ends_training_when_validation_stops_improving(dataset_ru
 
     run = fresh_run(dataset_run, tmp_path)
     # a learning rate far too high makes validation loss worse after the first epoch; patience 1 stops there
-    config = fast_config(max_steps=None, epochs=6, batch_size=64, learning_rate=0.5, early_stopping_patience=1)
+    config = fast_config(max_steps=None, epochs=6, batch_size=64, learning_rate=0.5, early_stopping_patience=1,
+                         device="cpu")  # the divergence this relies on is fp32 CPU arithmetic
     train(config, str(tiny_llama), run, show_progress=False)
     metrics = json.loads((run.train / "metrics.json").read_text())
     assert metrics["stopped_early"] and len(metrics["validation_loss_by_epoch"]) < 6

@@ -1,4 +1,5 @@
-"""GGUF through llama.cpp (llama-cpp-python): GPU offload when the build has it, grammar-constrained JSON."""
+"""GGUF through llama.cpp (llama-cpp-python): GPU offload when the build has it, grammar-constrained JSON
+(checked token by token the way llama.cpp itself does it: see llama_sampling)."""
 
 from __future__ import annotations
 
@@ -37,13 +38,15 @@ class GGUFBackend:
     def __init__(self, model_path: Path, options: LoadOptions):
         import llama_cpp
 
+        from runtime.backends.llama_sampling import lazy_grammar_llama_class
+
         gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
         if options.device == "gpu" and not gpu_build:
             raise BundleError("device='gpu' but this llama-cpp-python build has no GPU offload: rebuild it with "
                               "CMAKE_ARGS=\"-DGGML_CUDA=on\" (or -DGGML_METAL=on), or pass device='cpu'")
         self.device = "gpu" if gpu_build and options.device != "cpu" else "cpu"
         try:
-            self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=options.n_ctx, n_threads=options.n_threads,
+            self.llm = lazy_grammar_llama_class()(model_path=str(model_path), n_ctx=options.n_ctx, n_threads=options.n_threads,
                                        n_threads_batch=options.n_threads, n_gpu_layers=-1 if self.device == "gpu" else 0,
                                        verbose=False)
         except ValueError as err:
