@@ -98,6 +98,19 @@ def _row(text: str, start: float, first: float | None, tokens: int) -> dict[str,
             "completion_tokens": tokens}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux carries ru_maxrss over exec (a child started by a 4 GB parent would
+    report 4 GB), so VmHWM, which belongs to the process's own memory map, is read first."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 PREDICTORS = {"gguf": predict_expert, "onnx": predict_expert, "hf": predict_hf, "teacher": predict_teacher}
 
 
@@ -105,8 +118,7 @@ def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     started = time.perf_counter()
     rows = PREDICTORS[spec["kind"]](spec)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = {"rows": rows, "wall_s": time.perf_counter() - started, "peak_rss_mb": peak_kib / 1024}
+    result = {"rows": rows, "wall_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
     Path(out_path).write_text(json.dumps(result))
 
 

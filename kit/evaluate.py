@@ -6,6 +6,7 @@ Writes report.json, report.md and report.png into the run's eval folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import subprocess
@@ -76,7 +77,8 @@ def default_targets(recipe: Recipe, run: RunDir, include_teacher: bool = True) -
     return targets
 
 
-def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
+def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads: int | None,
+            cache_dir: Path | None = None) -> dict[str, Any]:
     """Run one target over the eval inputs in a child process; its predictions and resource figures."""
     schema = recipe.output.resolved_schema() if recipe.output.format == "json" else None
     fewshot = []
@@ -90,7 +92,11 @@ def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads
     spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
             "system_prompt": system_prompt, "fewshot": fewshot, "schema": schema,
             "max_new_tokens": recipe.eval.max_new_tokens, "threads": threads,
-            "teacher": recipe.teacher.model_dump(mode="json")}
+            "teacher": recipe.teacher.model_dump(mode="json") if target.kind == "teacher" else None}
+    cache = PredictionCache(cache_dir, target.name, spec, target) if cache_dir is not None else None
+    if cache is not None and (hit := cache.get()) is not None:
+        console.print(f"  {target.name}: same model and prompts as last time, predictions reused")
+        return hit
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
@@ -99,7 +105,49 @@ def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads
         if result.returncode != 0 or not out_path.exists():
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise UserError(f"evaluating {target.name} failed: {' | '.join(tail)}")
-        return json.loads(out_path.read_text())
+        prediction = json.loads(out_path.read_text())
+    if cache is not None:
+        cache.put(prediction)
+    return prediction
+
+
+class PredictionCache:
+    """One target's predictions, reused while the model files, the prompts and the runner are unchanged (a
+    retrained student re-scores what changed; base student and teacher are not asked again)."""
+
+    VERSION = 2  # bump when the eval worker or the runtime changes what a model answers
+
+    def __init__(self, folder: Path, name: str, spec: dict[str, Any], target: "Target"):
+        self.path = folder / f"{name}.json"
+        model = {"files": _files_fingerprint(target.path)} if target.path else {}
+        if target.kind == "teacher":
+            from kit.model_ref import resolve_model
+
+            try:
+                model["teacher"] = _files_fingerprint(str(resolve_model(spec["teacher"]["model"]).gguf()))
+            except Exception:  # a remote or HF teacher: its name and settings are all there is
+                model["teacher"] = spec["teacher"]
+        keyed = {k: v for k, v in spec.items() if k != "threads"} | {"model": model, "version": self.VERSION}
+        self.key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self) -> dict[str, Any] | None:
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return stored["prediction"] if stored.get("key") == self.key else None
+
+    def put(self, prediction: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"key": self.key, "prediction": prediction}))
+
+
+def _files_fingerprint(path: str) -> list[tuple[str, int, int]]:
+    """Name, size and mtime of every file of a model (a file or a folder): cheap, and any rewrite changes it."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return [(p.name if p == root else p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in files]
 
 
 def score(recipe: Recipe, cases: list[dict[str, Any]], texts: list[str]) -> dict[str, float]:
@@ -218,7 +266,7 @@ def run(recipe: Recipe, run: RunDir, targets: list[Target] | None = None, thread
     samples: dict[str, list[str]] = {}
     for target in targets:
         console.print(f"[bold]eval[/bold] {target.name} ({target.kind}) on {len(cases)} cases ...")
-        prediction = predict(recipe, target, cases, threads)
+        prediction = predict(recipe, target, cases, threads, cache_dir=run.eval / "target_cache")
         texts = [r["text"] for r in prediction["rows"]]
         samples[target.name] = texts
         report["targets"][target.name] = {"kind": target.kind, "metrics": score(recipe, cases, texts),

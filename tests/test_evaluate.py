@@ -62,3 +62,29 @@ def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_pat
     assert (run.eval / "report.png").stat().st_size > 1000
     assert "student-q4" in (run.eval / "report.md").read_text()
     assert manifest.figures["student-q4"] == target["metrics"]
+    # the same target again: predictions reused from the cache, the report unchanged; a rewritten model is re-scored
+    cached = run.eval / "target_cache" / "student-q4.json"
+    assert cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    evaluate.run(recipe, run, [evaluate.Target("student-q4", "gguf", str(gguf))], threads=2)
+    assert cached.stat().st_mtime_ns == stamp
+    assert json.loads((run.eval / "report.json").read_text())["targets"]["student-q4"] == target
+
+
+def test_prediction_cache_misses_when_the_model_files_or_prompts_change(tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"weights")
+    spec = {"kind": "gguf", "inputs": ["a", "b"], "system_prompt": "s", "threads": 2}
+    target = evaluate.Target("student", "gguf", str(model))
+    first = evaluate.PredictionCache(tmp_path / "cache", "student", spec, target)
+    first.put({"rows": [], "wall_s": 1.0, "peak_rss_mb": 100.0})
+    assert evaluate.PredictionCache(tmp_path / "cache", "student", spec | {"threads": 1}, target).get() is not None
+    assert evaluate.PredictionCache(tmp_path / "cache", "student", spec | {"system_prompt": "t"}, target).get() is None
+    model.write_bytes(b"retrained weights")
+    assert evaluate.PredictionCache(tmp_path / "cache", "student", spec, target).get() is None
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents():
+    from kit.eval_worker import peak_rss_mb
+
+    assert 5 < peak_rss_mb() < 20_000

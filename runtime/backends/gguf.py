@@ -27,7 +27,7 @@ def _grammar(schema_json: str | None):
 def grammar_for(params: GenerationParams):
     """The llama.cpp grammar that constrains output to the params' JSON schema (or any JSON), else None."""
     if params.json_schema is not None:
-        return _grammar(json.dumps(params.json_schema, sort_keys=True))
+        return _grammar(json.dumps(params.json_schema))  # key order is the grammar's property order: keep it
     return _grammar(None) if params.json_object else None
 
 
