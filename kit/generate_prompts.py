@@ -124,8 +124,7 @@ def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[st
               "Keep each input about as long as the examples. "
               f"Reply with JSON only: {reply}")
     if item.evolve_seed is not None:
-        user = (f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}\n"
-                "Give only the rewritten input.")
+        user = f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}"
     else:
         wishes = [f"about {item.topic}" if item.topic else "", f"as {item.persona} would ask it" if item.persona else "",
                   f"at {item.difficulty} difficulty" if item.difficulty else ""]

@@ -119,6 +119,11 @@ class DecontaminateVerifier(StrictModel):
     type: Literal["decontaminate"]
     ngram: int = Field(8, ge=3, le=64)
     min_shared: int = Field(1, ge=1, description="shared n-grams with the eval set that disqualify a sample")
+    fields: list[Literal["input", "output"]] = Field(
+        default_factory=lambda: ["input"], min_length=1,
+        description="what is compared with the same field of the eval set: inputs (the default) and/or outputs. "
+                    "Correct answers of a fixed-schema task (SQL, tool calls) share short phrases with any other "
+                    "correct answer, so outputs are compared only when asked")
 
 
 Verifier = Annotated[

@@ -113,7 +113,9 @@ def test_decontaminate_cuts_overlap_with_the_eval_set(tmp_path):
     leaked = candidate("465 km", "tell me the distance from paris to lyon by train please")
     assert "5-gram" in review(c, leaked).reason
     assert review(c, candidate("12 km", "how far is the beach from the station")) is None
-    assert review(c, candidate("465 km", "465 km")).verifier == "decontaminate"  # short texts: exact copies
+    assert review(c, candidate("465 km", "how long is the drive to the coast")) is None  # answers: not compared
+    both = critic(DecontaminateVerifier(type="decontaminate", ngram=5, fields=["input", "output"]), eval_file=eval_file)
+    assert review(both, candidate("465 km", "how far to go")).verifier == "decontaminate"  # short texts: exact copies
 
 
 def test_decontaminate_without_eval_file_says_so():
