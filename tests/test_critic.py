@@ -121,3 +121,11 @@ def test_decontaminate_cuts_overlap_with_the_eval_set(tmp_path):
 def test_decontaminate_without_eval_file_says_so():
     c = critic(DecontaminateVerifier(type="decontaminate"))
     assert review(c, candidate("x")) is None and "no eval.file" in c.notes[0]
+
+
+def test_an_input_that_holds_its_own_answer_is_cut_first():
+    c = critic(DecontaminateVerifier(type="decontaminate"))
+    leaked = candidate("SELECT email FROM customers", "SELECT email FROM customers WHERE country = 'Spain'")
+    assert review(c, leaked).verifier == "input"
+    assert review(c, candidate("SELECT email FROM customers", "which emails do our customers have")) is None
+    assert review(c, candidate("Paris", "is Paris the capital of France")) is None  # short answers may be named

@@ -23,7 +23,10 @@ class Critic:
                 verifier.name = f"{verifier.name}#{names[:i + 1].count(verifier.name)}"
 
     async def review(self, candidate: Candidate) -> Rejection | None:
-        """Run every verifier in order; the first that objects names the rejection."""
+        """Run every verifier in order; the first that objects names the rejection. Before any of them: an
+        input that already holds its own answer teaches nothing (teachers sometimes write the answer in)."""
+        if answer_in_input(candidate):
+            return Rejection("input", "the input already contains its answer")
         for verifier in self.verifiers:
             reason = await verifier.check(candidate)
             if reason is not None:
@@ -44,6 +47,16 @@ class Critic:
     @property
     def notes(self) -> list[str]:
         return [f"{v.name}: {note}" for v in self.verifiers for note in v.notes]
+
+
+def answer_in_input(candidate: Candidate, min_words: int = 3) -> bool:
+    """True when the (normalized) answer of at least `min_words` words appears inside the input."""
+    from kit.critic.base import words
+
+    answer = words(candidate.answer.output)
+    if len(answer) < min_words:
+        return False
+    return f" {' '.join(answer)} " in f" {' '.join(words(candidate.input_text))} "
 
 
 def build_critic(verifier_configs: list[Any], *, schema: dict[str, Any] | None, eval_file: Path | None,
