@@ -89,14 +89,6 @@ class GrammarLastSampler:
         lib.llama_sampler_accept(self.chain.sampler, token)
         return token
 
-    def accept(self, token: int) -> None:
-        self._lib.llama_sampler_accept(self.grammar, token)
-        self._lib.llama_sampler_accept(self.chain.sampler, token)
-
-    def reset(self) -> None:
-        self._lib.llama_sampler_reset(self.grammar)
-        self.chain.reset()
-
     def close(self) -> None:
         if self.grammar:
             self._lib.llama_sampler_free(self.grammar)
