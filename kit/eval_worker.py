@@ -66,26 +66,28 @@ def predict_hf(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def predict_teacher(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The recipe's teacher, through the same backends generation uses (no request cache: fresh answers)."""
+    """The recipe's teacher, through the same backends generation uses (no request cache: fresh answers).
+    Requests go out `teacher.concurrency` at a time, as in generation, so the teacher's times are a batch's
+    (the report gives its throughput, not a single request's latency)."""
     import asyncio
 
     from kit.recipe import TeacherConfig
     from kit.teachers import make_teacher
 
     config = TeacherConfig.model_validate(spec["teacher"])
-    params = {"temperature": 0.0, "max_tokens": spec["max_new_tokens"]}
 
     async def answer_all() -> list[dict[str, Any]]:
         client = make_teacher(config, None)
-        params.update(client.sampling(0, temperature=0.0, max_tokens=spec["max_new_tokens"]))
+        params = client.sampling(0, temperature=0.0, max_tokens=spec["max_new_tokens"])
+
+        async def answer(case_input: str) -> dict[str, Any]:
+            start = time.perf_counter()
+            completion = await client.complete(_messages(spec, case_input), spec.get("schema"), params)
+            return _row(completion.text, start, None, completion.completion_tokens)
+
         try:
             await client.backend.check()
-            rows = []
-            for case_input in spec["inputs"]:
-                start = time.perf_counter()
-                completion = await client.complete(_messages(spec, case_input), spec.get("schema"), params)
-                rows.append(_row(completion.text, start, None, completion.completion_tokens))
-            return rows
+            return list(await asyncio.gather(*(answer(case_input) for case_input in spec["inputs"])))
         finally:
             await client.aclose()
 
@@ -118,7 +120,8 @@ def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     started = time.perf_counter()
     rows = PREDICTORS[spec["kind"]](spec)
-    result = {"rows": rows, "wall_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+    result = {"rows": rows, "wall_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(),
+              "parallel": spec["teacher"].get("concurrency", 1) if spec["kind"] == "teacher" else 1}
     Path(out_path).write_text(json.dumps(result))
 
 

@@ -217,15 +217,26 @@ def primary_metric(figures: dict[str, float]) -> str:
     return next(iter(figures))
 
 
-def summarize(prediction: dict[str, Any]) -> dict[str, float]:
+def summarize(prediction: dict[str, Any]) -> dict[str, float | None]:
+    """Latency and decode speed of one request at a time; a target scored in parallel batches (the teacher)
+    has no single-request latency, and its speed is the batch's throughput."""
     rows = prediction["rows"]
     tokens = sum(r["completion_tokens"] for r in rows)
-    seconds = sum(r["seconds"] for r in rows)
+    parallel = prediction.get("parallel", 1)
+    seconds = prediction["wall_s"] if parallel > 1 else sum(r["seconds"] for r in rows)
     firsts = [r["first_token_s"] for r in rows if r["first_token_s"] is not None]
-    return {"latency_ms_p50": 1000 * statistics.median(r["seconds"] for r in rows),
+    return {"latency_ms_p50": 1000 * statistics.median(r["seconds"] for r in rows) if parallel == 1 else None,
             "decode_tokens_per_s": tokens / seconds if seconds else 0.0,
             "first_token_ms_p50": 1000 * statistics.median(firsts) if firsts else None,
-            "peak_rss_mb": prediction["peak_rss_mb"], "wall_s": prediction["wall_s"]}
+            "peak_rss_mb": prediction["peak_rss_mb"], "wall_s": prediction["wall_s"], "parallel": parallel}
+
+
+def _runtime_cells(runtime: dict[str, Any]) -> list[str]:
+    latency = runtime.get("latency_ms_p50")
+    speed = f"{runtime['decode_tokens_per_s']:.1f}"
+    if runtime.get("parallel", 1) > 1:
+        speed += f" (batch of {runtime['parallel']})"
+    return ["-" if latency is None else f"{latency:.0f}", speed, f"{runtime['peak_rss_mb']:.0f}"]
 
 
 def stage_inputs(recipe: Recipe, run: RunDir) -> dict[str, str]:
@@ -300,9 +311,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation: {report['task']} ({report['cases']} held-out cases)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, target in report["targets"].items():
-        rt = target["runtime"]
-        cells = [name, *(f"{100 * target['metrics'].get(c, 0):.1f}" for c in columns),
-                 f"{rt['latency_ms_p50']:.0f}", f"{rt['decode_tokens_per_s']:.1f}", f"{rt['peak_rss_mb']:.0f}"]
+        cells = [name, *(f"{100 * target['metrics'].get(c, 0):.1f}" for c in columns), *_runtime_cells(target["runtime"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Metric columns are percentages of the eval set."]
     return "\n".join(lines) + "\n"
@@ -312,9 +321,8 @@ def report_table(report: dict[str, Any]) -> Table:
     columns = _columns(report)
     table = Table("target", *columns, "p50 ms", "tok/s", "RSS MB", title=f"eval: {report['task']}")
     for name, target in report["targets"].items():
-        rt = target["runtime"]
         table.add_row(name, *(f"{100 * target['metrics'].get(c, 0):.1f}" for c in columns),
-                      f"{rt['latency_ms_p50']:.0f}", f"{rt['decode_tokens_per_s']:.1f}", f"{rt['peak_rss_mb']:.0f}")
+                      *_runtime_cells(target["runtime"]))
     return table
 
 

@@ -71,3 +71,39 @@ def test_the_grammar_corrects_tokens_the_model_would_not_choose(store_gguf, temp
     value = json.loads(reply["choices"][0]["message"]["content"])
     assert value["code"] == "QX-17" and value["n"] in (41, 42)
     assert made and made[0].resampled > 0
+
+
+def test_schema_strings_cannot_hold_raw_newlines(store_gguf):
+    """llama-cpp-python's own converter lets a string hold a newline (not JSON); the runtime's grammar does not."""
+    import ctypes
+    import math
+
+    import llama_cpp
+
+    from runtime.backends.gguf import json_schema_gbnf
+
+    schema = json.dumps({"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]})
+    llm = llama_cpp.Llama(model_path=str(store_gguf), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    newline = llm.tokenize(b"\n", add_bos=False, special=False)
+    assert len(newline) == 1
+
+    def newline_allowed(gbnf: str) -> bool:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        try:
+            for token in llm.tokenize(b'{"capital": "Lim', add_bos=False, special=False):
+                llama_cpp.llama_sampler_accept(sampler, token)
+            one = llama_cpp.llama_token_data(id=newline[0], logit=1.0, p=0.0)
+            array = llama_cpp.llama_token_data_array(data=ctypes.pointer(one), size=1, selected=-1, sorted=False)
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+            return not math.isinf(one.logit)
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    try:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        assert newline_allowed(json_schema_to_gbnf(schema))  # the upstream converter's gap
+        assert not newline_allowed(json_schema_gbnf(schema))
+    finally:
+        llm.close()

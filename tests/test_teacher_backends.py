@@ -138,7 +138,7 @@ def test_llama_cpp_backend_keeps_a_context_per_system_prompt_and_follows_the_sch
     from kit.teachers.llama_cpp_backend import LlamaCppTeacher
 
     backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=48,
-                                            n_ctx=1024, temperature=0.0))
+                                            n_ctx=1024, temperature=0.0, concurrency=1))
     other = [{"role": "system", "content": "You name colours."}, {"role": "user", "content": "The sky?"}]
     # a reply written freely cannot hold this constant: the grammar must step in
     strict = {"type": "object", "properties": {"code": {"const": "QX-17"}}, "required": ["code"]}
@@ -159,6 +159,45 @@ def test_llama_cpp_backend_keeps_a_context_per_system_prompt_and_follows_the_sch
         asyncio.run(backend.aclose())
     assert json.loads(first.text) == {"code": "QX-17"}
     assert kept > 0 and contexts == 2
+
+
+@pytest.mark.slow
+def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix():
+    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+
+    backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=40,
+                                            n_ctx=1024, temperature=0.0, concurrency=3))
+    strict = {"type": "object", "properties": {"code": {"const": "QX-17"}}, "required": ["code"]}
+    cities = ["Rome", "Oslo", "Lima", "Kyoto", "Quito"]
+    greedy = {"max_tokens": 40, "temperature": 0.0}
+
+    def ask(city: str) -> list[dict[str, str]]:
+        return MESSAGES[:1] + [{"role": "user", "content": f"A weekend in {city}."}]
+
+    async def scenario():
+        await backend.check()
+        alone = await backend.complete(ask("Rome"), None, greedy)
+        together = await asyncio.gather(
+            *(backend.complete(ask(city), strict if i % 2 else None, greedy | {"seed": i}) for i, city in enumerate(cities)),
+            backend.complete(ask("Bern"), SCHEMA, {"max_tokens": 40, "temperature": 0.9, "seed": 7}))
+        engine = backend._engine
+        return alone, together, engine.reused_tokens, engine.decode_calls, engine.decoded_tokens
+
+    try:
+        alone, together, reused, calls, decoded = asyncio.run(scenario())
+    finally:
+        asyncio.run(backend.aclose())
+    assert backend._engine is None  # closed
+    for i, reply in enumerate(together[:-1]):
+        if i % 2:
+            assert json.loads(reply.text) == {"code": "QX-17"}  # the grammar holds inside a batch
+        else:
+            assert reply.text.strip() and reply.completion_tokens > 0
+    trip = json.loads(together[-1].text)
+    assert isinstance(trip["city"], str) and isinstance(trip["days"], int)
+    assert together[0].text[:20] == alone.text[:20]  # greedy: the same start alone and in a batch
+    assert reused > 0  # later requests read only what follows the shared system prompt
+    assert calls < decoded  # sequences shared decode calls
 
 
 def test_hf_backend_generates_from_a_local_transformers_model(tiny_llama, tmp_path):

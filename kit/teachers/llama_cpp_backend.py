@@ -6,6 +6,9 @@ prefix, so each system prompt gets its own context (the weights are memory-mappe
 on CPU this turns a ~1,300-token few-shot prompt into the few dozen tokens of the new input.
 
 JSON-Schema requests use the runtime's grammar-last sampler: as fast as free sampling, always valid.
+
+A model that carries its chat template (every current GGUF) runs in a `BatchEngine` instead: up to
+`teacher.concurrency` requests decode together and share cached prefixes across slots.
 """
 
 from __future__ import annotations
@@ -29,9 +32,35 @@ class LlamaCppTeacher(TeacherBackend):
         self._contexts: OrderedDict[str, object] = OrderedDict()
         self._path: str | None = None
         self._lock = asyncio.Lock()  # the cores are shared: requests take turns
+        self._engine = None
 
     async def check(self) -> None:
-        await asyncio.to_thread(self._load, "")
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        """The batch engine when the model allows it, else one context per system prompt."""
+        if self.config.concurrency > 1 and self._engine is None:
+            from kit.teachers.llama_batch import BatchEngine, BatchingUnsupported
+
+            try:
+                self._engine = BatchEngine(self._model_path(), parallel=self.config.concurrency,
+                                           n_ctx=self.config.n_ctx, n_threads=self._threads())
+                return
+            except BatchingUnsupported:
+                pass
+            except ImportError:
+                raise UserError("the llama_cpp teacher needs llama-cpp-python: pip install 'microkit[runtime]'") from None
+        self._load("")
+
+    def _model_path(self) -> str:
+        if self._path is None:
+            from kit.model_ref import resolve_model
+
+            self._path = str(resolve_model(self.config.model).gguf())
+        return self._path
+
+    def _threads(self) -> int:
+        return self.config.n_threads or max(1, (os.cpu_count() or 2))
 
     def _load(self, key: str):
         """The context for `key`; the one `check` loaded (key "") is handed to the first request."""
@@ -47,14 +76,10 @@ class LlamaCppTeacher(TeacherBackend):
             Llama = lazy_grammar_llama_class()
         except ImportError:
             raise UserError("the llama_cpp teacher needs llama-cpp-python: pip install 'microkit[runtime]'") from None
-        if self._path is None:
-            from kit.model_ref import resolve_model
-
-            self._path = str(resolve_model(self.config.model).gguf())
         if len(self._contexts) >= self.max_contexts:
             self._contexts.popitem(last=False)[1].close()
-        threads = self.config.n_threads or max(1, (os.cpu_count() or 2))
-        self._contexts[key] = Llama(model_path=self._path, n_ctx=self.config.n_ctx, n_threads=threads, verbose=False)
+        self._contexts[key] = Llama(model_path=self._model_path(), n_ctx=self.config.n_ctx, n_threads=self._threads(),
+                                    verbose=False)
         return self._contexts[key]
 
     @staticmethod
@@ -63,6 +88,12 @@ class LlamaCppTeacher(TeacherBackend):
         return hashlib.sha256(head.encode()).hexdigest()
 
     async def complete(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> Completion:
+        if self._engine is None and not self._contexts:
+            await self.check()
+        if self._engine is not None:
+            text, prompt_tokens, completion_tokens = await asyncio.wrap_future(
+                self._engine.submit(messages, schema, params))
+            return Completion(text, prompt_tokens, completion_tokens)
         async with self._lock:
             return await asyncio.to_thread(self._complete, messages, schema, params)
 
@@ -70,13 +101,19 @@ class LlamaCppTeacher(TeacherBackend):
         llama = self._load(self._context_key(messages))
         kwargs = dict(params)
         if schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            from runtime.backends.gguf import grammar_for
+            from runtime.params import GenerationParams
+
+            kwargs["grammar"] = grammar_for(GenerationParams(json_schema=schema))
         result = llama.create_chat_completion(messages=messages, **kwargs)
         usage = result.get("usage") or {}
         return Completion(result["choices"][0]["message"]["content"] or "",
                           usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
     async def aclose(self) -> None:
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.close)
+            self._engine = None
         while self._contexts:
             self._contexts.popitem()[1].close()
 

@@ -14,14 +14,25 @@ from runtime.manifest import BundleError
 from runtime.params import GenerationParams, GenerationStats
 
 
+# llama-cpp-python's schema converter lets a JSON string hold raw control characters (a newline), which no
+# JSON parser accepts; llama.cpp's own converter and its json.gbnf exclude them.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def json_schema_gbnf(schema_json: str) -> str:
+    """GBNF for a JSON schema (properties in the schema's key order), strings without control characters."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
 @lru_cache(maxsize=32)
 def _grammar(schema_json: str | None):
     from llama_cpp import LlamaGrammar
     from llama_cpp.llama_grammar import JSON_GBNF
 
-    if schema_json is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    return LlamaGrammar.from_string(JSON_GBNF if schema_json is None else json_schema_gbnf(schema_json), verbose=False)
 
 
 def grammar_for(params: GenerationParams):
