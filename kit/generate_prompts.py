@@ -58,7 +58,7 @@ def plan_item(config, index: int) -> PlanItem:
     return PlanItem(
         index=index,
         evolve_seed=rng.randrange(len(seeds)) if evolve else None,
-        evolution=rng.choice(EVOLUTIONS),
+        evolution=rng.choice(data.evolutions or EVOLUTIONS),
         topic=pick(data.topics),
         persona=pick(data.personas),
         difficulty=pick(data.difficulty_levels),
@@ -126,10 +126,11 @@ def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[st
     if item.evolve_seed is not None:
         user = f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}"
     else:
-        wishes = [f"about {item.topic}" if item.topic else "", f"as {item.persona} would ask it" if item.persona else "",
-                  f"at {item.difficulty} difficulty" if item.difficulty else ""]
-        user = (f"Write one new input, different from the examples, "
-                f"{' '.join(w for w in wishes if w)}.").replace(" .", ".")
+        # labelled lines, not a sentence: a small teacher copies a sentence's words ("at join difficulty") into
+        # the input it writes
+        wishes = [("Topic", item.topic), ("Asked by", item.persona), ("Kind", item.difficulty)]
+        user = "Write one new input, different from the examples." + "".join(
+            f"\n{label}: {value}" for label, value in wishes if value)
     if with_reference:
         user += f"\nAlso give a correct reference answer. {_format_note(config)}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

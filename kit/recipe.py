@@ -148,6 +148,10 @@ class DataConfig(StrictModel):
     personas: list[str] = Field(default_factory=list)
     difficulty_levels: list[str] = Field(default_factory=lambda: ["easy", "medium", "hard"])
     evolve_fraction: float = Field(0.3, ge=0.0, le=1.0, description="share of inputs made by rewriting seeds")
+    evolutions: list[str] | None = Field(
+        None, min_length=1, description="how a seed may be rewritten; each completes 'Rewrite this input so that you "
+                                        "...' (default: generic Evol-Instruct steps: add a constraint, more specific, "
+                                        "one more reasoning step, new scenario, casual)")
     answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
     reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
                                               "dataset's `reasoning` column); off: about half the teacher tokens")

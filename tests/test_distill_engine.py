@@ -249,6 +249,20 @@ def test_answers_without_reasoning_at_their_own_temperature(tmp_path, fake_teach
     assert len({json.dumps(b["messages"][:-1]) for b in answers}) == 1
 
 
+def test_recipe_evolutions_and_labelled_wishes_shape_the_input_requests(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=6, data_extra=(
+        ", evolve_fraction: 0.5, evolutions: ['swap every number for another one'], topics: [ferries]")))
+    run(recipe, RunDir(tmp_path / "run"))
+    asks = [b["messages"][-1]["content"] for b in teacher.requests
+            if "input" in (b.get("response_format") or {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
+    rewrites = [a for a in asks if a.startswith("Rewrite")]
+    fresh = [a for a in asks if a.startswith("Write one new input")]
+    assert rewrites and fresh
+    assert all(a.startswith("Rewrite this input so that you swap every number for another one:") for a in rewrites)
+    assert all("\nTopic: ferries" in a for a in fresh)
+
+
 def kit(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kit", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
