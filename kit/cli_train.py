@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
 
 def train(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: runs/<task name>)"),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories (runs/<task-name>/)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="this run directory instead of RUNS/<task-name>"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="override train.max_steps"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="override train.epochs"),
     device: Optional[str] = typer.Option(None, "--device", help="override train.device: auto | cpu | cuda"),
@@ -36,7 +37,7 @@ def train(
     except ValidationError as err:
         raise UserError(f"bad flag value: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
     loaded = loaded.model_copy(update={"train": config})
-    folder = RunDir(run_dir) if run_dir else RunDir.for_task(loaded.task.name)
+    folder = RunDir(run_dir) if run_dir else RunDir.for_task(loaded.task.name, runs)
     manifest = run(loaded, folder, show_progress=progress)
     figures = manifest.figures
     if figures:
