@@ -220,6 +220,10 @@ def test_early_stopping_ends_training_when_validation_stops_improving(dataset_ru
     train(config, str(tiny_llama), run, show_progress=False)
     metrics = json.loads((run.train / "metrics.json").read_text())
     assert metrics["stopped_early"] and len(metrics["validation_loss_by_epoch"]) < 6
+    # the adapter kept is the one with the lowest validation loss seen, not the last epoch's
+    losses = [metrics["validation_loss_before"]] + [e["loss"] for e in metrics["validation_loss_by_epoch"]]
+    assert metrics["validation_loss_after"] == min(losses)
+    assert metrics["best_step"] < metrics["global_step"]
 
 
 def test_resume_after_kill_loses_nothing(dataset_run, tiny_llama, tmp_path):

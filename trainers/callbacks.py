@@ -70,3 +70,34 @@ class TrainProgress(TrainerCallback):
         if self.bar is not None:
             loss = f"{self._last_loss:.4f}" if self._last_loss is not None else "-"
             self.bar.set_postfix_str(f"loss {loss}, {self.tokens_per_second:,.0f} tok/s")
+
+
+class KeepBestWeights(TrainerCallback):
+    """The trainable (LoRA) weights of the evaluation with the lowest validation loss, kept in memory, so the
+    adapter saved at the end is the best epoch's, not the last one's (transformers' load_best_model_at_end,
+    without a checkpoint per evaluation). The evaluation before training counts: if training only made the
+    validation loss worse, the untrained adapter is what is saved."""
+
+    def __init__(self):
+        self.best_loss: float | None = None
+        self.best_step: int | None = None
+        self._weights: dict | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or model is None or (self.best_loss is not None and loss >= self.best_loss):
+            return
+        self.best_loss, self.best_step = loss, state.global_step
+        self._weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def restore(self, model) -> bool:
+        """Put the best weights back; False when there is nothing to restore."""
+        import torch
+
+        if self._weights is None:
+            return False
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self._weights:
+                    p.copy_(self._weights[name])
+        return True

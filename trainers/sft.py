@@ -109,7 +109,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     from transformers.trainer_callback import EarlyStoppingCallback
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from trainers.callbacks import TrainProgress
+    from trainers.callbacks import KeepBestWeights, TrainProgress
     from trainers.data import tokenized_splits
     from trainers.distill import DistillCollator, check_same_tokenizer, with_teacher_topk
     from trainers.model import load_causal_lm, load_tokenizer, lora_config
@@ -125,7 +125,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
         collator = DistillCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
                                                                    padding_free=config.packing))
     progress = TrainProgress(show=show_progress)
-    callbacks: list[Any] = [progress]
+    callbacks: list[Any] = [progress, KeepBestWeights()]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = StudentTrainer(
@@ -191,8 +191,10 @@ def _resolve_teacher(config: TrainConfig):
 
 
 def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]:
+    from trainers.callbacks import KeepBestWeights
     from trainers.checkpoints import read_initial_eval, write_initial_eval
 
+    best = next(c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBestWeights))
     initial = read_initial_eval(paths.checkpoints)
     if resume_from is None or initial is None:
         initial = trainer.evaluate()
@@ -202,7 +204,10 @@ def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]
     state = trainer.state
     evals = [e for e in state.log_history if "eval_loss" in e]
     final = evals[-1] if evals and evals[-1].get("step") == state.global_step else trainer.evaluate()
-    return {"initial": initial, "final": final, "resumed_from_step": _step_of(resume_from)}
+    best_step = state.global_step
+    if best.best_loss is not None and best.best_loss < final["eval_loss"] and best.restore(trainer.model):
+        final, best_step = {"eval_loss": best.best_loss, "step": best.best_step}, best.best_step
+    return {"initial": initial, "final": final, "best_step": best_step, "resumed_from_step": _step_of(resume_from)}
 
 
 def _step_of(checkpoint: Path | None) -> int | None:
@@ -225,6 +230,7 @@ def _metrics(trainer, progress, summary, base, config: TrainConfig, device: str,
         "max_steps": state.max_steps,
         "epochs_done": state.epoch,
         "stopped_early": state.global_step < state.max_steps,
+        "best_step": summary["best_step"],  # the adapter holds this step's weights (lowest validation loss)
         "resumed_from_step": summary["resumed_from_step"],
         "validation_loss_before": summary["initial"].get("eval_loss"),
         "validation_loss_after": summary["final"].get("eval_loss"),
