@@ -200,6 +200,26 @@ def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix()
     assert calls < decoded  # sequences shared decode calls
 
 
+@pytest.mark.slow
+def test_llama_cpp_batched_request_longer_than_the_context_is_one_clear_error():
+    from kit.errors import UserError
+    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+
+    backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", n_ctx=256,
+                                            concurrency=2))
+    long = [{"role": "system", "content": "background " * 300}, {"role": "user", "content": "hi"}]
+
+    async def scenario():
+        await backend.check()
+        return await backend.complete(long, None, {"max_tokens": 16, "temperature": 0.0})
+
+    try:
+        with pytest.raises(UserError, match="teacher.n_ctx"):
+            asyncio.run(scenario())
+    finally:
+        asyncio.run(backend.aclose())
+
+
 def test_hf_backend_generates_from_a_local_transformers_model(tiny_llama, tmp_path):
     config = TeacherConfig(backend="hf", model=str(tiny_llama), max_tokens=16, temperature=0.7)
     (reply,), usage = complete_once(config, tmp_path / "cache.sqlite")

@@ -94,7 +94,9 @@ class BatchEngine:
             tokens = self.llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True)
             max_tokens = int(params.get("max_tokens") or 256)
             if len(tokens) + max_tokens > self.n_ctx:
-                raise ValueError(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the teacher's "
+                from kit.errors import UserError
+
+                raise UserError(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the teacher's "
                                  f"n_ctx ({self.n_ctx}); raise teacher.n_ctx in the recipe")
             sampler = self._sampler(schema, params)
         except Exception as err:  # noqa: BLE001 - handed to the caller
