@@ -73,6 +73,7 @@ class BatchEngine:
             self.llama.close()
             raise MemoryError(f"llama.cpp could not create a {n_ctx * parallel}-token context for {model_path}")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._sampling_ctx = SimpleNamespace(ctx=self.ctx)  # what the samplers read logits from
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.slots = [_Slot(seq) for seq in range(parallel)]
         self._queue: queue.Queue[_Request | None] = queue.Queue()
@@ -224,14 +225,13 @@ class BatchEngine:
             status = lib.llama_decode(self.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed ({status})")
-        ctx = SimpleNamespace(ctx=self.ctx)
         for slot, n, index in fed:
             slot.cached.extend(slot.todo[:n])
             slot.todo = slot.todo[n:]
             if index < 0:
                 continue
             request = slot.request
-            token = request.sampler.sample(ctx, index)
+            token = request.sampler.sample(self._sampling_ctx, index)
             if lib.llama_vocab_is_eog(self.vocab, token):
                 self._finish(slot)
                 continue

@@ -38,8 +38,10 @@ class LlamaCppTeacher(TeacherBackend):
         await asyncio.to_thread(self._start)
 
     def _start(self) -> None:
-        """The batch engine when the model allows it, else one context per system prompt."""
-        if self.config.concurrency > 1 and self._engine is None:
+        """The batch engine when the model allows it, else one context per system prompt (once)."""
+        if self._engine is not None or self._contexts:
+            return
+        if self.config.concurrency > 1:
             from kit.teachers.llama_batch import BatchEngine, BatchingUnsupported
 
             try:
@@ -88,8 +90,9 @@ class LlamaCppTeacher(TeacherBackend):
         return hashlib.sha256(head.encode()).hexdigest()
 
     async def complete(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> Completion:
-        if self._engine is None and not self._contexts:
-            await self.check()
+        if self._engine is None and not self._contexts:  # no check() yet: the first request starts the model
+            async with self._lock:
+                await asyncio.to_thread(self._start)
         if self._engine is not None:
             text, prompt_tokens, completion_tokens = await asyncio.wrap_future(
                 self._engine.submit(messages, schema, params))
