@@ -72,9 +72,16 @@ def default_targets(recipe: Recipe, run: RunDir, include_teacher: bool = True) -
                 targets.append(Target("merged", "hf", str(run.export / rel)))
             elif key.startswith("gguf_"):
                 targets.append(Target(f"gguf-{key[5:]}", "gguf", str(run.export / rel)))
-            elif key.startswith("onnx_"):
+            elif key.startswith("onnx_") and _scored_onnx(recipe, key[5:], exported.outputs):
                 targets.append(Target(f"onnx-{key[5:]}", "onnx", str(run.export / rel)))
     return targets
+
+
+def _scored_onnx(recipe: Recipe, variant: str, outputs: dict[str, str]) -> bool:
+    """The ONNX variants that ship are scored. An fp32 graph kept only as the source of the quantized ones
+    is left out (export already checked it against the merged model); it is scored when nothing else is."""
+    made = [key[5:] for key in outputs if key.startswith("onnx_")]
+    return variant in recipe.export.onnx.ship or made == [variant]
 
 
 def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads: int | None,

@@ -19,7 +19,8 @@ from kit.critic import Candidate, Critic, Rejection, build_critic
 from kit.critic.base import input_text
 from kit.errors import UserError
 from kit.generate_prompts import (ParseError, answer_messages, answer_schema, input_messages, input_schema,
-                                  parse_answer, parse_input, plan_item, request_seed, vote_key)
+                                  inputs_messages, inputs_schema, parse_answer, parse_input, parse_inputs, plan_item,
+                                  request_seed, vote_key)
 from kit.generate_stats import GenerationProgress, build_stats, step_names
 from kit.recipe import CriticConfig, DataConfig, OutputConfig, Recipe, Seed, TaskConfig, TeacherConfig
 from kit.recipe_loader import load_seeds
@@ -134,6 +135,7 @@ class Generation:
         self._consecutive_failures = 0
         self._in_flight = 0
         self._next = 0
+        self._input_lists: dict[int, asyncio.Task] = {}  # list number -> the teacher's reply, shared by its items
         for row in store.samples.rows:  # dedup and friends remember what was kept before
             critic.admit(row["id"], Candidate(row["index"], row["input"], []))
 
@@ -143,7 +145,7 @@ class Generation:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._input_lists.values()]:
                 task.cancel()
 
     def _attempts(self) -> int:
@@ -180,13 +182,11 @@ class Generation:
     async def _make(self, index: int) -> tuple[Candidate | dict[str, Any], Rejection | None]:
         config, teacher = self.config, self.teacher
         item = plan_item(config, index)
-        reply = await teacher.complete(input_messages(config, item, self.with_reference),
-                                       input_schema(config, self.with_reference),
-                                       teacher.sampling(request_seed(config.data.seed, index, "input")))
         try:
-            task_input, reference = parse_input(config, reply.text, self.with_reference)
+            task_input, reference = await self._input(index, item)
         except ParseError as err:
-            return {"input": None, "origin": item.origin, "raw": reply.text[:500]}, Rejection("parse", f"input: {err}")
+            raw = getattr(err, "raw", "")
+            return {"input": None, "origin": item.origin, "raw": raw[:500]}, Rejection("parse", f"input: {err}")
         self._stop_if_done()
         n = config.data.answers_per_input
         messages = answer_messages(config, item, task_input)
@@ -208,6 +208,47 @@ class Generation:
             return candidate, rejection
         self._stop_if_done()
         return candidate, await self.critic.review(candidate)
+
+    async def _input(self, index: int, item) -> tuple[Any, Any]:
+        """The input written for plan item `index` (and its reference answer, when the critic compares with
+        one). With `data.inputs_per_request` > 1 the teacher writes consecutive items as one list, and each
+        item's worker takes its entry from the shared reply."""
+        config, teacher = self.config, self.teacher
+        count = config.data.inputs_per_request
+        if count == 1:
+            reply = await teacher.complete(input_messages(config, item, self.with_reference),
+                                           input_schema(config, self.with_reference),
+                                           teacher.sampling(request_seed(config.data.seed, index, "input")))
+            try:
+                return parse_input(config, reply.text, self.with_reference)
+            except ParseError as err:
+                err.raw = reply.text
+                raise
+        number = index // count
+        task = self._input_lists.get(number)
+        if task is None:
+            task = self._input_lists[number] = asyncio.ensure_future(self._input_list(number, count))
+        entries = await asyncio.shield(task)
+        entry = entries[index - number * count]
+        if isinstance(entry, ParseError):
+            raise entry
+        return entry
+
+    async def _input_list(self, number: int, count: int) -> list[tuple[Any, Any] | ParseError]:
+        config, teacher = self.config, self.teacher
+        first = number * count
+        reply = await teacher.complete(inputs_messages(config, plan_item(config, first), count, self.with_reference),
+                                       inputs_schema(config, count, self.with_reference),
+                                       teacher.sampling(request_seed(config.data.seed, first, f"inputs{count}"),
+                                                        max_tokens=config.teacher.max_tokens * count))
+        try:
+            entries = parse_inputs(config, reply.text, count, self.with_reference)
+        except ParseError as err:
+            entries = [err] * count
+        for entry in entries:
+            if isinstance(entry, ParseError):
+                entry.raw = reply.text
+        return entries
 
     def _stop_if_done(self) -> None:
         """Before paying for another request: is the target already met? (Replies already paid for are

@@ -51,7 +51,9 @@ def request_seed(data_seed: int, index: int, role: str, k: int = 0) -> int:
 def plan_item(config, index: int) -> PlanItem:
     """The `index`-th input to write; the same recipe always gives the same plan."""
     data = config.data
-    rng = random.Random(f"{data.seed}:{index}")
+    per_request = data.inputs_per_request
+    # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
+    rng = random.Random(f"{data.seed}:{index}" if per_request == 1 else f"{data.seed}:list{per_request}:{index // per_request}")
     seeds = config.seeds
     evolve = rng.random() < data.evolve_fraction
     pick = lambda options: rng.choice(options) if options else None  # noqa: E731
@@ -90,6 +92,13 @@ def input_schema(config, with_reference: bool) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
+def inputs_schema(config, count: int, with_reference: bool) -> dict[str, Any]:
+    """A reply that holds `count` inputs (each with its reference when asked)."""
+    item = input_schema(config, with_reference) if with_reference else input_schema(config, False)["properties"]["input"]
+    return {"type": "object", "properties": {"inputs": {"type": "array", "items": item, "minItems": count,
+                                                        "maxItems": count}}, "required": ["inputs"]}
+
+
 def answer_schema(config) -> dict[str, Any]:
     if not config.data.reasoning:
         return {"type": "object", "properties": {"answer": answer_value_schema(config)}, "required": ["answer"]}
@@ -115,25 +124,47 @@ def _format_note(config) -> str:
             "text": "The answer is plain text."}[fmt]
 
 
-def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
+def _input_system(config, reply: str) -> str:
     examples = "\n".join(f"- {input_text(seed.input)}" for seed in shots(config))
+    return (f"You write realistic, varied inputs for an assistant that does one task.\n{_task_block(config)}\n"
+            f"Example inputs:\n{examples}\n"
+            "An input is only what the user would type: never a note, an instruction or an answer. "
+            "Keep each input about as long as the examples. "
+            f"Reply with JSON only: {reply}")
+
+
+def _wishes(item: PlanItem) -> list[tuple[str, str]]:
+    # labelled values, not a sentence: a small teacher copies a sentence's words ("at join difficulty") into
+    # the input it writes
+    return [(label, value) for label, value in (("Topic", item.topic), ("Asked by", item.persona),
+                                                 ("Kind", item.difficulty)) if value]
+
+
+def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
     reply = '{"input": ...' + (', "reference": <a correct answer to it>' if with_reference else "") + "}"
-    system = (f"You write realistic, varied inputs for an assistant that does one task.\n{_task_block(config)}\n"
-              f"Example inputs:\n{examples}\n"
-              "An input is only what the user would type: never a note, an instruction or an answer. "
-              "Keep each input about as long as the examples. "
-              f"Reply with JSON only: {reply}")
     if item.evolve_seed is not None:
         user = f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}"
     else:
-        # labelled lines, not a sentence: a small teacher copies a sentence's words ("at join difficulty") into
-        # the input it writes
-        wishes = [("Topic", item.topic), ("Asked by", item.persona), ("Kind", item.difficulty)]
         user = "Write one new input, different from the examples." + "".join(
-            f"\n{label}: {value}" for label, value in wishes if value)
+            f"\n{label}: {value}" for label, value in _wishes(item))
     if with_reference:
         user += f"\nAlso give a correct reference answer. {_format_note(config)}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
+
+
+def inputs_messages(config, item: PlanItem, count: int, with_reference: bool) -> list[dict[str, str]]:
+    """One request for `count` inputs that share the item's wishes (a list item gets its list's plan)."""
+    one = '{"input": ..., "reference": <a correct answer to it>}' if with_reference else "..."
+    reply = '{"inputs": [' + one + ", " + one + ", ...]}"
+    if item.evolve_seed is not None:
+        user = (f"Rewrite this input {count} different ways, each so that you {item.evolution}:\n"
+                f"{input_text(config.seeds[item.evolve_seed].input)}")
+    else:
+        user = f"Write {count} new inputs, different from the examples and from each other." + "".join(
+            f"\n{label}: {value}" for label, value in _wishes(item))
+    if with_reference:
+        user += f"\nGive each a correct reference answer. {_format_note(config)}"
+    return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
 
 
 def answer_messages(config, item: PlanItem, task_input: str | dict[str, Any]) -> list[dict[str, str]]:
@@ -178,6 +209,25 @@ def parse_input(config, text: str, with_reference: bool) -> tuple[str | dict[str
     if with_reference and reference is None:
         raise ParseError("reply has no 'reference'")
     return task_input, reference
+
+
+def parse_inputs(config, text: str, count: int, with_reference: bool) -> list[tuple[Any, Any] | ParseError]:
+    """Each of the `count` inputs a list reply should hold: (input, reference), or why it is missing."""
+    value = _json_object(text)
+    items = value.get("inputs")
+    if not isinstance(items, list):
+        raise ParseError("reply has no 'inputs' list")
+    out: list[tuple[Any, Any] | ParseError] = []
+    for position in range(count):
+        if position >= len(items):
+            out.append(ParseError(f"the list holds {len(items)} inputs, not {count}"))
+            continue
+        item = items[position] if with_reference else {"input": items[position]}
+        try:
+            out.append(parse_input(config, json.dumps(item, ensure_ascii=False), with_reference))
+        except ParseError as err:
+            out.append(err)
+    return out
 
 
 def parse_answer(config, text: str) -> Answer:

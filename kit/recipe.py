@@ -152,6 +152,9 @@ class DataConfig(StrictModel):
         None, min_length=1, description="how a seed may be rewritten; each completes 'Rewrite this input so that you "
                                         "...' (default: generic Evol-Instruct steps: add a constraint, more specific, "
                                         "one more reasoning step, new scenario, casual)")
+    inputs_per_request: int = Field(1, ge=1, le=16, description="inputs the teacher writes in one reply, for "
+                                    "one topic, persona and kind, as Self-Instruct asks for a list: a list varies "
+                                    "more than separate draws, and the prompt is read once per list")
     answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
     reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
                                               "dataset's `reasoning` column); off: about half the teacher tokens")

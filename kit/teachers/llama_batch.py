@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 Messages = list[dict[str, str]]
+PREFIX_WAIT_TOKENS = 64  # a request waits for a slot reading at least this many tokens of its prefix
 
 
 class BatchingUnsupported(Exception):
@@ -173,18 +174,19 @@ class BatchEngine:
             return True
 
     def _assign(self) -> None:
-        """Free slots take waiting requests; each starts from the longest cached prefix any slot holds."""
+        """Free slots take waiting requests; each starts from the longest cached prefix any slot holds.
+
+        A request whose prefix another slot is reading right now waits for that read to finish instead of
+        reading the same tokens again: when generation starts, every worker sends the same few-shot prompt
+        at once, and N slots would otherwise read it N times."""
         lib = self._lib
         for slot in self.slots:
-            if not self._pending:
-                return
             if slot.request is not None:
                 continue
-            request = self._pending.pop(0)
-            source, shared = slot, _common_prefix(slot.cached, request.tokens)
-            for other in self.slots:
-                if (n := _common_prefix(other.cached, request.tokens)) > shared:
-                    source, shared = other, n
+            found = self._next_ready(slot)
+            if found is None:
+                return
+            request, source, shared = found
             shared = min(shared, len(request.tokens) - 1)  # feed at least one token, for its logits
             self.reused_tokens += shared
             if source is slot:
@@ -195,6 +197,23 @@ class BatchEngine:
                 lib.llama_memory_seq_cp(self.memory, source.seq, slot.seq, 0, shared)
                 slot.cached = source.cached[:shared]
             slot.request, slot.todo = request, request.tokens[shared:]
+
+    def _next_ready(self, free: _Slot) -> tuple[_Request, _Slot, int] | None:
+        """The first waiting request not held back by a read in progress, the slot holding its longest
+        cached prefix (the free slot itself on a tie) and that prefix's length."""
+        for position, request in enumerate(self._pending):
+            source, shared = free, _common_prefix(free.cached, request.tokens)
+            for other in self.slots:
+                if (n := _common_prefix(other.cached, request.tokens)) > shared:
+                    source, shared = other, n
+            reading = max((_common_prefix(other.request.tokens, request.tokens) for other in self.slots
+                           if other.request is not None and other.todo and not other.request.generated),
+                          default=0)
+            if reading - shared >= PREFIX_WAIT_TOKENS:
+                continue
+            del self._pending[position]
+            return request, source, shared
+        return None
 
     def _step(self) -> None:
         """One llama_decode: a token for every generating slot, then prompt chunks in the room left."""
