@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from runtime.backends.base import LoadOptions
+from runtime.backends.base import LoadOptions, default_threads
 from runtime.errors import ContextLengthError
 from runtime.manifest import BundleError
 from runtime.params import GenerationParams, GenerationStats
@@ -57,9 +57,10 @@ class GGUFBackend:
                               "CMAKE_ARGS=\"-DGGML_CUDA=on\" (or -DGGML_METAL=on), or pass device='cpu'")
         self.device = "gpu" if gpu_build and options.device != "cpu" else "cpu"
         try:
-            self.llm = lazy_grammar_llama_class()(model_path=str(model_path), n_ctx=options.n_ctx, n_threads=options.n_threads,
-                                       n_threads_batch=options.n_threads, n_gpu_layers=-1 if self.device == "gpu" else 0,
-                                       verbose=False)
+            threads = options.n_threads or default_threads()
+            self.llm = lazy_grammar_llama_class()(model_path=str(model_path), n_ctx=options.n_ctx, n_threads=threads,
+                                                  n_threads_batch=threads, n_gpu_layers=-1 if self.device == "gpu" else 0,
+                                                  verbose=False)
         except ValueError as err:
             raise BundleError(f"llama.cpp cannot load {model_path} ({err}); is it a complete GGUF file?") from None
         model = self.llm._model
