@@ -56,6 +56,9 @@ class FakeTeacher:
         rng = random.Random(body.get("seed", 0))
         if "input" in props:
             content = {"input": " ".join(rng.choice(VOCAB) for _ in range(8))}
+        elif "inputs" in props:  # a list of inputs, as many as the schema asks
+            content = {"inputs": [" ".join(rng.choice(VOCAB) for _ in range(8))
+                                  for _ in range(props["inputs"]["minItems"])]}
         elif "answer" in props:
             question = body["messages"][-1]["content"]
             stable = int(hashlib.sha256(question.encode()).hexdigest()[:6], 16) % 1000
@@ -261,6 +264,40 @@ def test_recipe_evolutions_and_labelled_wishes_shape_the_input_requests(tmp_path
     assert rewrites and fresh
     assert all(a.startswith("Rewrite this input so that you swap every number for another one:") for a in rewrites)
     assert all("\nTopic: ferries" in a for a in fresh)
+
+
+def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=10, data_extra=(
+        ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries]")))
+    run_dir = RunDir(tmp_path / "run")
+    manifest = run(recipe, run_dir)
+    assert manifest.figures["accepted"] == 10
+
+    def kind(body: dict) -> str:
+        schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
+        return next((k for k in ("inputs", "input", "answer") if k in schema.get("properties", {})), "judge")
+
+    lists = [b for b in teacher.requests if kind(b) == "inputs"]
+    answers = [b for b in teacher.requests if kind(b) == "answer"]
+    assert lists and not any(kind(b) == "input" for b in teacher.requests)
+    for body in lists:
+        assert body["messages"][-1]["content"].startswith("Write 4 new inputs, different from the examples")
+        assert "\nTopic: ferries" in body["messages"][-1]["content"]
+        assert body["max_tokens"] == 4 * 64  # room for the whole list
+    # each list is asked for once and feeds four items, each answered in its own request
+    assert len({json.dumps([b["messages"], b["seed"]]) for b in lists}) == len(lists)
+    attempts = len(read_jsonl(run_dir.data / "samples.jsonl")) + len(read_jsonl(run_dir.data / "rejected.jsonl"))
+    assert len(lists) == -(-attempts // 4) or len(lists) == -(-attempts // 4) + 1  # the last may be cut short
+    written = {s for b in lists for s in json.loads(teacher.reply(b)["choices"][0]["message"]["content"])["inputs"]}
+    asked = {b["messages"][-1]["content"] for b in answers}
+    assert asked <= written and len(asked) >= 10
+    kept = read_jsonl(run_dir.data / "samples.jsonl")
+    assert all(row["input"] in written for row in kept)
+    # a second run spends nothing: lists and answers come from the cache
+    before = len(teacher.requests)
+    run(recipe, run_dir)
+    assert len(teacher.requests) == before
 
 
 def kit(*args: str, cwd: Path) -> subprocess.Popen:

@@ -225,3 +225,28 @@ def test_hf_backend_generates_from_a_local_transformers_model(tiny_llama, tmp_pa
     (reply,), usage = complete_once(config, tmp_path / "cache.sqlite")
     assert isinstance(reply.text, str) and 0 < reply.completion_tokens <= 16 and reply.prompt_tokens > 0
     assert usage.requests == 1
+
+
+@pytest.mark.slow
+def test_llama_cpp_batched_requests_sent_together_read_their_shared_prompt_once():
+    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+
+    backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", n_ctx=2048,
+                                            concurrency=4, temperature=0.0))
+    # longer than one decode batch (512 tokens): the others arrive while the first is still reading it
+    rules = " ".join(f"Rule {i}: answer in one short sentence about item {i}." for i in range(110))
+    asks = [[{"role": "system", "content": rules}, {"role": "user", "content": f"Item {i}?"}] for i in range(4)]
+
+    async def scenario():
+        await backend.check()
+        replies = await asyncio.gather(*(backend.complete(m, None, {"max_tokens": 8, "temperature": 0.0}) for m in asks))
+        return replies, backend._engine.reused_tokens
+
+    try:
+        replies, reused = asyncio.run(scenario())
+    finally:
+        asyncio.run(backend.aclose())
+    prompt = min(r.prompt_tokens for r in replies)
+    assert prompt > 1200
+    # the first request reads the shared system prompt; the three sent with it wait for that read, then reuse it
+    assert reused >= 3 * (prompt - 20)
