@@ -94,10 +94,10 @@ def test_onnx_variants_scored_are_those_that_ship():
     from kit.evaluate import _scored_onnx
     from kit.recipe import Recipe
 
-    recipe = Recipe.model_validate({"task": {"name": "t", "description": "d"}})  # ships int8 by default
+    recipe = Recipe.model_validate({"task": {"name": "t", "description": "count the words in a text"}})  # ships int8 by default
     both = {"merged": "merged", "onnx_fp32": "onnx/model.onnx", "onnx_int8": "onnx/model_int8.onnx"}
     assert _scored_onnx(recipe, "int8", both) and not _scored_onnx(recipe, "fp32", both)
     assert _scored_onnx(recipe, "fp32", {"onnx_fp32": "onnx/model.onnx"})  # the only ONNX there is
-    shipped = Recipe.model_validate({"task": {"name": "t", "description": "d"},
+    shipped = Recipe.model_validate({"task": {"name": "t", "description": "count the words in a text"},
                                      "export": {"onnx": {"ship": ["fp32", "int8"]}}})
     assert _scored_onnx(shipped, "fp32", both)
