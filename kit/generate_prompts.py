@@ -53,7 +53,8 @@ def plan_item(config, index: int) -> PlanItem:
     data = config.data
     per_request = data.inputs_per_request
     # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
-    rng = random.Random(f"{data.seed}:{index}" if per_request == 1 else f"{data.seed}:list{per_request}:{index // per_request}")
+    unit = index // per_request
+    rng = random.Random(f"{data.seed}:{index}" if per_request == 1 else f"{data.seed}:list{per_request}:{unit}")
     seeds = config.seeds
     evolve = rng.random() < data.evolve_fraction
     pick = lambda options: rng.choice(options) if options else None  # noqa: E731
@@ -61,10 +62,20 @@ def plan_item(config, index: int) -> PlanItem:
         index=index,
         evolve_seed=rng.randrange(len(seeds)) if evolve else None,
         evolution=rng.choice(data.evolutions or EVOLUTIONS),
-        topic=pick(data.topics),
+        topic=_in_turn(data.topics, unit, f"{data.seed}:topics"),
         persona=pick(data.personas),
         difficulty=pick(data.difficulty_levels),
     )
+
+
+def _in_turn(options: list[str], unit: int, salt: str) -> str | None:
+    """Every option once per round, in an order shuffled per round: topics stay balanced however few
+    inputs are written (drawing at random leaves some topics with a handful of samples)."""
+    if not options:
+        return None
+    order = list(options)
+    random.Random(f"{salt}:{unit // len(order)}").shuffle(order)
+    return order[unit % len(order)]
 
 
 def shots(config) -> list:

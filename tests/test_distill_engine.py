@@ -379,3 +379,20 @@ def test_a_torn_last_line_is_cut_when_the_log_is_opened_again(tmp_path):
     log.append({"id": "c", "index": 2})
     log.close()
     assert [row["id"] for row in read_jsonl(path)] == ["a", "c"]
+
+
+def test_topics_are_taken_in_turn_so_every_topic_gets_its_share():
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from kit.generate_prompts import plan_item
+    from kit.recipe import DataConfig
+
+    topics = ["a", "b", "c", "d", "e"]
+    for per_request in (1, 4):
+        config = SimpleNamespace(seeds=[object()] * 3, data=DataConfig(topics=topics, inputs_per_request=per_request))
+        plan = [plan_item(config, i) for i in range(50 * per_request)]
+        assert Counter(p.topic for p in plan) == {t: 10 * per_request for t in topics}
+        if per_request > 1:  # the items of one list share its plan
+            assert all(plan[i].topic == plan[i - i % per_request].topic for i in range(len(plan)))
+    assert plan_item(config, 7) == plan_item(config, 7)  # the same recipe gives the same plan
