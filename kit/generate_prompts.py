@@ -105,7 +105,8 @@ def input_schema(config, with_reference: bool) -> dict[str, Any]:
 
 def inputs_schema(config, count: int, with_reference: bool) -> dict[str, Any]:
     """A reply that holds `count` inputs (each with its reference when asked)."""
-    item = input_schema(config, with_reference) if with_reference else input_schema(config, False)["properties"]["input"]
+    one = input_schema(config, with_reference)
+    item = one if with_reference else one["properties"]["input"]
     return {"type": "object", "properties": {"inputs": {"type": "array", "items": item, "minItems": count,
                                                         "maxItems": count}}, "required": ["inputs"]}
 
@@ -209,7 +210,13 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def parse_input(config, text: str, with_reference: bool) -> tuple[str | dict[str, Any], Any]:
-    value = _json_object(text)
+    return _input_entry(config, _json_object(text), with_reference)
+
+
+def _input_entry(config, value: Any, with_reference: bool) -> tuple[str | dict[str, Any], Any]:
+    """(input, reference) from one decoded {"input": ..., "reference": ...} object."""
+    if not isinstance(value, dict):
+        raise ParseError("reply is not a JSON object")
     task_input = value.get("input")
     wanted = dict if inputs_are_objects(config) else str
     if not isinstance(task_input, wanted) or not task_input or (isinstance(task_input, str) and not task_input.strip()):
@@ -235,7 +242,7 @@ def parse_inputs(config, text: str, count: int, with_reference: bool) -> list[tu
             continue
         item = items[position] if with_reference else {"input": items[position]}
         try:
-            out.append(parse_input(config, json.dumps(item, ensure_ascii=False), with_reference))
+            out.append(_input_entry(config, item, with_reference))
         except ParseError as err:
             out.append(err)
     return out
