@@ -115,6 +115,13 @@ class DedupVerifier(StrictModel):
     num_perm: int = Field(128, ge=16, le=1024)
 
 
+class GroundedVerifier(StrictModel):
+    type: Literal["grounded"]
+    fields: list[str] = Field(min_length=1, description="JSON keys (at any depth) whose string values must appear "
+                                                         "in the input as written: names, message texts, queries")
+    ignore_case: bool = False
+
+
 class DecontaminateVerifier(StrictModel):
     type: Literal["decontaminate"]
     ngram: int = Field(8, ge=3, le=64)
@@ -127,7 +134,8 @@ class DecontaminateVerifier(StrictModel):
 
 
 Verifier = Annotated[
-    Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, DedupVerifier, DecontaminateVerifier],
+    Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, GroundedVerifier, DedupVerifier,
+          DecontaminateVerifier],
     Field(discriminator="type"),
 ]
 

@@ -236,6 +236,8 @@ def _semantic_problems(recipe: Recipe, root: yaml.Node | None) -> list[RecipePro
         keys = ["critic", "verifiers", i]
         if verifier.type == "json_schema" and not has_schema:
             add(keys, "the json_schema verifier needs an output schema", "add `output.schema` (or `schema_file`)")
+        if verifier.type == "grounded" and recipe.output.format != "json":
+            add(keys, "the grounded verifier checks keys of a JSON answer", "use it with `output.format: json`")
         if verifier.type == "sql" and not verifier.database.is_file():
             add(keys + ["database"], f"SQLite database not found: {verifier.database}", "fix the path to the .db/.sqlite file")
         if verifier.type == "python":

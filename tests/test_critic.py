@@ -129,3 +129,24 @@ def test_an_input_that_holds_its_own_answer_is_cut_first():
     assert review(c, leaked).verifier == "input"
     assert review(c, candidate("SELECT email FROM customers", "which emails do our customers have")) is None
     assert review(c, candidate("Paris", "is Paris the capital of France")) is None  # short answers may be named
+
+
+def test_grounded_cuts_values_not_copied_from_the_input():
+    from kit.recipe import GroundedVerifier
+
+    c = critic(GroundedVerifier(type="grounded", fields=["recipient", "text"]))
+    text = "text Sam   it's raining, bring a coat"
+    ok = {"tool": "send_message", "arguments": {"recipient": "Sam", "text": "it's raining, bring a coat"}}
+    assert review(c, candidate(ok, text)) is None
+    recased = {"tool": "send_message", "arguments": {"recipient": "Sam", "text": "It's raining, bring a coat"}}
+    rejection = review(c, candidate(recased, text))
+    assert rejection.verifier == "grounded"
+    assert rejection.reason == "arguments.text \"It's raining, bring a coat\" is not copied from the input"
+    invented = {"tool": "send_message", "arguments": {"recipient": "Sam", "text": "Hey! I'm here."}}
+    assert "arguments.text" in review(c, candidate(invented, text)).reason
+    other_keys = {"tool": "get_weather", "arguments": {"city": "Oslo", "day": "today"}}
+    assert review(c, candidate(other_keys, text)) is None  # only the listed keys are checked
+    nested = {"calls": [{"recipient": "Samuel", "text": "bring a coat"}]}
+    assert review(c, candidate(nested, text)).reason.startswith("calls[0].recipient 'Samuel'")
+    loose = critic(GroundedVerifier(type="grounded", fields=["text"], ignore_case=True))
+    assert review(loose, candidate(recased, text)) is None

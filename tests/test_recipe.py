@@ -125,11 +125,12 @@ def test_missing_files_and_inconsistent_sections_are_reported(tmp_path):
                 - {type: json_schema}
                 - {type: sql, database: missing.db}
                 - {type: python}
+                - {type: grounded, fields: [name]}
             eval: {file: nowhere.jsonl}
             """))
     messages = " | ".join(p.message for p in info.value.problems)
     for expected in ("no seed examples", "needs an output schema", "SQLite database not found",
-                     "needs tests", "file not found"):
+                     "needs tests", "file not found", "checks keys of a JSON answer"):
         assert expected in messages
     with pytest.raises(RecipeInvalid, match="gguf_types does not make"):
         load_recipe(write(tmp_path, MINIMAL + "export: {gguf_types: [F16], ship: [Q4_K_M]}\n"))

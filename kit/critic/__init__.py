@@ -8,6 +8,7 @@ from typing import Any
 from kit.critic.base import Answer, Candidate, Rejection, Verifier
 from kit.critic.decontaminate import DecontaminateCheck
 from kit.critic.dedup import DedupCheck
+from kit.critic.grounded import GroundedCheck
 from kit.critic.judge import JudgeCheck
 from kit.critic.json_schema import JsonSchemaCheck
 from kit.critic.python_tests import PythonCheck
@@ -72,6 +73,8 @@ def build_critic(verifier_configs: list[Any], *, schema: dict[str, Any] | None, 
             built.append(PythonCheck(config))
         elif config.type == "judge":
             built.append(JudgeCheck(config, judge_client(config), task_description))
+        elif config.type == "grounded":
+            built.append(GroundedCheck(config))
         elif config.type == "dedup":
             built.append(DedupCheck(config, seed_inputs))
         elif config.type == "decontaminate":

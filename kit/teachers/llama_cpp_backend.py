@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections import OrderedDict
 from typing import Any
 
@@ -62,7 +61,9 @@ class LlamaCppTeacher(TeacherBackend):
         return self._path
 
     def _threads(self) -> int:
-        return self.config.n_threads or max(1, (os.cpu_count() or 2))
+        from runtime.backends.base import default_threads
+
+        return self.config.n_threads or default_threads()
 
     def _load(self, key: str):
         """The context for `key`; the one `check` loaded (key "") is handed to the first request."""
