@@ -9,10 +9,6 @@ from typing import Any, Iterator
 from kit.critic.base import Candidate, Verifier
 
 
-def _spaced(text: str) -> str:
-    return " ".join(text.split())
-
-
 def string_fields(value: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
     """(key, dotted path, string) for every string held under a key, at any depth of a JSON value."""
     if isinstance(value, dict):
@@ -35,14 +31,14 @@ class GroundedCheck(Verifier):
         self.fields = set(config.fields)
         self.ignore_case = config.ignore_case
 
+    def _form(self, text: str) -> str:
+        """Text as compared: runs of whitespace as one space, lowercased when case is ignored."""
+        spaced = " ".join(text.split())
+        return spaced.lower() if self.ignore_case else spaced
+
     async def check(self, candidate: Candidate) -> str | None:
-        source = _spaced(candidate.input_text)
-        if self.ignore_case:
-            source = source.lower()
+        source = self._form(candidate.input_text)
         for key, where, text in string_fields(candidate.answer.value):
-            if key not in self.fields or not text.strip():
-                continue
-            wanted = _spaced(text).lower() if self.ignore_case else _spaced(text)
-            if wanted not in source:
+            if key in self.fields and text.strip() and self._form(text) not in source:
                 return f"{where} {text[:80]!r} is not copied from the input"
         return None
