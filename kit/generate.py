@@ -16,7 +16,7 @@ from pydantic import Field
 
 from kit.config_base import StrictModel
 from kit.critic import Candidate, Critic, Rejection, build_critic
-from kit.critic.base import input_text
+from kit.critic.base import Answer, input_text
 from kit.errors import UserError
 from kit.generate_prompts import (ParseError, answer_messages, answer_schema, input_messages, input_schema,
                                   inputs_messages, inputs_schema, parse_answer, parse_input, parse_inputs, plan_item,
@@ -34,7 +34,7 @@ CONFIG_FILE = "generate_config.json"
 # Settings that change what is generated; others (target size, concurrency, timeouts) may change on a re-run.
 RUNTIME_ONLY = {"teacher": {"concurrency", "timeout_s", "max_retries", "n_threads", "base_url", "api_key_env",
                             "response_format"},
-                "data": {"target_samples", "batch_size", "validation_fraction"},
+                "data": {"target_samples", "batch_size", "validation_fraction", "train_on_seeds"},
                 "critic": {"max_attempts_factor"}}
 
 
@@ -93,11 +93,14 @@ async def _run(config: GenerateConfig, run_dir: RunDir, show_progress: bool) -> 
             progress.update(store)
             await generation.fill()
         elapsed = time.time() - started
+        seeds = await seed_rows(config, critic) if config.data.train_on_seeds else []  # before the notes are read
         stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
                             store.accepted - accepted_before, generation.failed, critic.notes)
+        stats["seeds_in_training"] = len(seeds)
         write_json(folder / STATS, stats)
         split = write_dataset(store.samples.rows, run_dir.dataset, system_prompt=config.task.effective_system_prompt,
-                              validation_fraction=config.data.validation_fraction, seed=config.data.seed)
+                              validation_fraction=config.data.validation_fraction, seed=config.data.seed,
+                              extra_train=seeds)
     finally:
         for client in {id(c): c for c in [teacher, *judges]}.values():
             await client.aclose()
@@ -286,6 +289,31 @@ class Generation:
             self.critic.admit(sid, candidate)
         if self.progress is not None:
             self.progress.update(self.store)
+
+
+async def seed_rows(config: GenerateConfig, critic: Critic) -> list[dict[str, Any]]:
+    """The seeds as samples for the training split. A seed that overlaps the eval set (by the critic's
+    decontaminate checks) stays out, with a note: a hand-written example must not leak the answers scored."""
+    checks = [v for v in critic.verifiers if v.name.split("#")[0] == "decontaminate"]
+    rows = []
+    for number, seed in enumerate(config.seeds, 1):
+        value = seed.output
+        if config.output.format == "json" and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        output = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        candidate = Candidate(index=-number, input=seed.input, answers=[Answer(value, output, seed.reasoning or "")],
+                              origin="seed")
+        objections = [(check, reason) for check in checks if (reason := await check.check(candidate)) is not None]
+        if objections:
+            check, reason = objections[0]
+            check.notes.append(f"seed {number} left out of training: it {reason}")
+            continue
+        rows.append({"id": f"seed-{number}", "input": seed.input, "output": output,
+                     "reasoning": seed.reasoning or ""})
+    return rows
 
 
 def _rejection_row(index: int, candidate: Candidate | dict[str, Any], rejection: Rejection) -> dict[str, Any]:

@@ -167,6 +167,9 @@ class DataConfig(StrictModel):
     reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
                                               "dataset's `reasoning` column); off: about half the teacher tokens")
     batch_size: int = Field(8, ge=1)
+    train_on_seeds: bool = Field(True, description="the seeds join the training split (never validation): they "
+                                                   "are the answers a person wrote and checked; seeds that overlap "
+                                                   "the eval set are left out")
     seed: int = 0
 
 

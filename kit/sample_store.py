@@ -103,8 +103,9 @@ def split_ids(ids: list[str], validation_fraction: float, seed: int) -> set[str]
 
 
 def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: str, validation_fraction: float,
-                  seed: int) -> dict[str, int]:
-    """Save a DatasetDict with `train` and `validation` to `out` (replacing it whole)."""
+                  seed: int, extra_train: list[dict[str, Any]] = ()) -> dict[str, int]:
+    """Save a DatasetDict with `train` and `validation` to `out` (replacing it whole). `extra_train` rows (the
+    recipe's seeds) join the training split only."""
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     features = Features({"id": Value("string"), "input": Value("string"), "output": Value("string"),
@@ -112,7 +113,7 @@ def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: st
                          "messages": List({"role": Value("string"), "content": Value("string")})})
     rows = [dataset_row(s, system_prompt) for s in samples]
     validation = split_ids([r["id"] for r in rows], validation_fraction, seed)
-    parts = {"train": [r for r in rows if r["id"] not in validation],
+    parts = {"train": [r for r in rows if r["id"] not in validation] + [dataset_row(s, system_prompt) for s in extra_train],
              "validation": [r for r in rows if r["id"] in validation]}
     dataset = DatasetDict({name: Dataset.from_list(part, features=features) for name, part in parts.items()})
     tmp = out.with_name(out.name + ".partial")

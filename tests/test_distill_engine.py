@@ -184,13 +184,35 @@ def test_faults_are_retried_and_every_accepted_sample_is_intact(tmp_path, fake_t
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(run_dir.dataset))
-    assert dataset["train"].num_rows + dataset["validation"].num_rows == 12 and dataset["validation"].num_rows >= 2
+    # the 12 samples split into train and validation; the two hand-written seeds join train only
+    assert dataset["train"].num_rows + dataset["validation"].num_rows == 14 and dataset["validation"].num_rows >= 2
+    seed_rows = [r for r in dataset["train"] if r["id"].startswith("seed-")]
+    assert [(r["input"], json.loads(r["output"])) for r in seed_rows] == [
+        ("three miles please", {"value": 4.83, "unit": "km"}), ("ten kilometres in miles", {"value": 6.2, "unit": "mi"})]
+    assert not any(r["id"].startswith("seed-") for r in dataset["validation"]) and stats["seeds_in_training"] == 2
     row = dataset["train"][0]
     assert set(row) == {"id", "input", "output", "reasoning", "messages"}
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
     assert row["messages"][0]["content"] == recipe.task.effective_system_prompt
     assert row["messages"][1]["content"] == row["input"] and row["messages"][2]["content"] == row["output"]
     assert (run_dir.data / "manifest.json").is_file()
+
+
+def test_a_seed_that_overlaps_the_eval_set_stays_out_of_training(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"input": "ten kilometres in miles", "output": {"value": 6.21, "unit": "mi"}}) + "\n")
+    recipe_path = write_recipe(tmp_path, teacher.url, target=3, extra_verifiers="\n            - {type: decontaminate}")
+    recipe_path.write_text(recipe_path.read_text() + f"eval: {{file: {eval_file}}}\n")
+    run_dir = RunDir(tmp_path / "run")
+    run(load_recipe(recipe_path), run_dir)
+
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(run_dir.dataset))["train"]
+    assert [r["input"] for r in train if r["id"].startswith("seed-")] == ["three miles please"]
+    stats = json.loads((run_dir.data / "stats.json").read_text())
+    assert stats["seeds_in_training"] == 1 and any("seed 2 left out of training" in n for n in stats["notes"])
 
 
 def test_rerun_spends_nothing_and_a_larger_target_reuses_the_cache(tmp_path, fake_teacher):
