@@ -99,6 +99,7 @@ def predict(recipe: Recipe, target: Target, cases: list[dict[str, Any]], threads
     spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
             "system_prompt": system_prompt, "fewshot": fewshot, "schema": schema,
             "max_new_tokens": recipe.eval.max_new_tokens, "threads": threads,
+            "latency_cases": recipe.eval.latency_cases, "batch": recipe.eval.batch,
             "teacher": recipe.teacher.model_dump(mode="json") if target.kind == "teacher" else None}
     cache = PredictionCache(cache_dir, target.name, spec, target) if cache_dir is not None else None
     if cache is not None and (hit := cache.get()) is not None:
@@ -122,7 +123,7 @@ class PredictionCache:
     """One target's predictions, reused while the model files, the prompts and the runner are unchanged (a
     retrained student re-scores what changed; base student and teacher are not asked again)."""
 
-    VERSION = 2  # bump when the eval worker or the runtime changes what a model answers
+    VERSION = 3  # bump when the eval worker or the runtime changes what a model answers
 
     def __init__(self, folder: Path, name: str, spec: dict[str, Any], target: "Target"):
         self.path = folder / f"{name}.json"
@@ -225,17 +226,23 @@ def primary_metric(figures: dict[str, float]) -> str:
 
 
 def summarize(prediction: dict[str, Any]) -> dict[str, float | None]:
-    """Latency and decode speed of one request at a time; a target scored in parallel batches (the teacher)
-    has no single-request latency, and its speed is the batch's throughput."""
-    rows = prediction["rows"]
+    """Latency and decode speed of one request at a time (the `timed` rows when the scores came from batches);
+    a target only run in parallel batches (the teacher) has no single-request latency, and its speed is the
+    batch's throughput."""
+    timed = prediction.get("timed")
+    rows = timed if timed is not None else prediction["rows"]
     tokens = sum(r["completion_tokens"] for r in rows)
     parallel = prediction.get("parallel", 1)
     seconds = prediction["wall_s"] if parallel > 1 else sum(r["seconds"] for r in rows)
     firsts = [r["first_token_s"] for r in rows if r["first_token_s"] is not None]
-    return {"latency_ms_p50": 1000 * statistics.median(r["seconds"] for r in rows) if parallel == 1 else None,
-            "decode_tokens_per_s": tokens / seconds if seconds else 0.0,
-            "first_token_ms_p50": 1000 * statistics.median(firsts) if firsts else None,
-            "peak_rss_mb": prediction["peak_rss_mb"], "wall_s": prediction["wall_s"], "parallel": parallel}
+    summary = {"latency_ms_p50": 1000 * statistics.median(r["seconds"] for r in rows) if parallel == 1 else None,
+               "decode_tokens_per_s": tokens / seconds if seconds else 0.0,
+               "first_token_ms_p50": 1000 * statistics.median(firsts) if firsts else None,
+               "peak_rss_mb": prediction["peak_rss_mb"], "wall_s": prediction["wall_s"], "parallel": parallel}
+    if timed is not None:
+        summary |= {"timed_cases": len(timed), "batched": len(timed) < len(prediction["rows"]),
+                    "timed_answers_repeated": prediction.get("agree", len(timed))}
+    return summary
 
 
 def _runtime_cells(runtime: dict[str, Any]) -> list[str]:
@@ -321,6 +328,13 @@ def report_markdown(report: dict[str, Any]) -> str:
         cells = [name, *(f"{100 * target['metrics'].get(c, 0):.1f}" for c in columns), *_runtime_cells(target["runtime"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Metric columns are percentages of the eval set."]
+    timing = [(name, t["runtime"]) for name, t in report["targets"].items() if t["runtime"].get("batched")]
+    if timing:
+        lines += ["", f"Latency, decode tok/s and peak RSS: the first {timing[0][1]['timed_cases']} cases one request "
+                      "at a time, as an app runs the model. Scores: every case, with several decoded together "
+                      "(greedy; the batched run repeated the timed answers in "
+                      + ", ".join(f"{name} {r['timed_answers_repeated']}/{r['timed_cases']}" for name, r in timing)
+                      + ")."]
     return "\n".join(lines) + "\n"
 
 

@@ -187,6 +187,10 @@ class EvalConfig(StrictModel):
                           "contains", "pass_rate"]] | None = Field(None, description="defaults from output.format")
     max_new_tokens: int = Field(256, ge=1)
     limit: int | None = Field(None, ge=1)
+    latency_cases: int = Field(16, ge=1, description="cases timed one request at a time, as an app runs the "
+                                                     "model (latency, decode tok/s, peak RSS)")
+    batch: int = Field(8, ge=1, description="cases a GGUF or transformers target decodes together for its "
+                                            "scores (greedy either way; several times faster on a CPU)")
 
 
 class Recipe(StrictModel):

@@ -71,6 +71,47 @@ def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_pat
     assert json.loads((run.eval / "report.json").read_text())["targets"]["student-q4"] == target
 
 
+def _capitals_recipe(tmp_path, eval_extra: str):
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"input": f"What is the capital of {country}?", "output": city}) + "\n"
+        for country, city in [("France", "Paris"), ("Italy", "Rome"), ("Japan", "Tokyo")]))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        task: {{name: capitals, description: Answer with the capital city of the country asked about.}}
+        seeds: [{{input: "What is the capital of Spain?", output: Madrid}}]
+        eval: {{file: eval.jsonl, metrics: [contains], max_new_tokens: 8{eval_extra}}}
+        """))
+    return load_recipe(path)
+
+
+def test_a_gguf_is_timed_one_request_at_a_time_and_scored_in_batches(tmp_path):
+    from kit.model_store import ModelStore
+
+    gguf = str(ModelStore().pull("smollm2-135m-instruct"))
+    target = evaluate.Target("student", "gguf", gguf)
+    batched = evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), RunDir(tmp_path / "a"),
+                           [target], threads=2)
+    single = evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 3"), RunDir(tmp_path / "b"), [target], threads=2)
+    report = json.loads((tmp_path / "a" / "eval" / "report.json").read_text())["targets"]["student"]
+    runtime = report["runtime"]
+    assert runtime["timed_cases"] == 1 and runtime["batched"] and runtime["latency_ms_p50"] > 0
+    assert runtime["peak_rss_mb"] > 50 and runtime["decode_tokens_per_s"] > 0
+    assert "the first 1 cases one request at a time" in (tmp_path / "a" / "eval" / "report.md").read_text()
+    # the same model decoded greedily, in a batch or alone, gives the same capitals
+    assert batched.figures["student"] == single.figures["student"] and single.figures["student"]["contains"] >= 2 / 3
+    all_single = json.loads((tmp_path / "b" / "eval" / "report.json").read_text())["targets"]["student"]["runtime"]
+    assert all_single["timed_cases"] == 3 and not all_single["batched"]
+
+
+def test_a_transformers_model_is_scored_in_left_padded_batches(tmp_path, tiny_llama):
+    target = evaluate.Target("tiny", "hf", str(tiny_llama))
+    evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), RunDir(tmp_path / "a"), [target], threads=2)
+    evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 3"), RunDir(tmp_path / "b"), [target], threads=2)
+    read = lambda name: [json.loads(line)["tiny"] for line in (tmp_path / name / "eval" / "predictions.jsonl").open()]
+    # left padding with its attention mask leaves each answer as it is alone (greedy, same weights)
+    assert read("a") == read("b") and all(read("a"))
+
+
 def test_prediction_cache_misses_when_the_model_files_or_prompts_change(tmp_path):
     model = tmp_path / "model.gguf"
     model.write_bytes(b"weights")
