@@ -339,13 +339,25 @@ def _check_same_recipe(config: GenerateConfig, folder: Path) -> None:
 
 
 def _content_sections(config: GenerateConfig) -> dict[str, str]:
+    """A short hash per section of what decides the samples. Files (eval set, database, tests) count by their
+    content, not their path, so a project moved or cloned elsewhere keeps its samples."""
     dumped = config_dict(config)
+    for verifier in dumped["critic"]["verifiers"]:
+        for attr in ("database", "tests_file"):
+            if verifier.get(attr) is not None:
+                verifier[attr] = _content_or_path(verifier[attr])
+    if dumped.get("eval_file") is not None:
+        dumped["eval_file"] = _content_or_path(dumped["eval_file"])
     out = {}
     for section, value in dumped.items():
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in RUNTIME_ONLY.get(section, set())}
         out[section] = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return out
+
+
+def _content_or_path(path: str) -> str:
+    return fingerprint(Path(path)) if Path(path).exists() else str(path)
 
 
 def _input_hashes(config: GenerateConfig) -> dict[str, str]:

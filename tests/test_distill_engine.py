@@ -242,6 +242,23 @@ def test_changed_recipe_does_not_mix_with_old_samples(tmp_path, fake_teacher):
         run(load_recipe(changed), run_dir)
 
 
+def test_a_project_moved_elsewhere_keeps_its_samples(tmp_path, fake_teacher):
+    import shutil
+
+    teacher = fake_teacher()
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "eval.jsonl").write_text(json.dumps({"input": "forty miles", "output": {"value": 64.4, "unit": "km"}}) + "\n")
+    recipe_path = write_recipe(first, teacher.url, target=3)
+    recipe_path.write_text(recipe_path.read_text() + "eval: {file: eval.jsonl}\n")
+    run(load_recipe(recipe_path), RunDir(first / "run"))
+    asked = len(teacher.requests)
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    manifest = run(load_recipe(moved / "recipe.yaml"), RunDir(moved / "run"))  # no "changed: eval_file"
+    assert manifest.figures["accepted"] == 3 and len(teacher.requests) == asked
+
+
 def test_self_consistency_keeps_only_majority_answers(tmp_path, fake_teacher):
     teacher = fake_teacher()
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=6, data_extra=", answers_per_input: 3"))
