@@ -115,7 +115,9 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
     assert manifest.figures["accepted"] == 3
     dataset = load_from_disk(str(run_dir.dataset))
     rows = list(dataset["train"]) + list(dataset["validation"])
-    assert len(rows) == 3 and dataset["validation"].num_rows == 1
+    # 3 generated samples (one of them validation) and the 2 seeds, which join train
+    assert len(rows) == 5 and dataset["validation"].num_rows == 1
+    assert sorted(r["id"] for r in rows if r["id"].startswith("seed-")) == ["seed-1", "seed-2"]
     for row in rows:
         validate(json.loads(row["output"]), recipe.output.json_schema)
         assert row["messages"][-1] == {"role": "assistant", "content": row["output"]}
