@@ -16,10 +16,10 @@ from pydantic import Field
 
 from kit.config_base import StrictModel
 from kit.critic import Candidate, Critic, Rejection, build_critic
-from kit.critic.base import Answer, input_text
+from kit.critic.base import input_text
 from kit.errors import UserError
 from kit.generate_prompts import (ParseError, answer_messages, answer_schema, input_messages, input_schema,
-                                  inputs_messages, inputs_schema, parse_answer, parse_input, parse_inputs, plan_item,
+                                  inputs_messages, inputs_schema, answer_from_value, parse_answer, parse_input, parse_inputs, plan_item,
                                   request_seed, vote_key)
 from kit.generate_stats import GenerationProgress, build_stats, step_names
 from kit.recipe import CriticConfig, DataConfig, OutputConfig, Recipe, Seed, TaskConfig, TeacherConfig
@@ -31,6 +31,7 @@ from kit.teachers import TeacherClient, TeacherRequestFailed, make_teacher
 
 CACHE_FILE = "teacher_cache.sqlite"
 CONFIG_FILE = "generate_config.json"
+VERIFIER_FILES = ("database", "tests_file")  # verifier settings that name a file
 # Settings that change what is generated; others (target size, concurrency, timeouts) may change on a re-run.
 RUNTIME_ONLY = {"teacher": {"concurrency", "timeout_s", "max_retries", "n_threads", "base_url", "api_key_env",
                             "response_format"},
@@ -93,9 +94,9 @@ async def _run(config: GenerateConfig, run_dir: RunDir, show_progress: bool) -> 
             progress.update(store)
             await generation.fill()
         elapsed = time.time() - started
-        seeds = await seed_rows(config, critic) if config.data.train_on_seeds else []  # before the notes are read
+        seeds, seed_notes = await seed_rows(config, critic) if config.data.train_on_seeds else ([], [])
         stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
-                            store.accepted - accepted_before, generation.failed, critic.notes)
+                            store.accepted - accepted_before, generation.failed, critic.notes + seed_notes)
         stats["seeds_in_training"] = len(seeds)
         write_json(folder / STATS, stats)
         split = write_dataset(store.samples.rows, run_dir.dataset, system_prompt=config.task.effective_system_prompt,
@@ -291,29 +292,25 @@ class Generation:
             self.progress.update(self.store)
 
 
-async def seed_rows(config: GenerateConfig, critic: Critic) -> list[dict[str, Any]]:
-    """The seeds as samples for the training split. A seed that overlaps the eval set (by the critic's
-    decontaminate checks) stays out, with a note: a hand-written example must not leak the answers scored."""
+async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[str, Any]], list[str]]:
+    """The seeds as samples for the training split, and a note for each left out: a seed that overlaps the eval
+    set (by the critic's decontaminate checks) must not leak the answers scored."""
     checks = [v for v in critic.verifiers if v.name.split("#")[0] == "decontaminate"]
-    rows = []
+    rows, notes = [], []
     for number, seed in enumerate(config.seeds, 1):
-        value = seed.output
-        if config.output.format == "json" and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        output = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        candidate = Candidate(index=-number, input=seed.input, answers=[Answer(value, output, seed.reasoning or "")],
-                              origin="seed")
-        objections = [(check, reason) for check in checks if (reason := await check.check(candidate)) is not None]
-        if objections:
-            check, reason = objections[0]
-            check.notes.append(f"seed {number} left out of training: it {reason}")
+        try:
+            answer = answer_from_value(config, seed.output, seed.reasoning or "")
+        except ParseError as err:
+            notes.append(f"seed {number} left out of training: {err}")
             continue
-        rows.append({"id": f"seed-{number}", "input": seed.input, "output": output,
-                     "reasoning": seed.reasoning or ""})
-    return rows
+        candidate = Candidate(index=-number, input=seed.input, answers=[answer], origin="seed")
+        reasons = [reason for check in checks if (reason := await check.check(candidate)) is not None]
+        if reasons:
+            notes.append(f"seed {number} left out of training: it {reasons[0]}")
+            continue
+        rows.append({"id": f"seed-{number}", "input": seed.input, "output": answer.output,
+                     "reasoning": answer.reasoning})
+    return rows, notes
 
 
 def _rejection_row(index: int, candidate: Candidate | dict[str, Any], rejection: Rejection) -> dict[str, Any]:
@@ -343,7 +340,7 @@ def _content_sections(config: GenerateConfig) -> dict[str, str]:
     content, not their path, so a project moved or cloned elsewhere keeps its samples."""
     dumped = config_dict(config)
     for verifier in dumped["critic"]["verifiers"]:
-        for attr in ("database", "tests_file"):
+        for attr in VERIFIER_FILES:
             if verifier.get(attr) is not None:
                 verifier[attr] = _content_or_path(verifier[attr])
     if dumped.get("eval_file") is not None:
@@ -363,7 +360,7 @@ def _content_or_path(path: str) -> str:
 def _input_hashes(config: GenerateConfig) -> dict[str, str]:
     files = {"eval_file": config.eval_file}
     for i, verifier in enumerate(config.critic.verifiers):
-        for attr in ("database", "tests_file"):
+        for attr in VERIFIER_FILES:
             if getattr(verifier, attr, None) is not None:
                 files[f"verifier{i}.{attr}"] = getattr(verifier, attr)
     return {name: fingerprint(path) for name, path in files.items() if path is not None and Path(path).exists()}

@@ -252,8 +252,13 @@ def parse_answer(config, text: str) -> Answer:
     value = _json_object(text)
     if "answer" not in value:
         raise ParseError("reply has no 'answer'")
-    answer = value["answer"]
     reasoning = value.get("reasoning") if isinstance(value.get("reasoning"), str) else ""
+    return answer_from_value(config, value["answer"], reasoning)
+
+
+def answer_from_value(config, answer: Any, reasoning: str = "") -> Answer:
+    """An answer (the teacher's or a seed's) with the string form the dataset stores: compact JSON, or the
+    stripped text."""
     if config.output.format == "json":
         if isinstance(answer, str):  # some models quote the JSON
             try:

@@ -113,7 +113,8 @@ def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: st
                          "messages": List({"role": Value("string"), "content": Value("string")})})
     rows = [dataset_row(s, system_prompt) for s in samples]
     validation = split_ids([r["id"] for r in rows], validation_fraction, seed)
-    parts = {"train": [r for r in rows if r["id"] not in validation] + [dataset_row(s, system_prompt) for s in extra_train],
+    seeds = [dataset_row(s, system_prompt) for s in extra_train]
+    parts = {"train": [r for r in rows if r["id"] not in validation] + seeds,
              "validation": [r for r in rows if r["id"] in validation]}
     dataset = DatasetDict({name: Dataset.from_list(part, features=features) for name, part in parts.items()})
     tmp = out.with_name(out.name + ".partial")
