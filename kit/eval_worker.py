@@ -99,14 +99,12 @@ def predict_hf(spec: dict[str, Any]) -> dict[str, Any]:
     peak = peak_rss_mb()
     if len(timed) == len(spec["inputs"]):
         return _result(timed, timed, peak)
-    tokenizer.padding_side = "left"
     stops = {pad_id, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
     rows = []
     size = max(1, spec.get("batch", 8))
-    for begin in range(0, len(spec["inputs"]), size):
-        prompts = [tokenizer.apply_chat_template(_messages(spec, case_input), add_generation_prompt=True, tokenize=False)
-                   for case_input in spec["inputs"][begin:begin + size]]
-        batch = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    for begin in range(0, len(spec["inputs"]), size):  # padded on the left, masked: each answer as it is alone
+        batch = [tokenizer.apply_chat_template(_messages(spec, case_input), add_generation_prompt=True)
+                 for case_input in spec["inputs"][begin:begin + size]]
         width = max(len(ids) for ids in batch)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch])
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
