@@ -93,11 +93,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="engine/plain pairs, alternated (the machine is shared)")
     args = parser.parse_args()
 
-    from kit.generate import CACHE_FILE, run
-    from kit.model_ref import resolve_model
-    from kit.recipe_loader import load_recipe
-    from kit.run_dir import RunDir
-    from kit.teachers import RequestCache
+    from kit.distill.generate import CACHE_FILE, run
+    from kit.recipe.stages import generate_config
+    from kit.models.reference import resolve_model
+    from kit.recipe.loader import load_recipe
+    from kit.core.run_dir import RunDir
+    from kit.distill.teachers import RequestCache
 
     work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
     process, url = start_server(resolve_model(args.model).gguf(), work / "server.log")
@@ -113,7 +114,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             run_dir = RunDir(work / f"run{round_}")  # a fresh run: same plan, same seeds, nothing cached
             start = time.perf_counter()
-            manifest = run(load_recipe(recipe), run_dir)
+            manifest = run(generate_config(load_recipe(recipe)), run_dir)
             engine_s = time.perf_counter() - start
             stats = json.loads((run_dir.data / "stats.json").read_text())
             bodies = [openai_body(r) for r in RequestCache(run_dir.data / CACHE_FILE).requests()]

@@ -40,7 +40,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from export.gguf import convert_to_gguf, gguf_name, quantize_gguf
-    from export.merge import merge_adapter, resolve_base
+    from export.merge import merge_adapter
+    from kit.models.base_model import resolve_base
     from export.verify import Probe, reference_outputs, verify_gguf
 
     console = Console()

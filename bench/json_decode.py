@@ -33,7 +33,7 @@ def main() -> None:
     import llama_cpp
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    from kit.model_ref import resolve_model
+    from kit.models.reference import resolve_model
     from runtime.backends.llama_sampling import lazy_grammar_llama_class
 
     path = str(resolve_model(args.model).gguf())

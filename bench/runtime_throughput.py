@@ -248,8 +248,8 @@ def paired_ratio(speeds: dict, a: str, b: str) -> float:
 # -- orchestration -----------------------------------------------------------------------------------------
 def prepare(workdir: Path) -> dict[str, Path]:
     """The store GGUF as a bundle (manifest with hashes), its HF folder, fp32 / int8 / int4 ONNX exports of it."""
-    from kit import settings
-    from kit.model_store import ModelStore
+    from kit.core import settings
+    from kit.models.store import ModelStore
     from runtime.manifest import Manifest, describe_file, write_manifest
 
     store = ModelStore()

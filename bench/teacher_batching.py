@@ -28,14 +28,14 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(ROOT / "examples" / "tool-calling" / "recipe.yaml"))
     args = parser.parse_args()
 
-    from kit.generate import GenerateConfig
-    from kit.generate_prompts import (answer_messages, answer_schema, input_messages, input_schema, parse_input,
+    from kit.recipe.stages import generate_config
+    from kit.distill.prompts import (answer_messages, answer_schema, input_messages, input_schema, parse_input,
                                       plan_item, request_seed)
-    from kit.recipe_loader import load_recipe
-    from kit.teachers import make_teacher
+    from kit.recipe.loader import load_recipe
+    from kit.distill.teachers import make_teacher
 
     recipe = load_recipe(Path(args.recipe))
-    config = GenerateConfig.from_recipe(recipe)
+    config = generate_config(recipe)
 
     async def replay(concurrency: int) -> dict[str, float]:
         teacher_config = config.teacher.model_copy(update={"model": args.model, "concurrency": concurrency})

@@ -69,8 +69,9 @@ def measure_ours(model: str, dataset: Path, steps: int, batch_size: int, workdir
     from accelerate import PartialState
 
     from trainers.config import TrainConfig
-    from trainers.data import load_dataset_dict
-    from trainers.model import resolve_base, resolve_device, set_cpu_threads
+    from kit.core.dataset import load_dataset_dict
+    from kit.models.base_model import resolve_base
+    from trainers.model import resolve_device, set_cpu_threads
     from trainers.sft import TrainPaths, build_trainer
 
     config = TrainConfig(max_steps=steps, batch_size=batch_size, checkpoint_every=10 * steps, early_stopping_patience=0,
@@ -99,7 +100,8 @@ def measure_baseline(model: str, dataset: Path, steps: int, batch_size: int, wor
 
     from trainers.callbacks import TrainProgress
     from trainers.config import LoraSettings
-    from trainers.model import lora_config, resolve_base
+    from kit.models.base_model import resolve_base
+    from trainers.model import lora_config
 
     from accelerate import PartialState
 
@@ -107,7 +109,7 @@ def measure_baseline(model: str, dataset: Path, steps: int, batch_size: int, wor
 
     if not torch.cuda.is_available():
         set_cpu_threads(PartialState().num_processes, threads)
-    path = resolve_base(model).path
+    path = resolve_base(model).hf_path
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_from_disk(str(dataset))["train"].select_columns(["messages"])
     progress = TrainProgress(show=False)
@@ -121,7 +123,7 @@ def measure_baseline(model: str, dataset: Path, steps: int, batch_size: int, wor
 
 
 def _side(args) -> None:
-    from trainers.figures import peak_rss_mb
+    from runtime.memory import peak_rss_mb
 
     measure = measure_ours if args.side == "ours" else measure_baseline
     with tempfile.TemporaryDirectory() as workdir:

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.config import ExportConfig
-from export.merge import BaseModel
+from export.config import BundleInfo, ExportConfig
+from kit.models.base_model import BaseModel
 from export.modelfile import modelfile_text
 from export.verify import ArtifactReport
-from kit import __version__
+from kit.core.version import __version__
 from runtime.manifest import GenerationDefaults, Manifest, describe_file, write_manifest
 
 ONNX_SIDE_FILES = {"tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer",
                    "special_tokens_map.json": "tokenizer", "chat_template.jinja": "tokenizer",
                    "config.json": "config", "generation_config.json": "config"}
-
-
-@dataclass
-class BundleInfo:
-    """What the bundle says about the expert beyond the artifacts (from the recipe)."""
-
-    name: str
-    task: str = ""
-    system_prompt: str | None = None
-    output_format: str = "text"
-    output_schema: dict[str, Any] | None = None
-    eval: dict[str, Any] = field(default_factory=dict)
-    version: str = "0.1.0"
 
 
 def shipped(reports: list[ArtifactReport], config: ExportConfig) -> list[ArtifactReport]:

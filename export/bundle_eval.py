@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 from runtime.manifest import describe_file, read_manifest, write_manifest
 
 EVAL_SECTION = re.compile(r"## Evaluation\n.*?(?=\n## )", re.DOTALL)

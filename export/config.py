@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from kit.config_base import StrictModel
+from kit.core.config import StrictModel
 
 GGUFType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K"]
 OnnxQuant = Literal["int8", "int4"]
@@ -60,3 +61,25 @@ class ExportConfig(StrictModel):
         if missing:
             raise ValueError(f"ship names {missing}, which gguf_types does not make; add them to gguf_types")
         return self
+
+
+class BundleInfo(StrictModel):
+    """What the bundle says about the expert beyond the artifacts (from the recipe)."""
+
+    name: str
+    task: str = ""
+    system_prompt: str | None = None
+    output_format: str = "text"
+    output_schema: dict[str, Any] | None = None
+    eval: dict[str, Any] = Field(default_factory=dict)
+    version: str = "0.1.0"
+
+
+class ExportStageConfig(StrictModel):
+    """What the export stage reads: the `export:` section, the bundle's description, and what to export."""
+
+    export: ExportConfig = ExportConfig()
+    bundle: BundleInfo
+    base: str | None = Field(None, description="store name, GGUF, HF folder or hub id; default: the adapter's base")
+    adapter: Path | None = Field(None, description="peft adapter folder merged into the base")
+    dataset: Path | None = Field(None, description="the run's dataset; its validation split joins verification")

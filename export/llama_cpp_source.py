@@ -7,8 +7,8 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from kit import settings
-from kit.errors import UserError
+from kit.core import settings
+from kit.core.errors import UserError
 
 CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 

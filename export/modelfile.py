@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 
 _MARK = "\u2063{}\u2063"  # invisible separator around a marker index: never in a real template
 

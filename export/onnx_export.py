@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot hold a model over 2 GB in one file

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
 
-from export.bundle import BundleInfo, shipped, write_bundle
-from export.config import ExportConfig
+from export.bundle import shipped, write_bundle
+from export.config import ExportStageConfig
 from export.gguf import make_ggufs
-from export.gguf_tokenizer import read_gguf_metadata
-from export.merge import BaseModel, adapter_base, merge_adapter, resolve_base
+from kit.models.gguf_tokenizer import read_gguf_metadata
+from export.merge import adapter_base, merge_adapter
+from kit.models.base_model import BaseModel, resolve_base
 from export.onnx_export import make_onnx
 from export.verify import (ArtifactReport, build_probe, reference_outputs, validation_texts, verify_gguf,
                            verify_onnx, verify_table, write_verify_json)
-from kit.errors import UserError
-from kit.stage import StageManifest, config_dict, fingerprint, is_up_to_date, read_stage_manifest, write_stage_manifest
+from kit.core.errors import UserError
+from kit.core.files import fingerprint
+from kit.core.run_dir import RunDir
+from runtime.manifest import MANIFEST_NAME
+from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
 
 STAGE = "export"
+console = Console(stderr=True)
 
 
 def stage_inputs(base: BaseModel, adapter: Path | None, dataset: Path | None) -> dict[str, str]:
@@ -33,41 +38,51 @@ def stage_inputs(base: BaseModel, adapter: Path | None, dataset: Path | None) ->
     return inputs
 
 
-def run(config: ExportConfig, workdir: Path, bundle_dir: Path, info: BundleInfo, adapter: Path | None = None,
-        base: str | None = None, dataset: Path | None = None, console: Console | None = None,
-        force: bool = False) -> StageManifest:
-    """Export base (+ adapter) into workdir, verify every artifact, write the bundle; returns the stage manifest.
+class ExportStage:
+    """The export stage under the one stage contract (kit.core.stage): writes run_dir.export and run_dir.bundle."""
 
-    base: store name, GGUF, HF folder or hub id; defaults to the one the adapter names.
-    dataset: the run's HF dataset folder (its validation split joins the verification set).
-    """
-    console = console or Console(stderr=True)
-    if adapter is not None and not Path(adapter).is_dir():
-        raise UserError(f"adapter folder {adapter} does not exist; run the train stage first or pass --adapter")
-    if base is None:
-        if adapter is None:
-            raise UserError("nothing to export: pass a base model (--base) and/or an adapter (--adapter)")
-        base = adapter_base(Path(adapter))
-    resolved = resolve_base(base)
-    inputs = stage_inputs(resolved, adapter, dataset)
-    stage_config = {"export": config_dict(config), "bundle": asdict(info), "bundle_dir": str(bundle_dir)}
-    if not force and is_up_to_date(workdir, STAGE, stage_config, inputs) and (bundle_dir / "manifest.json").is_file():
-        console.print(f"export is up to date in {workdir}")
-        return read_stage_manifest(workdir)
-    import torch
+    name = STAGE
 
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        return _export(config, workdir, bundle_dir, info, adapter, resolved, dataset, console, inputs, stage_config)
-    finally:
-        torch.set_num_threads(previous_threads)
+    def folder(self, run_dir: RunDir) -> Path:
+        return run_dir.export
+
+    def plan(self, config: ExportStageConfig, run_dir: RunDir) -> StagePlan:
+        adapter, base = config.adapter, config.base
+        if adapter is not None and not Path(adapter).is_dir():
+            raise UserError(f"adapter folder {adapter} does not exist; run the train stage first or pass --adapter")
+        if base is None:
+            if adapter is None:
+                raise UserError("nothing to export: pass a base model (--base) and/or an adapter (--adapter)")
+            base = adapter_base(Path(adapter))
+        resolved = resolve_base(base)
+        record = {"export": config_dict(config.export), "bundle": config_dict(config.bundle),
+                  "bundle_dir": str(run_dir.bundle)}
+        return StagePlan(record, stage_inputs(resolved, adapter, config.dataset), {"base": resolved})
+
+    def make(self, config: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageManifest:
+        import torch  # lazy: torch is only needed once there is work to do
+
+        previous_threads = torch.get_num_threads()
+        if config.export.threads:
+            torch.set_num_threads(config.export.threads)
+        try:
+            return _export(config, run_dir, plan)
+        finally:
+            torch.set_num_threads(previous_threads)
 
 
-def _export(config: ExportConfig, workdir: Path, bundle_dir: Path, info: BundleInfo, adapter: Path | None,
-            resolved: BaseModel, dataset: Path | None, console: Console, inputs: dict[str, str],
-            stage_config: dict) -> StageManifest:
+EXPORT = ExportStage()
+
+
+def run(config: ExportStageConfig, run_dir: RunDir, *, force: bool = False) -> StageManifest:
+    """Export base (+ adapter) into run_dir.export, verify every artifact, write run_dir.bundle; skipped when
+    the export is up to date (unless `force`)."""
+    return run_stage(EXPORT, config, run_dir, force=force)
+
+
+def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageManifest:
+    config, info, adapter, dataset = job.export, job.bundle, job.adapter, job.dataset
+    workdir, bundle_dir, resolved = run_dir.export, run_dir.bundle, plan.context["base"]
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -88,7 +103,7 @@ def _export(config: ExportConfig, workdir: Path, bundle_dir: Path, info: BundleI
         step("onnx")
         onnx = make_onnx(merged, workdir / "onnx", list(config.onnx.quantize), config.onnx.int8_keep_float)
     step("verify")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers is slow to import
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
     validation = validation_texts(dataset, tokenizer, info.system_prompt, config.verify_rows)
@@ -116,10 +131,10 @@ def _export(config: ExportConfig, workdir: Path, bundle_dir: Path, info: BundleI
         "failed": [r.name for r in reports if r.status != "ok"],
         "seconds": {name: round(marks[i + 1][1] - at, 2) for i, (name, at) in enumerate(marks[:-1])},
     }
-    outputs = {"merged": "merged", "verify": "verify.json", "bundle": str(bundle_dir),
+    outputs = {"merged": "merged", "verify": "verify.json", "bundle": os.path.relpath(bundle_dir, workdir),
+               "bundle_manifest": os.path.relpath(bundle_dir / MANIFEST_NAME, workdir),
                **{f"gguf_{q}": p.name for q, p in ggufs.items()},
                **{f"onnx_{q}": str(p.relative_to(workdir)) for q, p in onnx.items()}}
-    stage = StageManifest(stage=STAGE, config=stage_config, inputs=inputs, outputs=outputs, figures=figures,
-                          started=started, finished=finished)
+    stage = plan.manifest(STAGE, outputs=outputs, figures=figures, started=started, finished=finished)
     write_stage_manifest(workdir, stage)
     return stage

@@ -10,6 +10,7 @@ from typing import Any
 
 from export.gguf import probe_gguf
 from export.onnx_export import OnnxCausalLM
+from kit.core.dataset import with_system_prompt
 
 # A fixed prompt set (task-neutral) and texts that stress tokenization: digits, whitespace, unicode, code.
 PROMPTS = (
@@ -117,8 +118,6 @@ def _row_messages(row: dict[str, Any], system: str | None) -> list[dict[str, str
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     if isinstance(row.get("messages"), list):  # with the system prompt the bundle serves
-        from kit.sample_store import with_system_prompt
-
         return with_system_prompt([{"role": m["role"], "content": text(m["content"])} for m in row["messages"]], system)
     for prompt_key, answer_key in (("input", "output"), ("prompt", "completion")):
         if prompt_key in row and answer_key in row:

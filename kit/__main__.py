@@ -1,3 +1,3 @@
-from kit.cli import main
+from kit.cli.app import main
 
 main()

@@ -1,7 +1,8 @@
-"""`kit build`: generate -> train -> export -> eval -> bundle in one run directory.
+"""`kit build`: generate -> train -> export -> eval in one run directory, then the bundle is finished and served.
 
-Every stage skips itself when its manifest matches its inputs and config, so a killed build resumes and a
-changed train setting reruns train and what follows only.
+The build is a loop over the stages. Each is run under the one stage contract (kit.core.stage), which skips a
+stage whose manifest matches its config and inputs, so a killed build resumes and a changed train setting
+reruns train and what follows only.
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from kit.errors import UserError
-from kit.recipe import Recipe
-from kit.run_dir import RunDir
+from export.bundle_eval import attach_eval
+from export.stage import EXPORT
+from kit.core.errors import UserError
+from kit.core.run_dir import RunDir
+from kit.core.stage import Stage, StageManifest, run_stage
+from kit.distill.generate import GENERATE
+from kit.evaluate.report import headline
+from kit.evaluate.serve_check import first_eval_input, serve_check
+from kit.evaluate.stage import EVALUATE
+from kit.recipe.loader import load_seeds
+from kit.recipe.schema import Recipe
+from kit.recipe.stages import evaluate_config, export_config, generate_config, train_config
+from trainers.sft import TRAIN
 
 STAGES = ("generate", "train", "export", "eval", "bundle")
 console = Console()
@@ -31,82 +42,86 @@ class StageResult:
     summary: str = ""
 
 
+@dataclass(frozen=True)
+class BuildStep:
+    """One stage of the build with its config from the recipe, the options it runs with, and its summary line."""
+
+    stage: Stage[Any]
+    config: Any
+    summary: Callable[[StageManifest, RunDir], str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def build_steps(recipe: Recipe, run: RunDir, eval_teacher: bool = True, threads: int | None = None) -> list[BuildStep]:
+    """The stages `kit build` runs, in order."""
+    return [
+        BuildStep(GENERATE, generate_config(recipe), _generate_summary, {"show_progress": True}),
+        BuildStep(TRAIN, train_config(recipe), _train_summary, {"show_progress": True}),
+        BuildStep(EXPORT, export_config(recipe, run), _export_summary),
+        BuildStep(EVALUATE, evaluate_config(recipe, include_teacher=eval_teacher), _eval_summary, {"threads": threads}),
+    ]
+
+
 def build(recipe: Recipe, run: RunDir, until: str = "bundle", eval_teacher: bool = True,
           threads: int | None = None, serve: bool = True) -> list[StageResult]:
     """Run every stage up to `until`; returns one result per stage that ran (or was found up to date).
     A finished bundle is then served once (`kit serve`, one request over HTTP) unless `serve` is False."""
     if until not in STAGES:
         raise UserError(f"unknown stage '{until}': use one of {', '.join(STAGES)}")
-    steps: dict[str, Callable[[], tuple[dict[str, Any], str]]] = {
-        "generate": lambda: _generate(recipe, run),
-        "train": lambda: _train(recipe, run),
-        "export": lambda: _export(recipe, run),
-        "eval": lambda: _eval(recipe, run, eval_teacher, threads),
-        "bundle": lambda: _bundle(recipe, run),
-    }
-    if until == "bundle" and serve:
-        steps["serve"] = lambda: _serve(recipe, run)
+    steps = build_steps(recipe, run, eval_teacher, threads)
+    wanted = STAGES[: STAGES.index(until) + 1]
     results = []
-    for name in [*STAGES[: STAGES.index(until) + 1], *(["serve"] if "serve" in steps else [])]:
-        console.print(Rule(f"[bold]{name}[/bold]"))
-        started = time.time()
-        figures, summary = steps[name]()
-        results.append(StageResult(name, time.time() - started, figures, summary))
-        console.print(f"[green]{name} done[/green] in {results[-1].seconds:.0f}s: {summary}")
+    for step in steps:
+        if step.stage.name not in wanted:
+            break
+        results.append(_timed(step.stage.name, lambda step=step: _run_step(step, run)))
+    if until == "bundle":
+        results.append(_timed("bundle", lambda: _finish_bundle(run)))
+        if serve:
+            results.append(_timed("serve", lambda: _serve(recipe, run)))
     return results
 
 
-def _generate(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
-    from kit import generate
+def _timed(name: str, work: Callable[[], tuple[dict[str, Any], str]]) -> StageResult:
+    console.print(Rule(f"[bold]{name}[/bold]"))
+    started = time.time()
+    figures, summary = work()
+    result = StageResult(name, time.time() - started, figures, summary)
+    console.print(f"[green]{name} done[/green] in {result.seconds:.0f}s: {summary}")
+    return result
 
-    manifest = generate.run(recipe, run, show_progress=True)
+
+def _run_step(step: BuildStep, run: RunDir) -> tuple[dict[str, Any], str]:
+    manifest = run_stage(step.stage, step.config, run, **step.options)
+    return manifest.figures, step.summary(manifest, run)
+
+
+def _generate_summary(manifest: StageManifest, run: RunDir) -> str:
     f = manifest.figures
-    return f, f"{f.get('accepted')} samples kept, acceptance {_pct(f.get('acceptance_rate'))}"
+    return f"{f.get('accepted')} samples kept, acceptance {_pct(f.get('acceptance_rate'))}"
 
 
-def _train(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
-    from trainers.sft import run as train
-
-    f = train(recipe, run, show_progress=True).figures
-    return f, (f"validation loss {_num(f.get('validation_loss_before'))} -> {_num(f.get('validation_loss_after'))}, "
-               f"{_num(f.get('train_tokens_per_s'), 0)} train tokens/s")
-
-
-def bundle_info(recipe: Recipe, evals: dict[str, Any] | None = None):
-    from export.bundle import BundleInfo
-
-    return BundleInfo(name=recipe.task.name, task=recipe.task.description,
-                      system_prompt=recipe.student_system_prompt, output_format=recipe.output.format,
-                      output_schema=recipe.output.resolved_schema(), eval=evals or {})
-
-
-def _export(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
-    from export.stage import run as export
-
-    manifest = export(recipe.export, run.export, run.bundle, bundle_info(recipe), adapter=run.adapter,
-                      base=recipe.student.model, dataset=run.dataset)
+def _train_summary(manifest: StageManifest, run: RunDir) -> str:
     f = manifest.figures
-    return f, f"shipped {', '.join(Path(p).name for p in f.get('shipped', []))}; failed: {f.get('failed') or 'none'}"
+    return (f"validation loss {_num(f.get('validation_loss_before'))} -> {_num(f.get('validation_loss_after'))}, "
+            f"{_num(f.get('train_tokens_per_s'), 0)} train tokens/s")
 
 
-def _eval(recipe: Recipe, run: RunDir, eval_teacher: bool, threads: int | None) -> tuple[dict[str, Any], str]:
-    from kit import evaluate
-
-    manifest = evaluate.run_if_needed(recipe, run, evaluate.default_targets(recipe, run, eval_teacher), threads)
-    return manifest.figures, evaluate.headline(run)
+def _export_summary(manifest: StageManifest, run: RunDir) -> str:
+    f = manifest.figures
+    return f"shipped {', '.join(Path(p).name for p in f.get('shipped', []))}; failed: {f.get('failed') or 'none'}"
 
 
-def _bundle(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
-    from export.bundle_eval import attach_eval
+def _eval_summary(manifest: StageManifest, run: RunDir) -> str:
+    return headline(run)
 
+
+def _finish_bundle(run: RunDir) -> tuple[dict[str, Any], str]:
     attach_eval(run.bundle, run.eval / "report.json", run.eval / "report.md")
     return {}, f"{run.bundle} (manifest hashes refreshed, model card carries the eval table)"
 
 
 def _serve(recipe: Recipe, run: RunDir) -> tuple[dict[str, Any], str]:
-    from kit.recipe_loader import load_seeds
-    from kit.serve_check import first_eval_input, serve_check
-
     check = serve_check(run.bundle, first_eval_input(recipe.eval.file, load_seeds(recipe)),
                         max_tokens=recipe.export.generation.max_tokens)
     figures = {"request": check.request, "reply": check.reply, "seconds": round(check.seconds, 3),

@@ -5,11 +5,12 @@ Shared by export/ (writer) and runtime/ (reader); standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from runtime.files import atomic_write_text, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "microkit-bundle/1"
@@ -71,24 +72,15 @@ class Manifest:
         return [f for f in self.files if f.kind == kind]
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_file(bundle_dir: Path, path: Path, kind: str, quant: str | None = None) -> BundleFile:
     """A manifest entry for a file inside the bundle folder (hash and size measured now)."""
-    return BundleFile(path=path.relative_to(bundle_dir).as_posix(), sha256=sha256_of(path),
+    return BundleFile(path=path.relative_to(bundle_dir).as_posix(), sha256=sha256_file(path),
                       size=path.stat().st_size, kind=kind, quant=quant)
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
     out = Path(bundle_dir) / MANIFEST_NAME
-    out.write_text(manifest.to_json() + "\n", encoding="utf-8")
-    return out
+    return atomic_write_text(out, manifest.to_json() + "\n")
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
@@ -107,5 +99,5 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         path = Path(bundle_dir) / entry.path
         if not path.is_file():
             raise BundleError(f"bundle file missing: {path}; copy the whole bundle folder again")
-        if path.stat().st_size != entry.size or sha256_of(path) != entry.sha256:
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
             raise BundleError(f"bundle file changed or corrupt: {path} (sha256 mismatch); copy the bundle again")

@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from kit.critic import Answer, Candidate, build_critic
-from kit.recipe import (DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier, PythonVerifier, SqlVerifier)
+from kit.distill.critic import Answer, Candidate, build_critic
+from kit.distill.config import (DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier, PythonVerifier, SqlVerifier)
 
 SCHEMA = {"type": "object", "properties": {"value": {"type": "number"}, "unit": {"type": "string"}},
           "required": ["value", "unit"]}
@@ -132,7 +132,7 @@ def test_an_input_that_holds_its_own_answer_is_cut_first():
 
 
 def test_grounded_cuts_values_not_copied_from_the_input():
-    from kit.recipe import GroundedVerifier
+    from kit.distill.config import GroundedVerifier
 
     c = critic(GroundedVerifier(type="grounded", fields=["recipient", "text"]))
     text = "text Sam   it's raining, bring a coat"

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import UserError
-from kit.generate import GenerateConfig, run
-from kit.recipe_loader import load_recipe
-from kit.run_dir import RunDir
+from kit.core.errors import UserError
+from kit.distill.generate import run
+from kit.recipe.stages import generate_config
+from kit.recipe.loader import load_recipe
+from kit.core.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = [a + b + c for a in "bcdfgklmnprstvz" for b in "aeiou" for c in "lmnrst"]
@@ -160,7 +161,7 @@ def test_faults_are_retried_and_every_accepted_sample_is_intact(tmp_path, fake_t
     teacher = fake_teacher(faults={2: "429", 4: "500", 6: "hang", 8: "malformed", 9: "429", 10: "500"})
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=12))
     run_dir = RunDir(tmp_path / "run")
-    manifest = run(recipe, run_dir)
+    manifest = run(generate_config(recipe), run_dir)
 
     samples = read_jsonl(run_dir.data / "samples.jsonl")
     rejected = read_jsonl(run_dir.data / "rejected.jsonl")
@@ -205,7 +206,7 @@ def test_a_seed_that_overlaps_the_eval_set_stays_out_of_training(tmp_path, fake_
     recipe_path = write_recipe(tmp_path, teacher.url, target=3, extra_verifiers="\n            - {type: decontaminate}")
     recipe_path.write_text(recipe_path.read_text() + f"eval: {{file: {eval_file}}}\n")
     run_dir = RunDir(tmp_path / "run")
-    run(load_recipe(recipe_path), run_dir)
+    run(generate_config(load_recipe(recipe_path)), run_dir)
 
     from datasets import load_from_disk
 
@@ -219,13 +220,13 @@ def test_rerun_spends_nothing_and_a_larger_target_reuses_the_cache(tmp_path, fak
     teacher = fake_teacher()
     recipe_path = write_recipe(tmp_path, teacher.url, target=5)
     run_dir = RunDir(tmp_path / "run")
-    run(load_recipe(recipe_path), run_dir)
+    run(generate_config(load_recipe(recipe_path)), run_dir)
     sent = teacher.count
-    run(load_recipe(recipe_path), run_dir)
+    run(generate_config(load_recipe(recipe_path)), run_dir)
     assert teacher.count == sent  # nothing asked twice
     first = [s["id"] for s in read_jsonl(run_dir.data / "samples.jsonl")]
 
-    config = GenerateConfig.from_recipe(load_recipe(recipe_path))
+    config = generate_config(load_recipe(recipe_path))
     config.data.target_samples = 9
     run(config, run_dir)
     samples = read_jsonl(run_dir.data / "samples.jsonl")
@@ -236,10 +237,10 @@ def test_rerun_spends_nothing_and_a_larger_target_reuses_the_cache(tmp_path, fak
 def test_changed_recipe_does_not_mix_with_old_samples(tmp_path, fake_teacher):
     teacher = fake_teacher()
     run_dir = RunDir(tmp_path / "run")
-    run(load_recipe(write_recipe(tmp_path, teacher.url, target=2)), run_dir)
+    run(generate_config(load_recipe(write_recipe(tmp_path, teacher.url, target=2))), run_dir)
     changed = write_recipe(tmp_path, teacher.url, target=2, teacher_extra=", temperature: 0.1")
     with pytest.raises(UserError, match="--fresh"):
-        run(load_recipe(changed), run_dir)
+        run(generate_config(load_recipe(changed)), run_dir)
 
 
 def test_a_project_moved_elsewhere_keeps_its_samples(tmp_path, fake_teacher):
@@ -251,11 +252,11 @@ def test_a_project_moved_elsewhere_keeps_its_samples(tmp_path, fake_teacher):
     (first / "eval.jsonl").write_text(json.dumps({"input": "forty miles", "output": {"value": 64.4, "unit": "km"}}) + "\n")
     recipe_path = write_recipe(first, teacher.url, target=3)
     recipe_path.write_text(recipe_path.read_text() + "eval: {file: eval.jsonl}\n")
-    run(load_recipe(recipe_path), RunDir(first / "run"))
+    run(generate_config(load_recipe(recipe_path)), RunDir(first / "run"))
     asked = len(teacher.requests)
     moved = tmp_path / "moved"
     shutil.copytree(first, moved)
-    manifest = run(load_recipe(moved / "recipe.yaml"), RunDir(moved / "run"))  # no "changed: eval_file"
+    manifest = run(generate_config(load_recipe(moved / "recipe.yaml")), RunDir(moved / "run"))  # no "changed: eval_file"
     assert manifest.figures["accepted"] == 3 and len(teacher.requests) == asked
 
 
@@ -263,7 +264,7 @@ def test_self_consistency_keeps_only_majority_answers(tmp_path, fake_teacher):
     teacher = fake_teacher()
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=6, data_extra=", answers_per_input: 3"))
     run_dir = RunDir(tmp_path / "run")
-    run(recipe, run_dir)
+    run(generate_config(recipe), run_dir)
     samples = read_jsonl(run_dir.data / "samples.jsonl")
     rejected = read_jsonl(run_dir.data / "rejected.jsonl")
     assert len(samples) == 6 and all(s["votes"] >= 2 and s["answers"] == 3 for s in samples)
@@ -275,7 +276,7 @@ def test_answers_without_reasoning_at_their_own_temperature(tmp_path, fake_teach
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=4, teacher_extra=", temperature: 0.9, answer_temperature: 0.1",
                                       data_extra=", reasoning: false"))
     run_dir = RunDir(tmp_path / "run")
-    run(recipe, run_dir)
+    run(generate_config(recipe), run_dir)
 
     def schema(body):
         return (body.get("response_format") or {}).get("json_schema", {}).get("schema", {}).get("properties", {})
@@ -295,7 +296,7 @@ def test_recipe_evolutions_and_labelled_wishes_shape_the_input_requests(tmp_path
     teacher = fake_teacher()
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=6, data_extra=(
         ", evolve_fraction: 0.5, evolutions: ['swap every number for another one'], topics: [ferries]")))
-    run(recipe, RunDir(tmp_path / "run"))
+    run(generate_config(recipe), RunDir(tmp_path / "run"))
     asks = [b["messages"][-1]["content"] for b in teacher.requests
             if "input" in (b.get("response_format") or {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
     rewrites = [a for a in asks if a.startswith("Rewrite")]
@@ -310,7 +311,7 @@ def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_te
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=10, data_extra=(
         ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries]")))
     run_dir = RunDir(tmp_path / "run")
-    manifest = run(recipe, run_dir)
+    manifest = run(generate_config(recipe), run_dir)
     assert manifest.figures["accepted"] == 10
 
     def kind(body: dict) -> str:
@@ -335,7 +336,7 @@ def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_te
     assert all(row["input"] in written for row in kept)
     # a second run spends nothing: lists and answers come from the cache
     before = len(teacher.requests)
-    run(recipe, run_dir)
+    run(generate_config(recipe), run_dir)
     assert len(teacher.requests) == before
 
 
@@ -409,7 +410,7 @@ def test_bad_recipe_is_one_clear_message(tmp_path):
 
 
 def test_a_torn_last_line_is_cut_when_the_log_is_opened_again(tmp_path):
-    from kit.sample_store import JsonlLog
+    from kit.distill.sample_store import JsonlLog
 
     path = tmp_path / "samples.jsonl"
     path.write_text('{"id": "a", "index": 0}\n{"id": "b", "ind')  # killed in the middle of a write
@@ -424,8 +425,8 @@ def test_topics_are_taken_in_turn_so_every_topic_gets_its_share():
     from collections import Counter
     from types import SimpleNamespace
 
-    from kit.generate_prompts import plan_item
-    from kit.recipe import DataConfig
+    from kit.distill.prompts import plan_item
+    from kit.distill.config import DataConfig
 
     topics = ["a", "b", "c", "d", "e"]
     for per_request in (1, 4):

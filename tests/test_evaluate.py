@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kit import evaluate
-from kit.recipe_loader import load_recipe
-from kit.run_dir import RunDir
+from kit.evaluate import stage as evaluate
+from kit.recipe.stages import evaluate_config
+from kit.recipe.loader import load_recipe
+from kit.core.run_dir import RunDir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -23,7 +24,7 @@ def test_sql_execution_accuracy_ignores_row_order_unless_the_gold_sorts():
     predictions = ["SELECT name FROM categories ORDER BY name DESC",  # same set, order irrelevant
                    "```sql\nSELECT name FROM categories ORDER BY name DESC\n```",  # wrong order where it matters
                    "SELECT COUNT(*) FROM nowhere"]  # does not execute
-    assert evaluate.score(recipe, cases, predictions)["execution_accuracy"] == pytest.approx(1 / 3)
+    assert evaluate.score(evaluate_config(recipe), cases, predictions)["execution_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_tool_calling_scores_validity_schema_and_each_field():
@@ -31,7 +32,7 @@ def test_tool_calling_scores_validity_schema_and_each_field():
     gold = {"tool": "set_volume", "arguments": {"level": 30}}
     cases = [{"input": "volume 30", "output": gold}] * 3
     predictions = [json.dumps(gold), '{"tool": "set_volume", "arguments": {"level": 3}}', "I can't do that"]
-    figures = evaluate.score(recipe, cases, predictions)
+    figures = evaluate.score(evaluate_config(recipe), cases, predictions)
     assert figures["json_valid"] == pytest.approx(2 / 3)
     assert figures["json_schema_valid"] == pytest.approx(2 / 3)
     assert figures["field:tool"] == pytest.approx(2 / 3)
@@ -41,7 +42,7 @@ def test_tool_calling_scores_validity_schema_and_each_field():
 
 @pytest.mark.slow
 def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_path):
-    from kit.model_store import ModelStore
+    from kit.models.store import ModelStore
 
     (tmp_path / "eval.jsonl").write_text('{"input": "What is the capital of France?", "output": "Paris"}\n'
                                          '{"input": "What is the capital of Italy?", "output": "Rome"}\n')
@@ -54,7 +55,7 @@ def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_pat
     recipe = load_recipe(recipe_path)
     run = RunDir(tmp_path / "run")
     gguf = ModelStore().pull("smollm2-135m-instruct")
-    manifest = evaluate.run(recipe, run, [evaluate.Target("student-q4", "gguf", str(gguf))], threads=2)
+    manifest = evaluate.run(evaluate_config(recipe, targets=[evaluate.Target(name="student-q4", kind="gguf", path=str(gguf))]), run, threads=2)
     report = json.loads((run.eval / "report.json").read_text())
     target = report["targets"]["student-q4"]
     assert target["metrics"]["contains"] >= 0.5  # the 135M instruct model knows Paris
@@ -66,7 +67,7 @@ def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_pat
     cached = run.eval / "target_cache" / "student-q4.json"
     assert cached.is_file()
     stamp = cached.stat().st_mtime_ns
-    evaluate.run(recipe, run, [evaluate.Target("student-q4", "gguf", str(gguf))], threads=2)
+    evaluate.run(evaluate_config(recipe, targets=[evaluate.Target(name="student-q4", kind="gguf", path=str(gguf))]), run, threads=2, force=True)
     assert cached.stat().st_mtime_ns == stamp
     assert json.loads((run.eval / "report.json").read_text())["targets"]["student-q4"] == target
 
@@ -85,13 +86,12 @@ def _capitals_recipe(tmp_path, eval_extra: str):
 
 
 def test_a_gguf_is_timed_one_request_at_a_time_and_scored_in_batches(tmp_path):
-    from kit.model_store import ModelStore
+    from kit.models.store import ModelStore
 
     gguf = str(ModelStore().pull("smollm2-135m-instruct"))
-    target = evaluate.Target("student", "gguf", gguf)
-    batched = evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), RunDir(tmp_path / "a"),
-                           [target], threads=2)
-    single = evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 3"), RunDir(tmp_path / "b"), [target], threads=2)
+    target = evaluate.Target(name="student", kind="gguf", path=gguf)
+    batched = evaluate.run(evaluate_config(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), targets=[target]), RunDir(tmp_path / "a"), threads=2)
+    single = evaluate.run(evaluate_config(_capitals_recipe(tmp_path, ", latency_cases: 3"), targets=[target]), RunDir(tmp_path / "b"), threads=2)
     report = json.loads((tmp_path / "a" / "eval" / "report.json").read_text())["targets"]["student"]
     runtime = report["runtime"]
     assert runtime["timed_cases"] == 1 and runtime["batched"] and runtime["latency_ms_p50"] > 0
@@ -104,9 +104,9 @@ def test_a_gguf_is_timed_one_request_at_a_time_and_scored_in_batches(tmp_path):
 
 
 def test_a_transformers_model_is_scored_in_left_padded_batches(tmp_path, tiny_llama):
-    target = evaluate.Target("tiny", "hf", str(tiny_llama))
-    evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), RunDir(tmp_path / "a"), [target], threads=2)
-    evaluate.run(_capitals_recipe(tmp_path, ", latency_cases: 3"), RunDir(tmp_path / "b"), [target], threads=2)
+    target = evaluate.Target(name="tiny", kind="hf", path=str(tiny_llama))
+    evaluate.run(evaluate_config(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), targets=[target]), RunDir(tmp_path / "a"), threads=2)
+    evaluate.run(evaluate_config(_capitals_recipe(tmp_path, ", latency_cases: 3"), targets=[target]), RunDir(tmp_path / "b"), threads=2)
     read = lambda name: [json.loads(line)["tiny"] for line in (tmp_path / name / "eval" / "predictions.jsonl").open()]
     # left padding with its attention mask leaves each answer as it is alone (greedy, same weights)
     assert read("a") == read("b") and all(read("a"))
@@ -116,7 +116,7 @@ def test_prediction_cache_misses_when_the_model_files_or_prompts_change(tmp_path
     model = tmp_path / "model.gguf"
     model.write_bytes(b"weights")
     spec = {"kind": "gguf", "inputs": ["a", "b"], "system_prompt": "s", "threads": 2}
-    target = evaluate.Target("student", "gguf", str(model))
+    target = evaluate.Target(name="student", kind="gguf", path=str(model))
     first = evaluate.PredictionCache(tmp_path / "cache", "student", spec, target)
     first.put({"rows": [], "wall_s": 1.0, "peak_rss_mb": 100.0})
     assert evaluate.PredictionCache(tmp_path / "cache", "student", spec | {"threads": 1}, target).get() is not None
@@ -126,19 +126,19 @@ def test_prediction_cache_misses_when_the_model_files_or_prompts_change(tmp_path
 
 
 def test_peak_rss_is_the_workers_own_not_its_parents():
-    from kit.eval_worker import peak_rss_mb
+    from runtime.memory import peak_rss_mb
 
     assert 5 < peak_rss_mb() < 20_000
 
 
 def test_onnx_variants_scored_are_those_that_ship():
-    from kit.evaluate import _scored_onnx
-    from kit.recipe import Recipe
+    from kit.evaluate.stage import _scored_onnx
+    from kit.recipe.schema import Recipe
 
     recipe = Recipe.model_validate({"task": {"name": "t", "description": "count the words in a text"}})  # ships int8 by default
     both = {"merged": "merged", "onnx_fp32": "onnx/model.onnx", "onnx_int8": "onnx/model_int8.onnx"}
-    assert _scored_onnx(recipe, "int8", both) and not _scored_onnx(recipe, "fp32", both)
-    assert _scored_onnx(recipe, "fp32", {"onnx_fp32": "onnx/model.onnx"})  # the only ONNX there is
+    assert _scored_onnx(evaluate_config(recipe), "int8", both) and not _scored_onnx(evaluate_config(recipe), "fp32", both)
+    assert _scored_onnx(evaluate_config(recipe), "fp32", {"onnx_fp32": "onnx/model.onnx"})  # the only ONNX there is
     shipped = Recipe.model_validate({"task": {"name": "t", "description": "count the words in a text"},
                                      "export": {"onnx": {"ship": ["fp32", "int8"]}}})
-    assert _scored_onnx(shipped, "fp32", both)
+    assert _scored_onnx(evaluate_config(shipped), "fp32", both)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import BundleInfo
-from export.config import ExportConfig
+from kit.core.run_dir import RunDir
+from export.config import BundleInfo, ExportConfig, ExportStageConfig
 from runtime.manifest import read_manifest, verify_files
 
 PROMPT = "<|im_start|>user\nset a timer for 3 minutes<|im_end|>\n<|im_start|>assistant\n"
@@ -46,7 +46,7 @@ def tiny_export(tiny_llama, tiny_adapter, tmp_path_factory):
                           onnx={"quantize": ["int8", "int4"], "ship": ["int8", "int4"]},
                           min_top1_agreement=0.0, max_perplexity_ratio=10.0, verify_tokens=16, threads=1)
     info = BundleInfo(name="tiny-timer", task="Set timers.", system_prompt="You set timers.")
-    stage = run(config, root / "export", root / "bundle", info, adapter=tiny_adapter, base=str(tiny_llama))
+    stage = run(ExportStageConfig(export=config, bundle=info, adapter=tiny_adapter, base=str(tiny_llama)), RunDir(root))
     return root, stage, config, info
 
 
@@ -148,8 +148,7 @@ def test_an_artifact_that_fails_verification_is_not_shipped(tiny_llama, tiny_ada
 
     config = ExportConfig(gguf_types=["F16", "Q4_0"], ship=["F16", "Q4_0"], gguf_pre_tokenizer="gpt-2",
                           onnx={"enabled": False}, min_top1_agreement=1.0, verify_tokens=4, threads=1)
-    stage = run(config, tmp_path / "export", tmp_path / "bundle", BundleInfo(name="strict"),
-                adapter=tiny_adapter, base=str(tiny_llama))
+    stage = run(ExportStageConfig(export=config, bundle=BundleInfo(name="strict"), adapter=tiny_adapter, base=str(tiny_llama)), RunDir(tmp_path))
     assert stage.figures["failed"] == ["model-Q4_0.gguf"]
     assert not (tmp_path / "bundle" / "model-Q4_0.gguf").exists()
     manifest = read_manifest(tmp_path / "bundle")
@@ -161,13 +160,13 @@ def test_export_is_skipped_when_inputs_and_config_are_unchanged(tiny_export, tin
     from export.stage import run
 
     root, stage, config, info = tiny_export
-    again = run(config, root / "export", root / "bundle", info, adapter=tiny_adapter, base=str(tiny_llama))
+    again = run(ExportStageConfig(export=config, bundle=info, adapter=tiny_adapter, base=str(tiny_llama)), RunDir(root))
     assert again.finished == stage.finished
 
 
 def test_a_gguf_llama_cpp_cannot_load_is_refused_and_the_caller_survives(tiny_export, tmp_path):
     from export.gguf import refuse_unusable
-    from kit.errors import UserError
+    from kit.core.errors import UserError
 
     root, *_ = tiny_export
     broken = tmp_path / "model-F16.gguf.partial"
@@ -179,7 +178,7 @@ def test_a_gguf_llama_cpp_cannot_load_is_refused_and_the_caller_survives(tiny_ex
 
 def test_unrecognised_tokenizer_without_a_pre_tokenizer_is_a_user_error(tiny_llama, tmp_path):
     from export.gguf import convert_to_gguf
-    from kit.errors import UserError
+    from kit.core.errors import UserError
 
     with pytest.raises(UserError, match="gguf_pre_tokenizer"):
         convert_to_gguf(tiny_llama, tmp_path / "model-F16.gguf")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import BundleInfo
-from export.config import ExportConfig
+from kit.core.run_dir import RunDir
+from export.config import BundleInfo, ExportConfig, ExportStageConfig
 from runtime.manifest import read_manifest, verify_files
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ TEXTS = ["Convert 3 miles to km: 4.83 km", "  {\"value\": 12, \"unit\": \"kg\"}\
 
 @pytest.fixture(scope="module")
 def student_hf() -> Path:
-    from kit.model_store import ModelStore
+    from kit.models.store import ModelStore
 
     return ModelStore().pull_hf(STUDENT)
 
@@ -58,7 +58,7 @@ def student_export(trained_adapter, tmp_path_factory):
     config = ExportConfig(gguf_types=["F16", "Q8_0", "Q4_K_M"], ship=["F16", "Q4_K_M"],
                           onnx={"quantize": ["int8"], "ship": ["int8"]}, threads=1)
     info = BundleInfo(name="unit-converter", task="Convert units.", system_prompt=SYSTEM, output_format="json")
-    stage = run(config, root / "export", root / "bundle", info, adapter=trained_adapter, base=STUDENT)
+    stage = run(ExportStageConfig(export=config, bundle=info, adapter=trained_adapter, base=STUDENT), RunDir(root))
     return root, stage
 
 
@@ -120,9 +120,9 @@ def test_bundle_onnx_runs_in_onnxruntime(student_export):
 def test_known_trap_naive_gguf_is_refused_and_the_export_keeps_the_original_tokenizer(
         student_hf, student_export, tmp_path):
     from export.gguf import check_loads_and_tokenizes, convert_to_gguf, probe_gguf
-    from export.gguf_tokenizer import tokenizer_differences
-    from kit.errors import UserError
-    from kit.model_store import ModelStore
+    from kit.models.gguf_tokenizer import tokenizer_differences
+    from kit.core.errors import UserError
+    from kit.models.store import ModelStore
 
     # The naive route: the transformers round trip of the GGUF (tokenizer loaded with gguf_file=), saved
     # and converted as it is. Its tokenizer.model is not a sentencepiece model (the converter cannot parse it) ...

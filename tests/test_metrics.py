@@ -1,6 +1,6 @@
 """Task metrics score what users mean by right: parsed JSON, per-field accuracy, normalized text."""
 
-from kit.metrics import contains, exact_match, extract_json, json_fields, json_valid, schema_validator
+from kit.evaluate.metrics import contains, exact_match, extract_json, json_fields, json_valid, schema_validator
 
 GOLD = {"tool": "set_timer", "arguments": {"duration_seconds": 300}}
 

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from kit.errors import UserError
-from kit.model_ref import resolve_model
-from kit.model_registry import REGISTRY
-from kit.model_store import ModelStore, sha256_file
+from kit.core.errors import UserError
+from kit.models.reference import resolve_model
+from kit.models.registry import REGISTRY
+from kit.models.store import ModelStore, sha256_file
 
 STUDENT = "smollm2-135m-instruct"
 

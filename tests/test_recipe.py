@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import UserError
-from kit.recipe_loader import RecipeInvalid, load_recipe
+from kit.core.errors import UserError
+from kit.recipe.loader import RecipeInvalid, load_recipe
 
 MINIMAL = """\
 task:
@@ -158,7 +158,7 @@ def test_kit_validate_prints_each_problem_and_exits_non_zero(tmp_path):
 
 
 def test_seeds_file_lines_are_validated_and_located(tmp_path):
-    from kit.recipe_loader import load_seeds
+    from kit.recipe.loader import load_seeds
 
     (tmp_path / "seeds.jsonl").write_text('{"input": "a", "output": "b"}\n{"input": "c"}\n')
     recipe = load_recipe(write(tmp_path, MINIMAL + "seeds_file: seeds.jsonl\n"))
@@ -172,8 +172,8 @@ def test_seeds_file_lines_are_validated_and_located(tmp_path):
 
 @pytest.mark.parametrize("template", ["tool-calling", "text-to-sql"])
 def test_kit_init_scaffolds_a_recipe_that_validates(tmp_path, template):
-    from kit.recipe_loader import load_seeds
-    from kit.scaffold import scaffold
+    from kit.recipe.loader import load_seeds
+    from kit.recipe.scaffold import scaffold
 
     recipe = load_recipe(scaffold("my-expert", template, tmp_path))
     assert recipe.task.name == "my-expert" and load_seeds(recipe) and recipe.eval.file.is_file()
@@ -183,7 +183,7 @@ def test_kit_init_scaffolds_a_recipe_that_validates(tmp_path, template):
 
 @pytest.mark.parametrize("example", ["tool-calling", "text-to-sql"])
 def test_shipped_examples_validate(example):
-    from kit.recipe_loader import load_seeds
+    from kit.recipe.loader import load_seeds
 
     root = Path(__file__).resolve().parents[1] / "examples" / example
     recipe = load_recipe(root / "recipe.yaml")

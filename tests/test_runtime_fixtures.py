@@ -50,7 +50,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def store_gguf() -> Path:
-    from kit.model_store import ModelStore
+    from kit.models.store import ModelStore
 
     return ModelStore().pull(STORE_MODEL)
 

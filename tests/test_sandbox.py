@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.sandbox import run_python
+from kit.distill.sandbox import run_python
 
 
 def processes() -> set[int]:

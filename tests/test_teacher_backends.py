@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 
-from kit.recipe import TeacherConfig
-from kit.teachers import make_teacher
+from kit.distill.config import TeacherConfig
+from kit.distill.teachers import make_teacher
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
           "required": ["city", "days"]}
@@ -32,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """A real llama-cpp-python server on loopback with the store's SmolLM2-135M."""
-    from kit.model_store import ModelStore
+    from kit.models.store import ModelStore
 
     model = ModelStore().pull("smollm2-135m-instruct")
     port = free_port()
@@ -89,9 +89,10 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
     from datasets import load_from_disk
     from jsonschema import validate
 
-    from kit.generate import run
-    from kit.recipe_loader import load_recipe
-    from kit.run_dir import RunDir
+    from kit.distill.generate import run
+    from kit.recipe.stages import generate_config
+    from kit.recipe.loader import load_recipe
+    from kit.core.run_dir import RunDir
 
     (tmp_path / "eval.jsonl").write_text('{"input": "12 inches in cm", "output": {"value": 30.48, "unit": "cm"}}\n')
     recipe_path = tmp_path / "recipe.yaml"
@@ -111,7 +112,7 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
         """))
     recipe = load_recipe(recipe_path)
     run_dir = RunDir(tmp_path / "run")
-    manifest = run(recipe, run_dir)
+    manifest = run(generate_config(recipe), run_dir)
     assert manifest.figures["accepted"] == 3
     dataset = load_from_disk(str(run_dir.dataset))
     rows = list(dataset["train"]) + list(dataset["validation"])
@@ -137,7 +138,7 @@ def test_llama_cpp_backend_in_process_follows_the_schema(tmp_path):
 
 @pytest.mark.slow
 def test_llama_cpp_backend_keeps_a_context_per_system_prompt_and_follows_the_schema():
-    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+    from kit.distill.teachers.llama_cpp_backend import LlamaCppTeacher
 
     backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=48,
                                             n_ctx=1024, temperature=0.0, concurrency=1))
@@ -165,7 +166,7 @@ def test_llama_cpp_backend_keeps_a_context_per_system_prompt_and_follows_the_sch
 
 @pytest.mark.slow
 def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix():
-    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+    from kit.distill.teachers.llama_cpp_backend import LlamaCppTeacher
 
     backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=40,
                                             n_ctx=1024, temperature=0.0, concurrency=3))
@@ -204,8 +205,8 @@ def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix()
 
 @pytest.mark.slow
 def test_llama_cpp_batched_request_longer_than_the_context_is_one_clear_error():
-    from kit.errors import UserError
-    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+    from kit.core.errors import UserError
+    from kit.distill.teachers.llama_cpp_backend import LlamaCppTeacher
 
     backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", n_ctx=256,
                                             concurrency=2))
@@ -231,7 +232,7 @@ def test_hf_backend_generates_from_a_local_transformers_model(tiny_llama, tmp_pa
 
 @pytest.mark.slow
 def test_llama_cpp_batched_requests_sent_together_read_their_shared_prompt_once():
-    from kit.teachers.llama_cpp_backend import LlamaCppTeacher
+    from kit.distill.teachers.llama_cpp_backend import LlamaCppTeacher
 
     backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", n_ctx=2048,
                                             concurrency=4, temperature=0.0))

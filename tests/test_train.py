@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import UserError
-from kit.run_dir import RunDir
+from kit.core.errors import UserError
+from kit.core.run_dir import RunDir
 from trainers.checkpoints import last_complete_checkpoint
 from trainers.config import DistillSettings, TrainConfig
 
@@ -156,8 +156,8 @@ def test_padding_free_batches_give_the_same_loss_as_padded_ones(dataset_run, tin
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from trainers.data import load_dataset_dict
-    from trainers.model import resolve_base
+    from kit.core.dataset import load_dataset_dict
+    from kit.models.base_model import resolve_base
     from trainers.sft import TrainPaths, build_trainer
 
     trainer, _ = build_trainer(fast_config(), resolve_base(str(tiny_llama)), None, load_dataset_dict(dataset_run.dataset),
@@ -190,7 +190,7 @@ def test_kd_loss_is_zero_only_when_the_student_matches_the_teacher():
 
 # -- the stage -----------------------------------------------------------------------------------------------
 def test_training_lowers_validation_loss_and_writes_figures(dataset_run, tiny_llama, tmp_path):
-    from kit.stage import read_stage_manifest
+    from kit.core.stage import read_stage_manifest
     from trainers.sft import train
 
     run = fresh_run(dataset_run, tmp_path)

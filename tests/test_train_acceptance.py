@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kit.run_dir import RunDir
+from kit.core.run_dir import RunDir
 from trainers.checkpoints import last_complete_checkpoint
 from test_train import ROOT, kit_command, write_dataset, write_recipe
 
@@ -40,7 +40,7 @@ def test_kit_train_on_the_store_student_learns_survives_kill_and_changes_answers
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kit.model_store import ModelStore
+    from kit.models.store import ModelStore
 
     base_path = ModelStore().pull_hf(STUDENT)
     run = write_dataset(RunDir(tmp_path / "run"), count=300, validation=24)

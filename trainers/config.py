@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from kit.config_base import StrictModel
+from kit.core.config import StrictModel
+
+DEFAULT_STUDENT = "smollm2-135m-instruct"
 
 
 class LoraSettings(StrictModel):
@@ -41,3 +43,20 @@ class TrainConfig(StrictModel):
     seed: int = 0
     lora: LoraSettings = LoraSettings()
     distill: DistillSettings = DistillSettings()
+
+
+class StudentConfig(StrictModel):
+    model: str = DEFAULT_STUDENT
+    system_prompt: str | None = Field(
+        None, description="the system prompt the student is trained and served with; default: the task's. "
+                          "'' trains and serves without one: the task lives in the weights, and every "
+                          "request is shorter (faster training and a faster first token)")
+
+
+class TrainStageConfig(StrictModel):
+    """What the train stage reads: the student, the system prompt it is trained with, the `train:` section."""
+
+    student: str = DEFAULT_STUDENT
+    system_prompt: str | None = Field(None, description="replaces each row's system message (None: none)")
+    replace_system_prompt: bool = Field(True, description="false: train on each row's own system message")
+    train: TrainConfig = TrainConfig()

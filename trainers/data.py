@@ -2,43 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from kit.errors import UserError
-
-SPLITS = ("train", "validation")
-
-
-def load_dataset_dict(path: Path):
-    """The distillation stage's DatasetDict (train / validation), with the fix named when it is missing."""
-    from datasets import DatasetDict, load_from_disk
-
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"no dataset at {path}: run the generate stage first (`kit generate RECIPE`) "
-                        "or save a DatasetDict with `train` and `validation` splits there")
-    data = load_from_disk(str(path))
-    if not isinstance(data, DatasetDict) or any(split not in data for split in SPLITS):
-        raise UserError(f"{path} must hold a DatasetDict with splits {SPLITS}; found {list(getattr(data, 'keys', list)())}")
-    for split in SPLITS:
-        if len(data[split]) == 0:
-            raise UserError(f"the {split} split at {path} is empty: distill more samples (data.target_samples)")
-        if "messages" not in data[split].column_names:
-            raise UserError(f"the {split} split at {path} has no `messages` column: re-run `kit generate`")
-    return data
-
-
-def dataset_fingerprint(path: Path) -> str:
-    """Content hash of a saved DatasetDict, ignoring the `cache-*.arrow` files `datasets` may add beside it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith("cache-")):
-        digest.update(file.relative_to(path).as_posix().encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()
-
+from kit.core.dataset import SPLITS, with_system_prompt
+from kit.core.errors import UserError
 
 def prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, str]]:
     """Split a conversation into its prompt (everything before) and the final assistant message."""
@@ -67,8 +34,6 @@ KEEP = object()  # keep each row's own system message
 def tokenized_splits(tokenizer, data, max_len: int, system_prompt: str | None | object = KEEP):
     """Every split as `input_ids` / `labels`; rows left without a trained token by truncation are dropped.
     `system_prompt` replaces the rows' system message (None drops it): the student's own prompt."""
-    from kit.sample_store import with_system_prompt
-
     def encode(row: dict[str, Any]) -> dict[str, list[int]]:
         messages = row["messages"] if system_prompt is KEEP else with_system_prompt(row["messages"], system_prompt)
         return tokenize_conversation(tokenizer, messages, max_len)

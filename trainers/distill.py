@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 from trainers.config import DistillSettings
-from trainers.model import BaseModelIdentity
+from kit.models.base_model import BaseModel
 
 TEACHER_COLUMNS = ("teacher_ids", "teacher_logprobs")
 
@@ -29,7 +29,7 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer, teacher: str) -> 
                         "qwen2.5-coder-1.5b-instruct -> qwen2.5-coder-0.5b-instruct) or set train.distill.enabled: false")
 
 
-def cache_key(teacher: BaseModelIdentity, settings: DistillSettings, rows_digest: str) -> str:
+def cache_key(teacher: BaseModel, settings: DistillSettings, rows_digest: str) -> str:
     wanted = {"teacher": teacher.sha256, "temperature": settings.temperature, "top_k": settings.top_k, "rows": rows_digest}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -42,7 +42,7 @@ def rows_digest(rows) -> str:
     return digest.hexdigest()
 
 
-def with_teacher_topk(rows, teacher: BaseModelIdentity, settings: DistillSettings, cache_root: Path, device: str):
+def with_teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, cache_root: Path, device: str):
     """`rows` plus the teacher's top-k ids and log-probs (at temperature T) at every trained position.
 
     Read from `cache_root/<key>` when there; otherwise computed with one teacher pass and saved there.
@@ -61,13 +61,13 @@ def with_teacher_topk(rows, teacher: BaseModelIdentity, settings: DistillSetting
     return load_from_disk(str(cached))
 
 
-def _teacher_topk(rows, teacher: BaseModelIdentity, settings: DistillSettings, device: str) -> dict[str, list]:
+def _teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, device: str) -> dict[str, list]:
     import torch
     from tqdm.auto import tqdm
 
     from trainers.model import load_teacher
 
-    model = load_teacher(teacher.path, device)
+    model = load_teacher(teacher.hf_path, device)
     ids_out, logprobs_out = [], []
     with torch.inference_mode():
         for input_ids, labels in tqdm(zip(rows["input_ids"], rows["labels"]), total=len(rows), desc="teacher top-k"):

@@ -43,12 +43,3 @@ def write_metrics(metrics: dict[str, Any], out: Path) -> Path:
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     tmp.replace(out)
     return out
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024

@@ -1,46 +1,12 @@
-"""Load the student (and a teacher) for training: device, precision, threads, QLoRA, LoRA, identity."""
+"""Load the student (and a teacher) for training: device, precision, threads, QLoRA, LoRA."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 from trainers.config import LoraSettings, TrainConfig
-
-
-@dataclass(frozen=True)
-class BaseModelIdentity:
-    """What the adapter was trained on: enough to find and check the same base weights again."""
-
-    spec: str  # as the recipe names it
-    kind: str  # store | gguf | hf_dir | hub
-    path: str  # the transformers-loadable folder or hub id
-    sha256: str  # of the store GGUF, or of the HF folder's files
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def resolve_base(spec: str) -> BaseModelIdentity:
-    """Resolve a model name/path through the model store and record its identity."""
-    from kit.model_ref import resolve_model
-    from kit.model_store import HF_SOURCE_FILE
-    from kit.stage import fingerprint
-
-    ref = resolve_model(spec)
-    path = ref.hf()
-    source = Path(path) / HF_SOURCE_FILE
-    if source.is_file():
-        digest = json.loads(source.read_text())["sha256"]
-    elif Path(path).is_dir():
-        digest = fingerprint(Path(path))
-    else:
-        digest = "hub:" + spec
-    return BaseModelIdentity(spec=spec, kind=ref.kind, path=path, sha256=digest)
 
 
 def resolve_device(config: TrainConfig) -> str:

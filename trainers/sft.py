@@ -1,6 +1,6 @@
 """The training stage: LoRA / QLoRA SFT of the student on the distilled dataset (optionally with logit KD).
 
-`run(recipe, run_dir)` reads runs/<task>/data/dataset and writes runs/<task>/train/: adapter/ (peft, with
+`run(config, run_dir)` reads runs/<task>/data/dataset and writes runs/<task>/train/: adapter/ (peft, with
 base_model.json), checkpoints/, loss.png, metrics.json and manifest.json. Rerun with the same command after
 a crash (even kill -9) and it resumes from the last complete checkpoint; rerun after it finished and it is
 skipped. The same code runs under `accelerate launch` (DDP / FSDP): transformers' Trainer does the rest.
@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kit.errors import UserError
-from kit.run_dir import RunDir
-from kit.stage import StageManifest, config_dict, is_up_to_date, read_stage_manifest, write_stage_manifest
-from trainers.config import TrainConfig
-from trainers.data import KEEP
+from kit.core.dataset import dataset_fingerprint, load_dataset_dict
+from kit.core.errors import UserError
+from kit.core.files import atomic_write_json
+from kit.core.run_dir import RunDir
+from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
+from kit.models.base_model import resolve_base
+from trainers.checkpoints import claim, last_complete_checkpoint, read_initial_eval, write_initial_eval
+from trainers.config import TrainConfig, TrainStageConfig
+from trainers.data import KEEP, tokenized_splits
+from trainers.distill import DistillCollator, check_same_tokenizer, with_teacher_topk
+from trainers.figures import loss_curves, plot_loss, write_metrics
+from trainers.model import load_causal_lm, load_tokenizer, lora_config, resolve_device, set_cpu_threads
+from runtime.memory import peak_rss_mb
 
 STAGE = "train"
 BASE_MODEL_FILE = "base_model.json"
@@ -49,56 +57,76 @@ class TrainPaths:
         return self.folder / "metrics.json"
 
 
-def run(recipe, run_dir: RunDir, show_progress: bool = True) -> StageManifest:
-    """Stage entry point: train `recipe.student.model` with `recipe.train` on the run's dataset."""
-    return train(recipe.train, recipe.student.model, run_dir, show_progress=show_progress,
-                 system_prompt=recipe.student_system_prompt)
+class TrainStage:
+    """The train stage under the one stage contract (kit.core.stage)."""
+
+    name = STAGE
+
+    def folder(self, run_dir: RunDir) -> Path:
+        return run_dir.train
+
+    def plan(self, config: TrainStageConfig, run_dir: RunDir) -> StagePlan:
+        data = load_dataset_dict(run_dir.dataset)
+        base = resolve_base(config.student)
+        teacher = _resolve_teacher(config.train)
+        # threads change speed, not results: changing them neither retrains nor discards checkpoints
+        record = {"student": config.student, "train": config_dict(config.train) | {"threads": None}}
+        if config.replace_system_prompt:
+            record["system_prompt"] = config.system_prompt
+        inputs = {"dataset": dataset_fingerprint(run_dir.dataset), "base_model": base.sha256}
+        if teacher is not None:
+            inputs["teacher"] = teacher.sha256
+        return StagePlan(record, inputs, {"data": data, "base": base, "teacher": teacher})
+
+    def make(self, config: TrainStageConfig, run_dir: RunDir, plan: StagePlan, show_progress: bool = True) -> StageManifest:
+        """Train (or resume from the last complete checkpoint) and write the adapter, figures and manifest."""
+        from accelerate import PartialState  # lazy: accelerate pulls in torch
+
+        processes = PartialState()
+        train_config = config.train
+        device = resolve_device(train_config)
+        threads = set_cpu_threads(processes.num_processes, train_config.threads) if device == "cpu" else None
+        paths = TrainPaths(run_dir.train)
+        base, teacher = plan.context["base"], plan.context["teacher"]
+        system_prompt = config.system_prompt if config.replace_system_prompt else KEEP
+        started = time.time()
+        with processes.main_process_first():
+            if processes.is_main_process:
+                claim(paths.checkpoints, plan.manifest(STAGE).key)
+        resume_from = last_complete_checkpoint(paths.checkpoints)
+        trainer, progress = build_trainer(train_config, base, teacher, plan.context["data"], paths, device,
+                                          show_progress, system_prompt)
+        summary = _fit(trainer, paths, resume_from)
+        trainer.save_model(str(paths.adapter))
+        if not processes.is_main_process:
+            return plan.manifest(STAGE)
+        atomic_write_json(paths.adapter / BASE_MODEL_FILE, base.identity())
+        metrics = _metrics(trainer, progress, summary, base, train_config, device, threads, processes.num_processes)
+        title = f"{config.student}: {train_config.method}" + (" + KD" if teacher else "")
+        figures = _write_figures(trainer, metrics, paths, title)
+        manifest = plan.manifest(STAGE, started=started, figures=figures,
+                                 outputs={"adapter": "adapter", "adapter_config": "adapter/adapter_config.json",
+                                          "loss_png": "loss.png", "metrics": "metrics.json"})
+        write_stage_manifest(paths.folder, manifest)
+        return manifest
+
+
+TRAIN = TrainStage()
+
+
+def run(config: TrainStageConfig, run_dir: RunDir, *, show_progress: bool = True, force: bool = False) -> StageManifest:
+    """The train stage: LoRA / QLoRA SFT of `config.student` on the run's dataset; skipped when up to date."""
+    return run_stage(TRAIN, config, run_dir, force=force, show_progress=show_progress)
 
 
 def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: bool = True, *,
           system_prompt: str | None | object = KEEP) -> StageManifest:
-    """Train (or resume, or skip when up to date) and return the stage manifest. `system_prompt` replaces
-    the dataset's system message (None: train without one); by default the dataset's own is kept."""
-    from accelerate import PartialState
-
-    from trainers.checkpoints import claim, last_complete_checkpoint
-    from trainers.data import dataset_fingerprint, load_dataset_dict
-    from trainers.model import resolve_base, resolve_device, set_cpu_threads
-
-    processes = PartialState()
-    device = resolve_device(config)
-    threads = set_cpu_threads(processes.num_processes, config.threads) if device == "cpu" else None
-    paths = TrainPaths(run_dir.train)
-    data = load_dataset_dict(run_dir.dataset)
-    base = resolve_base(student)
-    teacher = _resolve_teacher(config)
-    # threads change speed, not results: changing them neither retrains nor discards checkpoints
-    stage_config = {"student": student, "train": config_dict(config) | {"threads": None}}
-    if system_prompt is not KEEP:
-        stage_config["system_prompt"] = system_prompt
-    inputs = {"dataset": dataset_fingerprint(run_dir.dataset), "base_model": base.sha256}
-    if teacher is not None:
-        inputs["teacher"] = teacher.sha256
-    if is_up_to_date(paths.folder, STAGE, stage_config, inputs) and (paths.adapter / "adapter_config.json").is_file():
-        return read_stage_manifest(paths.folder)
-
-    started = time.time()
-    with processes.main_process_first():
-        if processes.is_main_process:
-            claim(paths.checkpoints, StageManifest(STAGE, stage_config, inputs).key)
-    resume_from = last_complete_checkpoint(paths.checkpoints)
-    trainer, progress = build_trainer(config, base, teacher, data, paths, device, show_progress, system_prompt)
-    summary = _fit(trainer, paths, resume_from)
-    trainer.save_model(str(paths.adapter))
-    if not processes.is_main_process:
-        return StageManifest(STAGE, stage_config, inputs)
-    (paths.adapter / BASE_MODEL_FILE).write_text(json.dumps(base.as_dict(), indent=2) + "\n")
-    metrics = _metrics(trainer, progress, summary, base, config, device, threads, processes.num_processes)
-    figures = _write_figures(trainer, metrics, paths, f"{student}: {config.method}" + (" + KD" if teacher else ""))
-    manifest = StageManifest(stage=STAGE, config=stage_config, inputs=inputs, started=started, figures=figures,
-                             outputs={"adapter": "adapter", "loss_png": "loss.png", "metrics": "metrics.json"})
-    write_stage_manifest(paths.folder, manifest)
-    return manifest
+    """The train stage from a `train:` section and a student. `system_prompt` replaces the dataset's system
+    message (None: train without one); by default the dataset's own is kept."""
+    keep = system_prompt is KEEP
+    stage_config = TrainStageConfig(student=student, train=config, replace_system_prompt=not keep,
+                                    system_prompt=None if keep else system_prompt)
+    return run(stage_config, run_dir, show_progress=show_progress)
 
 
 def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, device: str, show_progress: bool = True,
@@ -109,17 +137,14 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     from transformers.trainer_callback import EarlyStoppingCallback
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from trainers.callbacks import KeepBestWeights, TrainProgress
-    from trainers.data import tokenized_splits
-    from trainers.distill import DistillCollator, check_same_tokenizer, with_teacher_topk
-    from trainers.model import load_causal_lm, load_tokenizer, lora_config
+    from trainers.callbacks import KeepBestWeights, TrainProgress  # lazy: these import transformers / trl
     from trainers.trainer import StudentTrainer
 
-    tokenizer = load_tokenizer(base.path)
+    tokenizer = load_tokenizer(base.hf_path)
     rows = tokenized_splits(tokenizer, data, config.max_seq_len, system_prompt)
     train_rows, collator = rows["train"], None
     if teacher is not None:
-        check_same_tokenizer(tokenizer, load_tokenizer(teacher.path), teacher.spec)
+        check_same_tokenizer(tokenizer, load_tokenizer(teacher.hf_path), teacher.spec)
         with PartialState().main_process_first():  # the main process fills the cache, the others read it
             train_rows = with_teacher_topk(train_rows, teacher, config.distill, paths.teacher_cache, device)
         collator = DistillCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
@@ -129,7 +154,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = StudentTrainer(
-        model=load_causal_lm(base.path, config, device), args=training_args(config, device, paths.checkpoints,
+        model=load_causal_lm(base.hf_path, config, device), args=training_args(config, device, paths.checkpoints,
                                                                              own_collator=collator is not None),
         train_dataset=train_rows, eval_dataset=rows["validation"], processing_class=tokenizer,
         peft_config=lora_config(config.lora), data_collator=collator, callbacks=callbacks, distill=config.distill)
@@ -180,8 +205,6 @@ def training_args(config: TrainConfig, device: str, output_dir: Path, own_collat
 
 
 def _resolve_teacher(config: TrainConfig):
-    from trainers.model import resolve_base
-
     if not config.distill.enabled:
         return None
     if not config.distill.teacher:
@@ -191,8 +214,7 @@ def _resolve_teacher(config: TrainConfig):
 
 
 def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]:
-    from trainers.callbacks import KeepBestWeights
-    from trainers.checkpoints import read_initial_eval, write_initial_eval
+    from trainers.callbacks import KeepBestWeights  # lazy: imports transformers
 
     best = next(c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBestWeights))
     initial = read_initial_eval(paths.checkpoints)
@@ -215,12 +237,10 @@ def _step_of(checkpoint: Path | None) -> int | None:
 
 
 def _metrics(trainer, progress, summary, base, config: TrainConfig, device: str, threads, processes: int) -> dict:
-    from trainers.figures import peak_rss_mb
-
     state = trainer.state
     train_losses = [e["loss"] for e in state.log_history if "loss" in e]
     metrics = {
-        "base_model": base.as_dict(),
+        "base_model": base.identity(),
         "method": config.method,
         "distill": config.distill.enabled,
         "device": device,
@@ -251,8 +271,6 @@ def _metrics(trainer, progress, summary, base, config: TrainConfig, device: str,
 
 
 def _write_figures(trainer, metrics: dict, paths: TrainPaths, title: str) -> dict[str, Any]:
-    from trainers.figures import loss_curves, plot_loss, write_metrics
-
     train_curve, validation_curve = loss_curves(trainer.state.log_history)
     if metrics["validation_loss_before"] is not None:
         validation_curve = [(0, metrics["validation_loss_before"]), *validation_curve]

@@ -1,0 +1,42 @@
+"""The distilled dataset's shape, shared by the stage that writes it and the stages that read it: a
+DatasetDict saved to disk with `train` and `validation` splits whose rows carry a `messages` conversation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kit.core.errors import UserError
+from kit.core.files import fingerprint
+
+SPLITS = ("train", "validation")
+Messages = list[dict[str, str]]
+
+
+def with_system_prompt(messages: Messages, system: str | None) -> Messages:
+    """The conversation with its system message replaced by `system` (dropped when None)."""
+    rest = [m for m in messages if m.get("role") != "system"]
+    return ([{"role": "system", "content": system}] if system else []) + rest
+
+
+def dataset_fingerprint(path: Path) -> str:
+    """Content hash of a saved DatasetDict, ignoring the `cache-*.arrow` files `datasets` may add beside it."""
+    return fingerprint(path, skip_prefixes=("cache-",))
+
+
+def load_dataset_dict(path: Path):
+    """The distillation stage's DatasetDict (train / validation), with the fix named when it is missing."""
+    from datasets import DatasetDict, load_from_disk  # lazy: datasets pulls in pyarrow and pandas
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"no dataset at {path}: run the generate stage first (`kit generate RECIPE`) "
+                        "or save a DatasetDict with `train` and `validation` splits there")
+    data = load_from_disk(str(path))
+    if not isinstance(data, DatasetDict) or any(split not in data for split in SPLITS):
+        raise UserError(f"{path} must hold a DatasetDict with splits {SPLITS}; found {list(getattr(data, 'keys', list)())}")
+    for split in SPLITS:
+        if len(data[split]) == 0:
+            raise UserError(f"the {split} split at {path} is empty: distill more samples (data.target_samples)")
+        if "messages" not in data[split].column_names:
+            raise UserError(f"the {split} split at {path} has no `messages` column: re-run `kit generate`")
+    return data

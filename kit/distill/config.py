@@ -1,0 +1,184 @@
+"""Typed configuration of the distillation stage: task, output, seeds, teacher, critic and data.
+
+The recipe nests these sections; `GenerateConfig` is what the generate stage reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+from kit.core.config import StrictModel
+
+DEFAULT_TEACHER = "qwen2.5-coder-0.5b-instruct"
+
+
+class TaskConfig(StrictModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="short slug; names the run directory")
+    description: str = Field(min_length=10, description="what the expert does, in plain words")
+    system_prompt: str | None = Field(None, description="defaults to the description")
+    instructions: str = Field("", description="extra guidance for the teacher")
+
+    @property
+    def effective_system_prompt(self) -> str:
+        return self.system_prompt or self.description
+
+
+class OutputConfig(StrictModel):
+    format: Literal["text", "json", "sql", "python"] = "text"
+    json_schema: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the answer")
+    schema_file: Path | None = None
+
+    def resolved_schema(self) -> dict[str, Any] | None:
+        """The answer's JSON Schema, inline or read from schema_file."""
+        if self.json_schema is not None or self.schema_file is None:
+            return self.json_schema
+        return json.loads(self.schema_file.read_text(encoding="utf-8"))
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from jsonschema import Draft202012Validator  # lazy: jsonschema is slow to import
+            from jsonschema.exceptions import SchemaError
+
+            try:
+                Draft202012Validator.check_schema(value)
+            except SchemaError as err:
+                raise ValueError(f"not a valid JSON Schema ({err.message})") from None
+        return value
+
+
+class Seed(StrictModel):
+    input: str | dict[str, Any]
+    output: str | dict[str, Any] | list[Any]
+    reasoning: str | None = None
+
+
+class TeacherConfig(StrictModel):
+    backend: Literal["openai", "llama_cpp", "hf"] = "llama_cpp"
+    model: str = DEFAULT_TEACHER
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    answer_temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="temperature for answers (default: `temperature`): inputs want variety, "
+                                          "answers accuracy; keep it above 0 when answers_per_input > 1")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(768, ge=16)
+    concurrency: int = Field(4, ge=1, le=256)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+    json_mode: bool = True
+    response_format: Literal["auto", "json_schema", "json_object"] = Field(
+        "auto", description="openai backend: how to ask for JSON-Schema output; auto tries the OpenAI form "
+                            "(json_schema) and switches to {type: json_object, schema} when the endpoint wants that")
+    n_ctx: int = Field(4096, ge=256, description="context length for local teachers")
+    n_threads: int | None = Field(None, ge=1)
+
+
+class JsonSchemaVerifier(StrictModel):
+    type: Literal["json_schema"]
+
+
+class SqlVerifier(StrictModel):
+    type: Literal["sql"]
+    database: Path
+    timeout_s: float = Field(5.0, gt=0)
+    compare: Literal["reference", "majority", "none"] = "majority"
+    field: str | None = Field(None, description="for json output: the answer's key holding the query")
+
+
+class PythonVerifier(StrictModel):
+    type: Literal["python"]
+    tests: str | None = Field(None, description="test code appended to the answer; must raise on failure")
+    tests_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    memory_mb: int = Field(512, ge=32)
+    field: str | None = Field(None, description="for json output: the answer's key holding the code")
+
+
+class JudgeVerifier(StrictModel):
+    type: Literal["judge"]
+    rubric: str = Field(min_length=10)
+    threshold: float = Field(7.0, ge=0, le=10)
+    teacher: TeacherConfig | None = Field(None, description="judge model; defaults to the teacher")
+
+
+class DedupVerifier(StrictModel):
+    type: Literal["dedup"]
+    threshold: float = Field(0.85, gt=0.0, le=1.0, description="Jaccard similarity above which a sample is a duplicate")
+    num_perm: int = Field(128, ge=16, le=1024)
+
+
+class GroundedVerifier(StrictModel):
+    type: Literal["grounded"]
+    fields: list[str] = Field(min_length=1, description="JSON keys (at any depth) whose string values must appear "
+                                                         "in the input as written: names, message texts, queries")
+    ignore_case: bool = False
+
+
+class DecontaminateVerifier(StrictModel):
+    type: Literal["decontaminate"]
+    ngram: int = Field(8, ge=3, le=64)
+    min_shared: int = Field(1, ge=1, description="shared n-grams with the eval set that disqualify a sample")
+    fields: list[Literal["input", "output"]] = Field(
+        default_factory=lambda: ["input"], min_length=1,
+        description="what is compared with the same field of the eval set: inputs (the default) and/or outputs. "
+                    "Correct answers of a fixed-schema task (SQL, tool calls) share short phrases with any other "
+                    "correct answer, so outputs are compared only when asked")
+
+
+Verifier = Annotated[
+    Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, GroundedVerifier, DedupVerifier,
+          DecontaminateVerifier],
+    Field(discriminator="type"),
+]
+
+
+def _default_verifiers() -> list:
+    return [DedupVerifier(type="dedup"), DecontaminateVerifier(type="decontaminate")]
+
+
+class CriticConfig(StrictModel):
+    verifiers: list[Verifier] = Field(default_factory=_default_verifiers)
+    max_attempts_factor: float = Field(4.0, ge=1.0, description="give up after target_samples x this many attempts")
+
+
+class DataConfig(StrictModel):
+    target_samples: int = Field(300, ge=1)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    topics: list[str] = Field(default_factory=list)
+    personas: list[str] = Field(default_factory=list)
+    difficulty_levels: list[str] = Field(default_factory=lambda: ["easy", "medium", "hard"])
+    evolve_fraction: float = Field(0.3, ge=0.0, le=1.0, description="share of inputs made by rewriting seeds")
+    evolutions: list[str] | None = Field(
+        None, min_length=1, description="how a seed may be rewritten; each completes 'Rewrite this input so that you "
+                                        "...' (default: generic Evol-Instruct steps: add a constraint, more specific, "
+                                        "one more reasoning step, new scenario, casual)")
+    inputs_per_request: int = Field(1, ge=1, le=16, description="inputs the teacher writes in one reply, for "
+                                    "one topic, persona and kind, as Self-Instruct asks for a list: a list varies "
+                                    "more than separate draws, and the prompt is read once per list")
+    answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
+    reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
+                                              "dataset's `reasoning` column); off: about half the teacher tokens")
+    batch_size: int = Field(8, ge=1)
+    train_on_seeds: bool = Field(True, description="the seeds join the training split (never validation): they "
+                                                   "are the answers a person wrote and checked; seeds that overlap "
+                                                   "the eval set are left out")
+    seed: int = 0
+
+
+class GenerateConfig(StrictModel):
+    """What the generate stage reads: the recipe's task, output, seeds, teacher, critic and data sections."""
+
+    task: TaskConfig
+    output: OutputConfig = OutputConfig()
+    seeds: list[Seed] = Field(min_length=1)
+    teacher: TeacherConfig = TeacherConfig()
+    critic: CriticConfig = CriticConfig()
+    data: DataConfig = DataConfig()
+    eval_file: Path | None = None

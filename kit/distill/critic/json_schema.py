@@ -1,0 +1,26 @@
+"""`json_schema`: the answer must validate against the recipe's output schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kit.distill.critic.base import Candidate, Verifier
+
+
+class JsonSchemaCheck(Verifier):
+    name = "json_schema"
+
+    def __init__(self, config, schema: dict[str, Any] | None):
+        super().__init__()
+        from jsonschema import Draft202012Validator
+
+        self.validator = Draft202012Validator(schema or {})
+
+    async def check(self, candidate: Candidate) -> str | None:
+        from jsonschema.exceptions import best_match
+
+        error = best_match(self.validator.iter_errors(candidate.answer.value))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "<answer>"
+        return f"{where}: {error.message[:200]}"

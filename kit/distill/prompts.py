@@ -1,0 +1,281 @@
+"""What the teacher is asked: the generation plan (diverse on purpose), the prompts, the reply schemas
+and how replies are parsed. Everything comes from the recipe; nothing here knows a task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from kit.distill.critic.base import Answer, input_text
+
+EVOLUTIONS = (  # each completes "Rewrite this input so that you ..."
+    "add one more constraint or requirement to it",
+    "make it more specific and concrete, with realistic details",
+    "make it need one more step of reasoning",
+    "change the scenario and the details but keep the same kind of request",
+    "phrase it the way a busy real user would type it: short and casual",
+)
+MAX_SHOTS = 16  # seeds shown in every prompt, always the same ones in the same order
+
+
+class ParseError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    index: int
+    evolve_seed: int | None  # rewrite this seed, or (None) write a fresh input
+    evolution: str
+    topic: str | None
+    persona: str | None
+    difficulty: str | None
+
+    @property
+    def origin(self) -> str:
+        if self.evolve_seed is not None:
+            return f"evolve seed {self.evolve_seed}: {self.evolution}"
+        parts = [f"{k}={v}" for k, v in (("topic", self.topic), ("persona", self.persona),
+                                           ("difficulty", self.difficulty)) if v]
+        return "new " + ", ".join(parts) if parts else "new"
+
+
+def request_seed(data_seed: int, index: int, role: str, k: int = 0) -> int:
+    """A sampling seed per request: distinct requests never share a cache key; re-runs repeat them exactly."""
+    return int(hashlib.sha256(f"{data_seed}:{index}:{role}:{k}".encode()).hexdigest()[:8], 16)
+
+
+def plan_item(config, index: int) -> PlanItem:
+    """The `index`-th input to write; the same recipe always gives the same plan."""
+    data = config.data
+    per_request = data.inputs_per_request
+    # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
+    unit = index // per_request
+    rng = random.Random(f"{data.seed}:{index}" if per_request == 1 else f"{data.seed}:list{per_request}:{unit}")
+    seeds = config.seeds
+    evolve = rng.random() < data.evolve_fraction
+    pick = lambda options: rng.choice(options) if options else None  # noqa: E731
+    return PlanItem(
+        index=index,
+        evolve_seed=rng.randrange(len(seeds)) if evolve else None,
+        evolution=rng.choice(data.evolutions or EVOLUTIONS),
+        topic=_in_turn(data.topics, unit, f"{data.seed}:topics"),
+        persona=pick(data.personas),
+        difficulty=pick(data.difficulty_levels),
+    )
+
+
+def _in_turn(options: list[str], unit: int, salt: str) -> str | None:
+    """Every option once per round, in an order shuffled per round: topics stay balanced however few
+    inputs are written (drawing at random leaves some topics with a handful of samples)."""
+    if not options:
+        return None
+    order = list(options)
+    random.Random(f"{salt}:{unit // len(order)}").shuffle(order)
+    return order[unit % len(order)]
+
+
+def shots(config) -> list:
+    """The seeds every prompt shows. Prompts put everything fixed first and the item's own words last:
+    a local teacher then re-reads only the tail (its context keeps the shared prefix)."""
+    return config.seeds[:MAX_SHOTS]
+
+
+# -- schemas -------------------------------------------------------------------------------------
+def inputs_are_objects(config) -> bool:
+    return bool(config.seeds) and all(isinstance(s.input, dict) for s in config.seeds)
+
+
+def answer_value_schema(config) -> dict[str, Any]:
+    if config.output.format == "json":
+        return config.output.json_schema or {"type": "object"}
+    return {"type": "string", "minLength": 1}
+
+
+def input_schema(config, with_reference: bool) -> dict[str, Any]:
+    value = {"type": "object"} if inputs_are_objects(config) else {"type": "string", "minLength": 1}
+    properties: dict[str, Any] = {"input": value}
+    if with_reference:
+        properties["reference"] = answer_value_schema(config)
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def inputs_schema(config, count: int, with_reference: bool) -> dict[str, Any]:
+    """A reply that holds `count` inputs (each with its reference when asked)."""
+    one = input_schema(config, with_reference)
+    item = one if with_reference else one["properties"]["input"]
+    return {"type": "object", "properties": {"inputs": {"type": "array", "items": item, "minItems": count,
+                                                        "maxItems": count}}, "required": ["inputs"]}
+
+
+def answer_schema(config) -> dict[str, Any]:
+    if not config.data.reasoning:
+        return {"type": "object", "properties": {"answer": answer_value_schema(config)}, "required": ["answer"]}
+    return {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": answer_value_schema(config)},
+            "required": ["reasoning", "answer"]}
+
+
+# -- prompts -------------------------------------------------------------------------------------
+def _task_block(config) -> str:
+    text = f"Task: {config.task.description}"
+    if config.task.instructions:
+        text += f"\nGuidance: {config.task.instructions}"
+    return text
+
+
+def _format_note(config) -> str:
+    fmt = config.output.format
+    if fmt == "json":
+        schema = config.output.json_schema
+        return "The answer is a JSON value" + (f" matching this JSON Schema: {json.dumps(schema)}" if schema else "")
+    return {"sql": "The answer is one SQL query, nothing else.",
+            "python": "The answer is Python source code, nothing else.",
+            "text": "The answer is plain text."}[fmt]
+
+
+def _input_system(config, reply: str) -> str:
+    examples = "\n".join(f"- {input_text(seed.input)}" for seed in shots(config))
+    return (f"You write realistic, varied inputs for an assistant that does one task.\n{_task_block(config)}\n"
+            f"Example inputs:\n{examples}\n"
+            "An input is only what the user would type: never a note, an instruction or an answer. "
+            "Keep each input about as long as the examples. "
+            f"Reply with JSON only: {reply}")
+
+
+def _wishes(item: PlanItem) -> list[tuple[str, str]]:
+    # labelled values, not a sentence: a small teacher copies a sentence's words ("at join difficulty") into
+    # the input it writes
+    return [(label, value) for label, value in (("Topic", item.topic), ("Asked by", item.persona),
+                                                 ("Kind", item.difficulty)) if value]
+
+
+def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
+    reply = '{"input": ...' + (', "reference": <a correct answer to it>' if with_reference else "") + "}"
+    if item.evolve_seed is not None:
+        user = f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}"
+    else:
+        user = "Write one new input, different from the examples." + "".join(
+            f"\n{label}: {value}" for label, value in _wishes(item))
+    if with_reference:
+        user += f"\nAlso give a correct reference answer. {_format_note(config)}"
+    return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
+
+
+def inputs_messages(config, item: PlanItem, count: int, with_reference: bool) -> list[dict[str, str]]:
+    """One request for `count` inputs that share the item's wishes (a list item gets its list's plan)."""
+    one = '{"input": ..., "reference": <a correct answer to it>}' if with_reference else "..."
+    reply = '{"inputs": [' + one + ", " + one + ", ...]}"
+    if item.evolve_seed is not None:
+        user = (f"Rewrite this input {count} different ways, each so that you {item.evolution}:\n"
+                f"{input_text(config.seeds[item.evolve_seed].input)}")
+    else:
+        user = f"Write {count} new inputs, different from the examples and from each other." + "".join(
+            f"\n{label}: {value}" for label, value in _wishes(item))
+    if with_reference:
+        user += f"\nGive each a correct reference answer. {_format_note(config)}"
+    return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
+
+
+def answer_messages(config, item: PlanItem, task_input: str | dict[str, Any]) -> list[dict[str, str]]:
+    """System prompt, the seeds as worked examples, then the new input."""
+    reasoning = config.data.reasoning
+    reply = ('Think step by step in "reasoning", then give the final answer in "answer". '
+             'Reply with JSON only: {"reasoning": "...", "answer": ...}') if reasoning else \
+        'Reply with JSON only: {"answer": ...}'
+    system = f"{config.task.effective_system_prompt}\n{_task_block(config)}\n{_format_note(config)}\n{reply}"
+    messages = [{"role": "system", "content": system}]
+    for seed in shots(config):
+        shot = {"reasoning": seed.reasoning or "", "answer": seed.output} if reasoning else {"answer": seed.output}
+        messages.append({"role": "user", "content": input_text(seed.input)})
+        messages.append({"role": "assistant", "content": json.dumps(shot, ensure_ascii=False)})
+    messages.append({"role": "user", "content": input_text(task_input)})
+    return messages
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def _json_object(text: str) -> dict[str, Any]:
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ParseError(f"reply is not JSON ({err.msg} at char {err.pos}{', truncated?' if err.pos >= len(text) - 1 else ''})") from None
+    if not isinstance(value, dict):
+        raise ParseError("reply is not a JSON object")
+    return value
+
+
+def parse_input(config, text: str, with_reference: bool) -> tuple[str | dict[str, Any], Any]:
+    return _input_entry(config, _json_object(text), with_reference)
+
+
+def _input_entry(config, value: Any, with_reference: bool) -> tuple[str | dict[str, Any], Any]:
+    """(input, reference) from one decoded {"input": ..., "reference": ...} object."""
+    if not isinstance(value, dict):
+        raise ParseError("reply is not a JSON object")
+    task_input = value.get("input")
+    wanted = dict if inputs_are_objects(config) else str
+    if not isinstance(task_input, wanted) or not task_input or (isinstance(task_input, str) and not task_input.strip()):
+        raise ParseError(f"reply has no {'object' if wanted is dict else 'text'} 'input'")
+    if isinstance(task_input, str):
+        task_input = task_input.strip()
+    reference = value.get("reference") if with_reference else None
+    if with_reference and reference is None:
+        raise ParseError("reply has no 'reference'")
+    return task_input, reference
+
+
+def parse_inputs(config, text: str, count: int, with_reference: bool) -> list[tuple[Any, Any] | ParseError]:
+    """Each of the `count` inputs a list reply should hold: (input, reference), or why it is missing."""
+    value = _json_object(text)
+    items = value.get("inputs")
+    if not isinstance(items, list):
+        raise ParseError("reply has no 'inputs' list")
+    out: list[tuple[Any, Any] | ParseError] = []
+    for position in range(count):
+        if position >= len(items):
+            out.append(ParseError(f"the list holds {len(items)} inputs, not {count}"))
+            continue
+        item = items[position] if with_reference else {"input": items[position]}
+        try:
+            out.append(_input_entry(config, item, with_reference))
+        except ParseError as err:
+            out.append(err)
+    return out
+
+
+def parse_answer(config, text: str) -> Answer:
+    value = _json_object(text)
+    if "answer" not in value:
+        raise ParseError("reply has no 'answer'")
+    reasoning = value.get("reasoning") if isinstance(value.get("reasoning"), str) else ""
+    return answer_from_value(config, value["answer"], reasoning)
+
+
+def answer_from_value(config, answer: Any, reasoning: str = "") -> Answer:
+    """An answer (the teacher's or a seed's) with the string form the dataset stores: compact JSON, or the
+    stripped text."""
+    if config.output.format == "json":
+        if isinstance(answer, str):  # some models quote the JSON
+            try:
+                answer = json.loads(answer)
+            except json.JSONDecodeError:
+                raise ParseError("the answer is not JSON") from None
+        output = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+    else:
+        if not isinstance(answer, str) or not answer.strip():
+            raise ParseError("the answer is not text")
+        answer = output = answer.strip()
+    return Answer(answer, output, reasoning.strip())
+
+
+def vote_key(config, answer: Answer) -> str:
+    """The normalized answer self-consistency votes on."""
+    if config.output.format == "json":
+        return json.dumps(answer.value, sort_keys=True, separators=(",", ":"))
+    text = " ".join(answer.output.split())
+    return text.rstrip(";").casefold() if config.output.format == "sql" else text

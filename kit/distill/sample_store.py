@@ -1,0 +1,136 @@
+"""The distillation store: append-only samples.jsonl / rejected.jsonl (safe against kill -9) and the
+HF dataset (train / validation) the trainer reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kit.core.dataset import with_system_prompt
+
+SAMPLES = "samples.jsonl"
+REJECTED = "rejected.jsonl"
+STATS = "stats.json"
+
+
+def sample_id(input_text: str, output: str) -> str:
+    """Stable id: the hash of the whitespace-normalized input and output."""
+    normalized = f"{' '.join(input_text.split())}\x00{' '.join(output.split())}"
+    return hashlib.sha256(normalized.encode()).hexdigest()[:16]
+
+
+class JsonlLog:
+    """An append-only JSON-lines file; each record is one write + fsync, and a torn last line (from a
+    kill in the middle of a write) is cut off when the file is opened again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = self._read_and_repair()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _read_and_repair(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        keep = data[: data.rfind(b"\n") + 1]  # only whole lines count
+        if len(keep) != len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(keep))
+        return [json.loads(line) for line in keep.decode("utf-8").splitlines() if line.strip()]
+
+    def append(self, row: dict[str, Any]) -> None:
+        os.write(self._fd, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.fsync(self._fd)
+        self.rows.append(row)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class SampleStore:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.samples = JsonlLog(folder / SAMPLES)
+        self.rejected = JsonlLog(folder / REJECTED)
+        self.ids = {row["id"] for row in self.samples.rows}
+        self.done = {row["index"] for row in self.samples.rows + self.rejected.rows}
+
+    @property
+    def accepted(self) -> int:
+        return len(self.samples.rows)
+
+    def add_sample(self, row: dict[str, Any]) -> None:
+        self.samples.append(row)
+        self.ids.add(row["id"])
+        self.done.add(row["index"])
+
+    def add_rejection(self, row: dict[str, Any]) -> None:
+        self.rejected.append(row)
+        self.done.add(row["index"])
+
+    def close(self) -> None:
+        self.samples.close()
+        self.rejected.close()
+
+
+def dataset_row(sample: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    """The row format the trainer reads: the assistant message holds the final answer only."""
+    text = sample["input"] if isinstance(sample["input"], str) else json.dumps(sample["input"], ensure_ascii=False)
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": text},
+                {"role": "assistant", "content": sample["output"]}]
+    return {"id": sample["id"], "input": text, "output": sample["output"], "reasoning": sample.get("reasoning") or "",
+            "messages": messages}
+
+
+def split_ids(ids: list[str], validation_fraction: float, seed: int) -> set[str]:
+    """The validation ids: a seeded shuffle of the sorted ids, so the split survives re-runs."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    count = round(len(order) * validation_fraction)
+    if validation_fraction > 0 and count == 0 and len(order) >= 2:
+        count = 1
+    return set(order[:count])
+
+
+def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: str, validation_fraction: float,
+                  seed: int, extra_train: list[dict[str, Any]] = ()) -> dict[str, int]:
+    """Save a DatasetDict with `train` and `validation` to `out` (replacing it whole). `extra_train` rows (the
+    recipe's seeds) join the training split only."""
+    from datasets import Dataset, DatasetDict, Features, List, Value
+
+    features = Features({"id": Value("string"), "input": Value("string"), "output": Value("string"),
+                         "reasoning": Value("string"),
+                         "messages": List({"role": Value("string"), "content": Value("string")})})
+    rows = [dataset_row(s, system_prompt) for s in samples]
+    validation = split_ids([r["id"] for r in rows], validation_fraction, seed)
+    seeds = [dataset_row(s, system_prompt) for s in extra_train]
+    parts = {"train": [r for r in rows if r["id"] not in validation] + seeds,
+             "validation": [r for r in rows if r["id"] in validation]}
+    dataset = DatasetDict({name: Dataset.from_list(part, features=features) for name, part in parts.items()})
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    from datasets.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
+
+    quiet_before = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(tmp))
+    finally:
+        if not quiet_before:
+            enable_progress_bars()
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return {name: len(part) for name, part in parts.items()}
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+

@@ -1,0 +1,103 @@
+"""Figures of the generate stage: the live progress bar and stats.json (counted from the store's files,
+so they stay right across resumed runs)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kit.distill.critic import Critic
+from kit.distill.sample_store import SampleStore
+
+
+def step_names(critic: Critic) -> list[str]:
+    """The order every candidate passes through: reply parsing, voting, the recipe's verifiers, the id check."""
+    return ["parse", "self_consistency", "input", *(v.name for v in critic.verifiers), "duplicate"]
+
+
+def build_stats(config, store: SampleStore, steps: list[str], clients: list, elapsed: float, accepted_now: int,
+                failed: int, notes: list[str]) -> dict[str, Any]:
+    rejected = store.rejected.rows
+    cut = Counter(row["verifier"] for row in rejected)
+    attempts = store.accepted + len(rejected)
+    reached, step_rows = attempts, []
+    for name in steps:
+        step_rows.append({"step": name, "in": reached, "kept": reached - cut[name], "cut": cut[name]})
+        reached -= cut[name]
+    reasons: dict[str, Counter] = {}
+    for row in rejected:
+        reasons.setdefault(row["verifier"], Counter())[_reason_kind(row["reason"])] += 1
+    usage = _usage(clients)
+    return {
+        "target_samples": config.data.target_samples,
+        "accepted": store.accepted,
+        "rejected": len(rejected),
+        "attempts": attempts,
+        "acceptance_rate": round(store.accepted / attempts, 4) if attempts else 0.0,
+        "target_reached": store.accepted >= config.data.target_samples,
+        "steps": step_rows,
+        "rejects_by_reason": {k: dict(v.most_common(10)) for k, v in reasons.items()},
+        "teacher": usage,
+        "tokens": {"prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"],
+                   "from_cache_prompt": usage["cached_prompt_tokens"],
+                   "from_cache_completion": usage["cached_completion_tokens"]},
+        "this_run": {"accepted": accepted_now, "elapsed_s": round(elapsed, 2), "teacher_failures": failed},
+        "elapsed_s": round(elapsed, 2),
+        "samples_per_s": round(accepted_now / elapsed, 4) if elapsed > 0 else 0.0,
+        "notes": notes,
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons by their head (e.g. 'time_limit', 'score 3 < 7') so the table stays short."""
+    head = reason.split(":")[0].split("(")[0].strip()
+    return head[:60]
+
+
+def _usage(clients: list) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for client in {id(c): c for c in clients}.values():
+        for key, value in asdict(client.usage).items():
+            if isinstance(value, dict):
+                merged = total.setdefault(key, {})
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+class GenerationProgress:
+    """A rich bar: accepted/target, the rate, and rejections by verifier."""
+
+    def __init__(self, target: int, enabled: bool):
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.start_count: int | None = None
+        self._progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                  TextColumn("{task.fields[rejects]}"), console=Console(stderr=True),
+                                  disable=not enabled, transient=False)
+        self._task = self._progress.add_task("generate", total=target, rate="", rejects="")
+
+    def __enter__(self) -> "GenerationProgress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, store: SampleStore) -> None:
+        if self.start_count is None:
+            self.start_count = store.accepted
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (store.accepted - self.start_count) / elapsed
+        cut = Counter(row["verifier"] for row in store.rejected.rows)
+        rejects = " ".join(f"{name}:{count}" for name, count in cut.most_common(4))
+        self._progress.update(self._task, completed=store.accepted, rate=f"{rate:.2f}/s",
+                              rejects=f"cut {rejects}" if rejects else "")

@@ -1,0 +1,31 @@
+"""Teachers: a registry maps the recipe's `teacher.backend` to a class; adding one is one new file."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+from kit.distill.config import TeacherConfig
+from kit.distill.teachers.base import (Completion, TeacherBackend, TeacherClient, TeacherRequestFailed, TeacherUsage,
+                               TransientTeacherError)
+from kit.distill.teachers.cache import RequestCache
+
+TEACHERS = {
+    "openai": "kit.distill.teachers.openai_backend:OpenAITeacher",
+    "llama_cpp": "kit.distill.teachers.llama_cpp_backend:LlamaCppTeacher",
+    "hf": "kit.distill.teachers.hf_backend:HFTeacher",
+}
+
+
+def make_backend(config: TeacherConfig) -> TeacherBackend:
+    module, cls = TEACHERS[config.backend].split(":")
+    return getattr(import_module(module), cls)(config)
+
+
+def make_teacher(config: TeacherConfig, cache_path: Path | None) -> TeacherClient:
+    """A ready client for the configured backend; `cache_path` None disables the request cache."""
+    return TeacherClient(make_backend(config), RequestCache(cache_path) if cache_path else None)
+
+
+__all__ = ["Completion", "RequestCache", "TEACHERS", "TeacherBackend", "TeacherClient", "TeacherRequestFailed",
+           "TeacherUsage", "TransientTeacherError", "make_backend", "make_teacher"]

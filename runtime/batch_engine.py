@@ -1,0 +1,322 @@
+"""Continuous batching over one llama.cpp context: several requests decode together, the way llama.cpp's
+own server runs `--parallel N` slots. The local teacher, the eval stage and the server share this engine.
+
+On a CPU one decode step reads every weight once whatever the number of sequences in the batch, so N
+sequences cost little more than one: the 0.5B and 1.5B teachers write about 2x the tokens per second
+at 4 sequences. Prompts share their cached prefix across slots (`llama_memory_seq_cp` on a unified KV
+cache): a request whose few-shot system prompt any slot has already read only reads its new tail.
+
+One thread owns the llama.cpp context; `submit` hands it a request and returns a future.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from runtime.errors import ContextLengthError
+
+Messages = list[dict[str, str]]
+PREFIX_WAIT_TOKENS = 64  # a request waits for a slot reading at least this many tokens of its prefix
+
+
+class BatchingUnsupported(Exception):
+    """The model carries no chat template to format requests with."""
+
+
+@dataclass
+class _Request:
+    tokens: list[int]
+    sampler: Any
+    max_tokens: int
+    future: concurrent.futures.Future
+    generated: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens this sequence holds in the KV cache
+    request: _Request | None = None
+    todo: list[int] = field(default_factory=list)  # tokens still to feed before the next sample
+
+
+class BatchEngine:
+    """`parallel` sequences of up to `n_ctx` tokens each, decoded in shared batches of `n_batch` tokens."""
+
+    def __init__(self, model_path: str, *, parallel: int, n_ctx: int, n_threads: int, n_batch: int = 512):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.llama = llama_cpp.Llama(model_path=model_path, n_ctx=256, n_batch=64, n_threads=n_threads, verbose=False)
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            self.llama.close()
+            raise BatchingUnsupported(model_path)
+        model = self.llama._model
+        eos, bos = model.token_eos(), model.token_bos()
+        self.formatter = llama_cpp.llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "")
+        self.vocab = model.vocab
+        self.n_ctx, self.n_batch = n_ctx, n_batch
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * parallel
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.kv_unified = True  # one cache for all slots, so a shared prefix is stored once
+        params.n_threads = params.n_threads_batch = n_threads
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            self.llama.close()
+            raise MemoryError(f"llama.cpp could not create a {n_ctx * parallel}-token context for {model_path}")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._sampling_ctx = SimpleNamespace(ctx=self.ctx)  # what the samplers read logits from
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.slots = [_Slot(seq) for seq in range(parallel)]
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._pending: list[_Request] = []
+        self._closed = False
+        self.reused_tokens = 0  # prompt tokens taken from a cached prefix instead of being read again
+        self.decoded_tokens = 0  # tokens run through the model (prompt tails and generated tokens)
+        self.decode_calls = 0
+        self._thread = threading.Thread(target=self._loop, name="teacher-batch", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread --------------------------------------------------------------------------
+
+    def submit(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> concurrent.futures.Future:
+        """Queue one chat request; the future gives (text, prompt_tokens, completion_tokens)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            prompt = self.formatter(messages=messages)
+            tokens = self.llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True)
+            max_tokens = int(params.get("max_tokens") or 256)
+            if len(tokens) + max_tokens > self.n_ctx:
+                raise ContextLengthError(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the "
+                                         f"context of {self.n_ctx} tokens per sequence")
+            sampler = self._sampler(schema, params)
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            future.set_exception(err)
+            return future
+        self._queue.put(_Request(tokens, sampler, max_tokens, future))
+        return future
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        lib = self._lib
+        lib.llama_batch_free(self.batch)
+        lib.llama_free(self.ctx)
+        self.llama.close()
+
+    # -- sampling ------------------------------------------------------------------------------------------
+
+    def _sampler(self, schema: dict[str, Any] | None, params: dict[str, Any]):
+        """llama-cpp-python's defaults (top-k 40, top-p, min-p 0.05, temperature, seeded draw); greedy at
+        temperature 0; a JSON schema becomes a grammar applied grammar-last."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        temperature = float(params.get("temperature", 0.8))
+        if temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        else:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(40))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(float(params.get("top_p", 0.95)), 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
+            seed = params.get("seed")
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
+                (int(seed) & 0xFFFFFFFF) if seed is not None else lib.LLAMA_DEFAULT_SEED))
+        if schema is None:
+            return _ChainSampler(lib, chain)
+        from runtime.backends.gguf import grammar_for
+        from runtime.backends.llama_sampling import GrammarLastSampler
+        from runtime.params import GenerationParams
+
+        grammar = grammar_for(GenerationParams(json_schema=schema))
+        return _OwnedGrammarSampler(lib, chain, GrammarLastSampler(self.llama._model, SimpleNamespace(sampler=chain),
+                                                                     grammar))
+
+    # -- the decode thread ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            busy = any(slot.request for slot in self.slots)
+            if not self._take_new(block=not busy and not self._pending):
+                self._fail_all(RuntimeError("the teacher was closed"))
+                return
+            self._assign()
+            if not any(slot.request for slot in self.slots):
+                continue
+            try:
+                self._step()
+            except Exception as err:  # noqa: BLE001 - every waiting request learns of it
+                self._fail_all(err)
+
+    def _take_new(self, block: bool) -> bool:
+        try:
+            item = self._queue.get(block=block)
+            while True:
+                if item is None:
+                    return False
+                self._pending.append(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _assign(self) -> None:
+        """Free slots take waiting requests; each starts from the longest cached prefix any slot holds.
+
+        A request whose prefix another slot is reading right now waits for that read to finish instead of
+        reading the same tokens again: when generation starts, every worker sends the same few-shot prompt
+        at once, and N slots would otherwise read it N times."""
+        lib = self._lib
+        for slot in self.slots:
+            if slot.request is not None:
+                continue
+            found = self._next_ready(slot)
+            if found is None:
+                return
+            request, source, shared = found
+            shared = min(shared, len(request.tokens) - 1)  # feed at least one token, for its logits
+            self.reused_tokens += shared
+            if source is slot:
+                lib.llama_memory_seq_rm(self.memory, slot.seq, shared, -1)
+                slot.cached = slot.cached[:shared]
+            else:
+                lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                lib.llama_memory_seq_cp(self.memory, source.seq, slot.seq, 0, shared)
+                slot.cached = source.cached[:shared]
+            slot.request, slot.todo = request, request.tokens[shared:]
+
+    def _next_ready(self, free: _Slot) -> tuple[_Request, _Slot, int] | None:
+        """The first waiting request not held back by a read in progress, the slot holding its longest
+        cached prefix (the free slot itself on a tie) and that prefix's length."""
+        for position, request in enumerate(self._pending):
+            source, shared = free, _common_prefix(free.cached, request.tokens)
+            for other in self.slots:
+                if (n := _common_prefix(other.cached, request.tokens)) > shared:
+                    source, shared = other, n
+            reading = max((_common_prefix(other.request.tokens, request.tokens) for other in self.slots
+                           if other.request is not None and other.todo and not other.request.generated),
+                          default=0)
+            if reading - shared >= PREFIX_WAIT_TOKENS:
+                continue
+            del self._pending[position]
+            return request, source, shared
+        return None
+
+    def _step(self) -> None:
+        """One llama_decode: a token for every generating slot, then prompt chunks in the room left."""
+        lib, batch = self._lib, self.batch
+        active = sorted((s for s in self.slots if s.request), key=lambda s: len(s.todo))
+        batch.n_tokens = 0
+        fed: list[tuple[_Slot, int, int]] = []  # slot, tokens fed, batch index of its logits (-1: none)
+        for slot in active:
+            room = self.n_batch - batch.n_tokens
+            if room <= 0:
+                break
+            chunk = slot.todo[:room]
+            last = len(chunk) == len(slot.todo)
+            for i, token in enumerate(chunk):
+                j = batch.n_tokens
+                batch.token[j] = token
+                batch.pos[j] = len(slot.cached) + i
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = slot.seq
+                batch.logits[j] = 1 if (last and i == len(chunk) - 1) else 0
+                batch.n_tokens += 1
+            fed.append((slot, len(chunk), batch.n_tokens - 1 if last else -1))
+        self.decoded_tokens += batch.n_tokens
+        self.decode_calls += 1
+        status = lib.llama_decode(self.ctx, batch)
+        if status == 1:  # no room in the KV cache: drop idle slots' cached prefixes and try again
+            self._forget_idle()
+            status = lib.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed ({status})")
+        for slot, n, index in fed:
+            slot.cached.extend(slot.todo[:n])
+            slot.todo = slot.todo[n:]
+            if index < 0:
+                continue
+            request = slot.request
+            token = request.sampler.sample(self._sampling_ctx, index)
+            if lib.llama_vocab_is_eog(self.vocab, token):
+                self._finish(slot)
+                continue
+            request.generated.append(token)
+            if len(request.generated) >= request.max_tokens:
+                self._finish(slot)
+            else:
+                slot.todo = [token]
+
+    def _finish(self, slot: _Slot) -> None:
+        request, slot.request, slot.todo = slot.request, None, []
+        request.sampler.close()
+        text = self.llama.detokenize(request.generated).decode("utf-8", errors="ignore")
+        if not request.future.done():
+            request.future.set_result((text, len(request.tokens), len(request.generated)))
+
+    def _forget_idle(self) -> None:
+        for slot in self.slots:
+            if slot.request is None and slot.cached:
+                self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                slot.cached = []
+
+    def _fail_all(self, err: Exception) -> None:
+        for slot in self.slots:
+            if slot.request is not None:
+                slot.request.sampler.close()
+                if not slot.request.future.done():
+                    slot.request.future.set_exception(err)
+                slot.request, slot.todo = None, []
+            self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            slot.cached = []
+        for request in self._pending:
+            request.sampler.close()
+            request.future.set_exception(err)
+        self._pending.clear()
+
+
+class _ChainSampler:
+    def __init__(self, lib, chain):
+        self._lib, self.chain = lib, chain
+
+    def sample(self, ctx, index: int) -> int:
+        return self._lib.llama_sampler_sample(self.chain, ctx.ctx, index)  # applies and accepts
+
+    def close(self) -> None:
+        if self.chain:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+class _OwnedGrammarSampler(_ChainSampler):
+    def __init__(self, lib, chain, grammar_sampler):
+        super().__init__(lib, chain)
+        self.grammar_sampler = grammar_sampler
+
+    def sample(self, ctx, index: int) -> int:
+        return self.grammar_sampler.sample(ctx, index)
+
+    def close(self) -> None:
+        self.grammar_sampler.close()
+        super().close()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
