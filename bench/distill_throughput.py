@@ -93,12 +93,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="engine/plain pairs, alternated (the machine is shared)")
     args = parser.parse_args()
 
+    from kit.core.run_dir import RunDir
     from kit.distill.generate import CACHE_FILE, run
-    from kit.recipe.stages import generate_config
+    from kit.distill.teachers import RequestCache
     from kit.models.reference import resolve_model
     from kit.recipe.loader import load_recipe
-    from kit.core.run_dir import RunDir
-    from kit.distill.teachers import RequestCache
+    from kit.recipe.stages import generate_config
 
     work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
     process, url = start_server(resolve_model(args.model).gguf(), work / "server.log")

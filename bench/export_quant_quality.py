@@ -41,8 +41,8 @@ def main() -> None:
 
     from export.gguf import convert_to_gguf, gguf_name, quantize_gguf
     from export.merge import merge_adapter
-    from kit.models.base_model import resolve_base
     from export.verify import Probe, reference_outputs, verify_gguf
+    from kit.models.base_model import resolve_base
 
     console = Console()
     types = [t.strip() for t in args.types.split(",") if t.strip()]

@@ -28,11 +28,18 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(ROOT / "examples" / "tool-calling" / "recipe.yaml"))
     args = parser.parse_args()
 
-    from kit.recipe.stages import generate_config
-    from kit.distill.prompts import (answer_messages, answer_schema, input_messages, input_schema, parse_input,
-                                      plan_item, request_seed)
-    from kit.recipe.loader import load_recipe
+    from kit.distill.prompts import (
+        answer_messages,
+        answer_schema,
+        input_messages,
+        input_schema,
+        parse_input,
+        plan_item,
+        request_seed,
+    )
     from kit.distill.teachers import make_teacher
+    from kit.recipe.loader import load_recipe
+    from kit.recipe.stages import generate_config
 
     recipe = load_recipe(Path(args.recipe))
     config = generate_config(recipe)

@@ -68,9 +68,9 @@ def save_dataset(rows: list[dict], path: Path, validation: int = 32) -> Path:
 def measure_ours(model: str, dataset: Path, steps: int, batch_size: int, workdir: Path, threads: int | None) -> dict:
     from accelerate import PartialState
 
-    from trainers.config import TrainConfig
     from kit.core.dataset import load_dataset_dict
     from kit.models.base_model import resolve_base
+    from trainers.config import TrainConfig
     from trainers.model import resolve_device, set_cpu_threads
     from trainers.sft import TrainPaths, build_trainer
 
@@ -94,18 +94,15 @@ def steady_state(progress) -> dict:
 
 def measure_baseline(model: str, dataset: Path, steps: int, batch_size: int, workdir: Path, threads: int | None) -> dict:
     import torch
+    from accelerate import PartialState
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from kit.models.base_model import resolve_base
     from trainers.callbacks import TrainProgress
     from trainers.config import LoraSettings
-    from kit.models.base_model import resolve_base
-    from trainers.model import lora_config
-
-    from accelerate import PartialState
-
-    from trainers.model import set_cpu_threads
+    from trainers.model import lora_config, set_cpu_threads
 
     if not torch.cuda.is_available():
         set_cpu_threads(PartialState().num_processes, threads)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from export.config import BundleInfo, ExportConfig
-from kit.models.base_model import BaseModel
 from export.modelfile import modelfile_text
 from export.verify import ArtifactReport
 from kit.core.version import __version__
+from kit.models.base_model import BaseModel
 from runtime.manifest import GenerationDefaults, Manifest, describe_file, write_manifest
 
 ONNX_SIDE_FILES = {"tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer",

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kit.models.gguf_tokenizer import tokenizer_differences
 from export.llama_cpp_source import converter_root
 from kit.core.errors import UserError
+from kit.models.gguf_tokenizer import tokenizer_differences
 
 # Converter --outtype for the unquantized types; every other type is quantized from F16.
 CONVERTER_OUTTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}

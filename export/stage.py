@@ -11,17 +11,25 @@ from rich.console import Console
 from export.bundle import shipped, write_bundle
 from export.config import ExportStageConfig
 from export.gguf import make_ggufs
-from kit.models.gguf_tokenizer import read_gguf_metadata
 from export.merge import adapter_base, merge_adapter
-from kit.models.base_model import BaseModel, resolve_base
 from export.onnx_export import make_onnx
-from export.verify import (ArtifactReport, build_probe, reference_outputs, validation_texts, verify_gguf,
-                           verify_onnx, verify_table, write_verify_json)
+from export.verify import (
+    ArtifactReport,
+    build_probe,
+    reference_outputs,
+    validation_texts,
+    verify_gguf,
+    verify_onnx,
+    verify_table,
+    write_verify_json,
+)
 from kit.core.errors import UserError
 from kit.core.files import fingerprint
 from kit.core.run_dir import RunDir
-from runtime.manifest import MANIFEST_NAME
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
+from kit.models.base_model import BaseModel, resolve_base
+from kit.models.gguf_tokenizer import read_gguf_metadata
+from runtime.manifest import MANIFEST_NAME
 
 STAGE = "export"
 console = Console(stderr=True)

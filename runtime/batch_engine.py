@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from runtime.backends.gguf import grammar_for
+from runtime.backends.llama_sampling import GrammarLastSampler
 from runtime.errors import ContextLengthError
+from runtime.params import GenerationParams
 
 Messages = list[dict[str, str]]
 PREFIX_WAIT_TOKENS = 64  # a request waits for a slot reading at least this many tokens of its prefix
@@ -138,9 +141,6 @@ class BatchEngine:
                 (int(seed) & 0xFFFFFFFF) if seed is not None else lib.LLAMA_DEFAULT_SEED))
         if schema is None:
             return _ChainSampler(lib, chain)
-        from runtime.backends.gguf import grammar_for
-        from runtime.backends.llama_sampling import GrammarLastSampler
-        from runtime.params import GenerationParams
 
         grammar = grammar_for(GenerationParams(json_schema=schema))
         return _OwnedGrammarSampler(lib, chain, GrammarLastSampler(self.llama._model, SimpleNamespace(sampler=chain),

@@ -21,8 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from runtime.errors import BundleError, ContextLengthError
 from runtime.expert import Expert
 from runtime.params import GenerationParams, GenerationStats
-from runtime.server_api import (APIError, ChatCompletionRequest, CompletionRequest, completion_id, error_response,
-                                now)
+from runtime.server_api import APIError, ChatCompletionRequest, CompletionRequest, completion_id, error_response, now
 from runtime.server_limits import CountResponses, Metrics, QueueFull, Slots
 
 ROUTES = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics"}

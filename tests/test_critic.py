@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
+from kit.distill.config import DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier, PythonVerifier, SqlVerifier
 from kit.distill.critic import Answer, Candidate, build_critic
-from kit.distill.config import (DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier, PythonVerifier, SqlVerifier)
 
 SCHEMA = {"type": "object", "properties": {"value": {"type": "number"}, "unit": {"type": "string"}},
           "required": ["value", "unit"]}

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from kit.core.errors import UserError
-from kit.distill.generate import run
-from kit.recipe.stages import generate_config
-from kit.recipe.loader import load_recipe
 from kit.core.run_dir import RunDir
+from kit.distill.generate import run
+from kit.recipe.loader import load_recipe
+from kit.recipe.stages import generate_config
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = [a + b + c for a in "bcdfgklmnprstvz" for b in "aeiou" for c in "lmnrst"]
@@ -425,8 +425,8 @@ def test_topics_are_taken_in_turn_so_every_topic_gets_its_share():
     from collections import Counter
     from types import SimpleNamespace
 
-    from kit.distill.prompts import plan_item
     from kit.distill.config import DataConfig
+    from kit.distill.prompts import plan_item
 
     topics = ["a", "b", "c", "d", "e"]
     for per_request in (1, 4):

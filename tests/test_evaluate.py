@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kit.evaluate import stage as evaluate
-from kit.recipe.stages import evaluate_config
-from kit.recipe.loader import load_recipe
 from kit.core.run_dir import RunDir
+from kit.evaluate import stage as evaluate
+from kit.recipe.loader import load_recipe
+from kit.recipe.stages import evaluate_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

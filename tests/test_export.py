@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.core.run_dir import RunDir
 from export.config import BundleInfo, ExportConfig, ExportStageConfig
+from kit.core.run_dir import RunDir
 from runtime.manifest import read_manifest, verify_files
 
 PROMPT = "<|im_start|>user\nset a timer for 3 minutes<|im_end|>\n<|im_start|>assistant\n"

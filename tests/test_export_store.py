@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.core.run_dir import RunDir
 from export.config import BundleInfo, ExportConfig, ExportStageConfig
+from kit.core.run_dir import RunDir
 from runtime.manifest import read_manifest, verify_files
 
 pytestmark = pytest.mark.slow
@@ -119,14 +119,14 @@ def test_bundle_onnx_runs_in_onnxruntime(student_export):
 
 def test_known_trap_naive_gguf_is_refused_and_the_export_keeps_the_original_tokenizer(
         student_hf, student_export, tmp_path):
-    from export.gguf import check_loads_and_tokenizes, convert_to_gguf, probe_gguf
-    from kit.models.gguf_tokenizer import tokenizer_differences
-    from kit.core.errors import UserError
-    from kit.models.store import ModelStore
-
     # The naive route: the transformers round trip of the GGUF (tokenizer loaded with gguf_file=), saved
     # and converted as it is. Its tokenizer.model is not a sentencepiece model (the converter cannot parse it) ...
     from transformers import AutoTokenizer
+
+    from export.gguf import check_loads_and_tokenizes, convert_to_gguf, probe_gguf
+    from kit.core.errors import UserError
+    from kit.models.gguf_tokenizer import tokenizer_differences
+    from kit.models.store import ModelStore
 
     naive = tmp_path / "naive"
     shutil.copytree(student_hf, naive)

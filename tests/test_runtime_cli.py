@@ -8,7 +8,6 @@ import sys
 
 import jsonschema
 import pytest
-
 from test_runtime_fixtures import PERSON_SCHEMA, store_gguf, task_bundle  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow

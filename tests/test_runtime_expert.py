@@ -9,13 +9,13 @@ import threading
 import jsonschema
 import numpy as np
 import pytest
+from test_runtime_fixtures import PERSON_SCHEMA, store_gguf, task_bundle, write_bundle  # noqa: F401  (fixtures)
 
 from runtime import BundleError, Expert, GenerationParams, OutputError
 from runtime.bundle import resolve_bundle
 from runtime.chat_template import render_chat
 from runtime.expert import parse_json_output
 from runtime.sampling import StopStrings, next_token
-from test_runtime_fixtures import PERSON_SCHEMA, store_gguf, task_bundle, write_bundle  # noqa: F401  (fixtures)
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from test_runtime_fixtures import tiny_exports, write_bundle  # noqa: F401  (fixture)
 
 from runtime import BundleError, Expert, GenerationStats
-from test_runtime_fixtures import tiny_exports, write_bundle  # noqa: F401  (fixture)
 
 PROMPTS = ["set a timer for", "call mom and send", "the weather in"]
 

@@ -14,7 +14,6 @@ import httpx
 import jsonschema
 import openai
 import pytest
-
 from test_runtime_fixtures import PERSON_SCHEMA, free_port, store_gguf, task_bundle  # noqa: F401  (fixtures: task_bundle needs store_gguf)
 
 pytestmark = pytest.mark.slow

@@ -89,10 +89,10 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
     from datasets import load_from_disk
     from jsonschema import validate
 
-    from kit.distill.generate import run
-    from kit.recipe.stages import generate_config
-    from kit.recipe.loader import load_recipe
     from kit.core.run_dir import RunDir
+    from kit.distill.generate import run
+    from kit.recipe.loader import load_recipe
+    from kit.recipe.stages import generate_config
 
     (tmp_path / "eval.jsonl").write_text('{"input": "12 inches in cm", "output": {"value": 30.48, "unit": "cm"}}\n')
     recipe_path = tmp_path / "recipe.yaml"

@@ -9,10 +9,10 @@ import subprocess
 import time
 
 import pytest
+from test_train import ROOT, kit_command, write_dataset, write_recipe
 
 from kit.core.run_dir import RunDir
 from trainers.checkpoints import last_complete_checkpoint
-from test_train import ROOT, kit_command, write_dataset, write_recipe
 
 STUDENT = "smollm2-135m-instruct"
 STEPS, EVERY = 12, 4

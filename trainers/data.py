@@ -7,6 +7,7 @@ from typing import Any
 from kit.core.dataset import SPLITS, with_system_prompt
 from kit.core.errors import UserError
 
+
 def prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, str]]:
     """Split a conversation into its prompt (everything before) and the final assistant message."""
     if not messages or messages[-1]["role"] != "assistant":

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from kit.core.errors import UserError
-from trainers.config import DistillSettings
 from kit.models.base_model import BaseModel
+from trainers.config import DistillSettings
+from trainers.model import load_teacher
 
 TEACHER_COLUMNS = ("teacher_ids", "teacher_logprobs")
 
@@ -65,7 +66,6 @@ def _teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, device: s
     import torch
     from tqdm.auto import tqdm
 
-    from trainers.model import load_teacher
 
     model = load_teacher(teacher.hf_path, device)
     ids_out, logprobs_out = [], []

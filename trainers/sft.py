@@ -8,7 +8,6 @@ skipped. The same code runs under `accelerate launch` (DDP / FSDP): transformers
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,13 @@ from kit.core.files import atomic_write_json
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
 from kit.models.base_model import resolve_base
+from runtime.memory import peak_rss_mb
 from trainers.checkpoints import claim, last_complete_checkpoint, read_initial_eval, write_initial_eval
 from trainers.config import TrainConfig, TrainStageConfig
 from trainers.data import KEEP, tokenized_splits
 from trainers.distill import DistillCollator, check_same_tokenizer, with_teacher_topk
 from trainers.figures import loss_curves, plot_loss, write_metrics
 from trainers.model import load_causal_lm, load_tokenizer, lora_config, resolve_device, set_cpu_threads
-from runtime.memory import peak_rss_mb
 
 STAGE = "train"
 BASE_MODEL_FILE = "base_model.json"

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from kit.core.errors import UserError
+from runtime import Expert
+from runtime.errors import BundleError, ContextLengthError, OutputError
 
 BUNDLE_HELP = "a bundle folder, a .gguf file or an ONNX folder"
 # the loading and sampling flags `chat` and `run` share
@@ -36,7 +38,6 @@ def _options(**values: Any) -> dict[str, Any]:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from runtime.errors import BundleError, ContextLengthError, OutputError
 
     try:
         yield
@@ -45,7 +46,6 @@ def _user_errors() -> Iterator[None]:
 
 
 def _load(bundle: Path, backend: str, device: str, n_ctx: Optional[int], threads: Optional[int]):
-    from runtime import Expert
 
     with _user_errors():
         return Expert.load(bundle, backend=backend, device=device, **_options(n_ctx=n_ctx, n_threads=threads))
@@ -148,7 +148,8 @@ def serve(
     max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="largest request body accepted"),
 ) -> None:
     """Serve an expert over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...)."""
-    from runtime.server import ServerSettings, serve as serve_forever
+    from runtime.server import ServerSettings
+    from runtime.server import serve as serve_forever
 
     api_key = None
     if api_key_env:

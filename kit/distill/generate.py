@@ -12,18 +12,31 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kit.core.errors import UserError
+from kit.core.files import fingerprint
+from kit.core.run_dir import RunDir
+from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection, build_critic
 from kit.distill.critic.base import input_text
-from kit.core.errors import UserError
-from kit.distill.prompts import (ParseError, answer_messages, answer_schema, input_messages, input_schema,
-                                  inputs_messages, inputs_schema, answer_from_value, parse_answer, parse_input, parse_inputs, plan_item,
-                                  request_seed, vote_key)
-from kit.distill.stats import GenerationProgress, build_stats, step_names
-from kit.core.run_dir import RunDir
+from kit.distill.prompts import (
+    ParseError,
+    answer_from_value,
+    answer_messages,
+    answer_schema,
+    input_messages,
+    input_schema,
+    inputs_messages,
+    inputs_schema,
+    parse_answer,
+    parse_input,
+    parse_inputs,
+    plan_item,
+    request_seed,
+    vote_key,
+)
 from kit.distill.sample_store import STATS, SampleStore, sample_id, write_dataset, write_json
-from kit.core.files import fingerprint
-from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
+from kit.distill.stats import GenerationProgress, build_stats, step_names
 from kit.distill.teachers import TeacherClient, TeacherRequestFailed, make_teacher
 
 STAGE = "generate"

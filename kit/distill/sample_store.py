@@ -11,8 +11,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kit.core.dataset import with_system_prompt
-
 SAMPLES = "samples.jsonl"
 REJECTED = "rejected.jsonl"
 STATS = "stats.json"
@@ -115,7 +113,7 @@ def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: st
     dataset = DatasetDict({name: Dataset.from_list(part, features=features) for name, part in parts.items()})
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    from datasets.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     quiet_before = are_progress_bars_disabled()
     disable_progress_bars()

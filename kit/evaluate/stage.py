@@ -21,14 +21,14 @@ from rich.console import Console
 from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
+from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
 from kit.distill.config import PythonVerifier, SqlVerifier
 from kit.distill.critic.sql import SqlError, run_query
 from kit.distill.sandbox import run_python
 from kit.evaluate import metrics
 from kit.evaluate.config import EvaluateConfig, Target
-from kit.models.reference import resolve_model
-from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
 from kit.evaluate.report import plot_report, report_markdown, report_table
+from kit.models.reference import resolve_model
 
 STAGE = "eval"
 console = Console()

@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kit.distill.config import TeacherConfig
+from kit.distill.teachers import make_teacher
+from runtime import Expert
+from runtime.backends.base import default_threads
+from runtime.batch_engine import BatchEngine, BatchingUnsupported
 from runtime.memory import peak_rss_mb
+from runtime.params import GenerationStats
 
 
 def _messages(spec: dict[str, Any], case_input: str) -> list[dict[str, str]]:
@@ -35,8 +41,6 @@ def predict_expert(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _timed_expert(spec: dict[str, Any], inputs: list[str]) -> list[dict[str, Any]]:
-    from runtime import Expert
-    from runtime.params import GenerationStats
 
     rows = []
     with Expert.load(spec["path"], backend=spec["backend"], n_ctx=spec.get("n_ctx", 2048),
@@ -59,8 +63,6 @@ def _timed_expert(spec: dict[str, Any], inputs: list[str]) -> list[dict[str, Any
 
 def _batched_gguf(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every case through one batched llama.cpp context; None when the GGUF has no chat template to batch with."""
-    from runtime.batch_engine import BatchEngine, BatchingUnsupported
-    from runtime.backends.base import default_threads
 
     try:
         engine = BatchEngine(spec["path"], parallel=spec.get("batch", 8), n_ctx=spec.get("n_ctx", 2048),
@@ -131,8 +133,6 @@ def predict_teacher(spec: dict[str, Any]) -> list[dict[str, Any]]:
     (the report gives its throughput, not a single request's latency)."""
     import asyncio
 
-    from kit.distill.config import TeacherConfig
-    from kit.distill.teachers import make_teacher
 
     config = TeacherConfig.model_validate(spec["teacher"])
 

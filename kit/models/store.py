@@ -10,7 +10,6 @@ import subprocess
 import sys
 import zipfile
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -19,8 +18,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from kit.core import settings
 from kit.core.errors import UserError
-from kit.models.registry import REGISTRY, PackagedFile, StoreModel
 from kit.core.files import sha256_file
+from kit.models.gguf_tokenizer import read_gguf_metadata, tokenizer_from_gguf
+from kit.models.registry import REGISTRY, PackagedFile, StoreModel
 
 VERIFIED_SUFFIX = ".sha256"
 HF_SOURCE_FILE = "microkit_source.json"
@@ -166,7 +166,6 @@ def dequantize_gguf_to_hf(gguf: Path, out: Path, sha256: str | None = None) -> P
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kit.models.gguf_tokenizer import read_gguf_metadata, tokenizer_from_gguf
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Iterator
 
 from runtime.backends.base import LoadOptions, default_threads
+from runtime.backends.llama_sampling import lazy_grammar_llama_class
 from runtime.errors import ContextLengthError
 from runtime.manifest import BundleError
 from runtime.params import GenerationParams, GenerationStats
-
 
 # llama-cpp-python's schema converter lets a JSON string hold raw control characters (a newline), which no
 # JSON parser accepts; llama.cpp's own converter and its json.gbnf exclude them.
@@ -49,7 +49,6 @@ class GGUFBackend:
     def __init__(self, model_path: Path, options: LoadOptions):
         import llama_cpp
 
-        from runtime.backends.llama_sampling import lazy_grammar_llama_class
 
         gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
         if options.device == "gpu" and not gpu_build:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kit.distill.critic.base import Answer, Candidate, Rejection, Verifier
+from kit.distill.critic.base import Answer, Candidate, Rejection, Verifier, words
 from kit.distill.critic.decontaminate import DecontaminateCheck
 from kit.distill.critic.dedup import DedupCheck
 from kit.distill.critic.grounded import GroundedCheck
-from kit.distill.critic.judge import JudgeCheck
 from kit.distill.critic.json_schema import JsonSchemaCheck
+from kit.distill.critic.judge import JudgeCheck
 from kit.distill.critic.python_tests import PythonCheck
 from kit.distill.critic.sql import SqlCheck
 
@@ -52,7 +52,6 @@ class Critic:
 
 def answer_in_input(candidate: Candidate, min_words: int = 3) -> bool:
     """True when the (normalized) answer of at least `min_words` words appears inside the input."""
-    from kit.distill.critic.base import words
 
     answer = words(candidate.answer.output)
     if len(answer) < min_words:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kit.distill.critic.base import Candidate, Verifier, input_text, words
 from kit.core.errors import UserError
+from kit.distill.critic.base import Candidate, Verifier, input_text, words
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:

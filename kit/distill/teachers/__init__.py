@@ -6,8 +6,14 @@ from importlib import import_module
 from pathlib import Path
 
 from kit.distill.config import TeacherConfig
-from kit.distill.teachers.base import (Completion, TeacherBackend, TeacherClient, TeacherRequestFailed, TeacherUsage,
-                               TransientTeacherError)
+from kit.distill.teachers.base import (
+    Completion,
+    TeacherBackend,
+    TeacherClient,
+    TeacherRequestFailed,
+    TeacherUsage,
+    TransientTeacherError,
+)
 from kit.distill.teachers.cache import RequestCache
 
 TEACHERS = {

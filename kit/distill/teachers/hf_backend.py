@@ -8,6 +8,7 @@ from typing import Any
 
 from kit.core.errors import UserError
 from kit.distill.teachers.base import Completion, Messages, TeacherBackend
+from kit.models.reference import resolve_model
 
 
 class HFTeacher(TeacherBackend):
@@ -29,7 +30,6 @@ class HFTeacher(TeacherBackend):
                 from transformers import AutoModelForCausalLM, AutoTokenizer
             except ImportError:
                 raise UserError("the hf teacher needs torch and transformers: pip install 'microkit[train]'") from None
-            from kit.models.reference import resolve_model
 
             source = resolve_model(self.config.model).hf()
             self._tokenizer = AutoTokenizer.from_pretrained(source)

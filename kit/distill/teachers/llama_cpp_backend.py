@@ -20,6 +20,12 @@ from typing import Any
 
 from kit.core.errors import UserError
 from kit.distill.teachers.base import Completion, Messages, TeacherBackend
+from kit.models.reference import resolve_model
+from runtime.backends.base import default_threads
+from runtime.backends.gguf import grammar_for
+from runtime.backends.llama_sampling import lazy_grammar_llama_class
+from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.params import GenerationParams
 
 
 class LlamaCppTeacher(TeacherBackend):
@@ -41,7 +47,6 @@ class LlamaCppTeacher(TeacherBackend):
         if self._engine is not None or self._contexts:
             return
         if self.config.concurrency > 1:
-            from runtime.batch_engine import BatchEngine, BatchingUnsupported
 
             try:
                 self._engine = BatchEngine(self._model_path(), parallel=self.config.concurrency,
@@ -55,13 +60,11 @@ class LlamaCppTeacher(TeacherBackend):
 
     def _model_path(self) -> str:
         if self._path is None:
-            from kit.models.reference import resolve_model
 
             self._path = str(resolve_model(self.config.model).gguf())
         return self._path
 
     def _threads(self) -> int:
-        from runtime.backends.base import default_threads
 
         return self.config.n_threads or default_threads()
 
@@ -74,7 +77,6 @@ class LlamaCppTeacher(TeacherBackend):
             self._contexts[key] = self._contexts.pop("")
             return self._contexts[key]
         try:
-            from runtime.backends.llama_sampling import lazy_grammar_llama_class
 
             Llama = lazy_grammar_llama_class()
         except ImportError:
@@ -108,8 +110,6 @@ class LlamaCppTeacher(TeacherBackend):
         llama = self._load(self._context_key(messages))
         kwargs = dict(params)
         if schema is not None:
-            from runtime.backends.gguf import grammar_for
-            from runtime.params import GenerationParams
 
             kwargs["grammar"] = grammar_for(GenerationParams(json_schema=schema))
         result = llama.create_chat_completion(messages=messages, **kwargs)
