@@ -1,0 +1,108 @@
+"""The one stage contract (kit.core.stage): a stage runs unless its manifest says it is up to date for exactly
+this config and these inputs, with every output it lists still there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kit.core.run_dir import RunDir
+from kit.core.stage import StageManifest, StagePlan, read_stage_manifest, run_stage, write_stage_manifest
+from kit.core.files import fingerprint
+
+
+class CountingStage:
+    """A real stage in miniature: copies its input file into its folder, counting how often it worked."""
+
+    name = "copy"
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.made = 0
+
+    def folder(self, run_dir: RunDir) -> Path:
+        return run_dir.root / "copy"
+
+    def plan(self, config: dict, run_dir: RunDir) -> StagePlan:
+        return StagePlan(config, {"source": fingerprint(self.source)})
+
+    def make(self, config: dict, run_dir: RunDir, plan: StagePlan, note: str = "") -> StageManifest:
+        self.made += 1
+        folder = self.folder(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "copy.txt").write_text(self.source.read_text() * config["times"])
+        manifest = plan.manifest(self.name, outputs={"copy": "copy.txt"}, figures={"note": note})
+        write_stage_manifest(folder, manifest)
+        return manifest
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> CountingStage:
+    source = tmp_path / "source.txt"
+    source.write_text("hello ")
+    return CountingStage(source)
+
+
+def test_a_stage_with_the_same_config_and_inputs_is_not_run_again(stage, tmp_path):
+    run = RunDir(tmp_path / "run")
+    first = run_stage(stage, {"times": 2}, run)
+    again = run_stage(stage, {"times": 2}, run)
+    assert stage.made == 1 and again.key == first.key
+    assert (stage.folder(run) / "copy.txt").read_text() == "hello hello "
+
+
+def test_a_changed_config_or_input_reruns_the_stage(stage, tmp_path):
+    run = RunDir(tmp_path / "run")
+    run_stage(stage, {"times": 2}, run)
+    run_stage(stage, {"times": 3}, run)
+    assert stage.made == 2
+    stage.source.write_text("bye ")
+    run_stage(stage, {"times": 3}, run)
+    assert stage.made == 3 and (stage.folder(run) / "copy.txt").read_text() == "bye bye bye "
+
+
+def test_a_missing_output_reruns_the_stage(stage, tmp_path):
+    run = RunDir(tmp_path / "run")
+    run_stage(stage, {"times": 1}, run)
+    (stage.folder(run) / "copy.txt").unlink()
+    run_stage(stage, {"times": 1}, run)
+    assert stage.made == 2 and (stage.folder(run) / "copy.txt").is_file()
+
+
+def test_force_reruns_and_options_reach_the_work_but_not_the_key(stage, tmp_path):
+    run = RunDir(tmp_path / "run")
+    first = run_stage(stage, {"times": 1}, run, note="a")
+    forced = run_stage(stage, {"times": 1}, run, force=True, note="b")
+    assert stage.made == 2 and forced.key == first.key
+    assert read_stage_manifest(stage.folder(run)).figures == {"note": "b"}
+
+
+def test_a_killed_stage_that_wrote_no_manifest_runs_again(stage, tmp_path):
+    run = RunDir(tmp_path / "run")
+    stage.folder(run).mkdir(parents=True)
+    (stage.folder(run) / "copy.txt").write_text("half")  # output of a run killed before its manifest
+    run_stage(stage, {"times": 1}, run)
+    assert stage.made == 1 and (stage.folder(run) / "copy.txt").read_text() == "hello "
+
+
+def test_kit_build_is_a_loop_over_the_four_stages_each_with_its_own_config(tmp_path):
+    from export.config import ExportStageConfig
+    from kit.distill.config import GenerateConfig
+    from kit.evaluate.config import EvaluateConfig
+    from kit.pipeline import build_steps
+    from kit.recipe.loader import load_recipe
+    from trainers.config import TrainStageConfig
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "tool-calling" / "recipe.yaml")
+    run = RunDir(tmp_path / "run")
+    steps = build_steps(recipe, run, eval_teacher=False, threads=2)
+    assert [(s.stage.name, s.stage.folder(run)) for s in steps] == [
+        ("generate", run.data), ("train", run.train), ("export", run.export), ("eval", run.eval)]
+    generate, train, export, evaluate = (s.config for s in steps)
+    assert isinstance(generate, GenerateConfig) and generate.data == recipe.data
+    assert isinstance(train, TrainStageConfig) and train.student == recipe.student.model
+    assert train.system_prompt == recipe.student_system_prompt
+    assert isinstance(export, ExportStageConfig) and (export.adapter, export.dataset) == (run.adapter, run.dataset)
+    assert isinstance(evaluate, EvaluateConfig) and not evaluate.include_teacher
+    assert steps[3].options == {"threads": 2}
