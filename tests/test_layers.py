@@ -36,33 +36,30 @@ def test_the_layers_hold_in_the_code_as_it_is(source_copy):
     assert "0 broken" in done.stdout
 
 
+def broken_by(tree: Path, module: str, code: str) -> str:
+    """lint-imports' report once `code` is appended to `module` (a path inside the copy); it must fail."""
+    path = tree / module
+    path.write_text(path.read_text() + "\n" + code + "\n")
+    done = lint_imports(tree)
+    assert done.returncode != 0, done.stdout
+    return done.stdout
+
+
 def test_export_importing_the_pipeline_breaks_the_contract(source_copy):
-    merge = source_copy / "export" / "merge.py"
-    merge.write_text(merge.read_text() + "\nimport kit.pipeline  # noqa: E402\n")
-    done = lint_imports(source_copy)
-    assert done.returncode != 0
-    assert "export.merge -> kit.pipeline" in done.stdout
+    report = broken_by(source_copy, "export/merge.py", "import kit.pipeline  # noqa: E402")
+    assert "export.merge -> kit.pipeline" in report
 
 
 def test_a_lazy_import_inside_a_function_counts_too(source_copy):
-    config = source_copy / "kit" / "core" / "config.py"
-    config.write_text(config.read_text() + "\n\ndef _late():\n    from kit.distill import generate  # noqa: F401\n")
-    done = lint_imports(source_copy)
-    assert done.returncode != 0
-    assert "kit.core.config -> kit.distill.generate" in done.stdout
+    report = broken_by(source_copy, "kit/core/config.py", "def _late():\n    from kit.distill import generate  # noqa: F401")
+    assert "kit.core.config -> kit.distill.generate" in report
 
 
 def test_two_runtime_modules_importing_each_other_are_a_cycle(source_copy):
-    params = source_copy / "runtime" / "params.py"
-    params.write_text(params.read_text() + "\n\ndef _late():\n    from runtime import sampling  # noqa: F401\n")
-    done = lint_imports(source_copy)
-    assert done.returncode != 0
-    assert "No import cycle" in done.stdout and "BROKEN" in done.stdout
+    report = broken_by(source_copy, "runtime/params.py", "def _late():\n    from runtime import sampling  # noqa: F401")
+    assert "No import cycle" in report and "BROKEN" in report
 
 
 def test_runtime_importing_torch_breaks_the_contract(source_copy):
-    expert = source_copy / "runtime" / "expert.py"
-    expert.write_text(expert.read_text() + "\n\ndef _late():\n    import torch  # noqa: F401\n")
-    done = lint_imports(source_copy)
-    assert done.returncode != 0
-    assert "runtime.expert -> torch" in done.stdout
+    report = broken_by(source_copy, "runtime/expert.py", "def _late():\n    import torch  # noqa: F401")
+    assert "runtime.expert -> torch" in report
