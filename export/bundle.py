@@ -8,6 +8,7 @@ from pathlib import Path
 from export.config import BundleInfo, ExportConfig
 from export.modelfile import modelfile_text
 from export.verify import ArtifactReport
+from kit.core.files import atomic_output
 from kit.core.version import __version__
 from kit.models.base_model import BaseModel
 from runtime.manifest import GenerationDefaults, Manifest, describe_file, write_manifest
@@ -30,28 +31,7 @@ def shipped(reports: list[ArtifactReport], config: ExportConfig) -> list[Artifac
 def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: ExportConfig, tokenizer,
                  reports: list[ArtifactReport], reference_ppl: float) -> Manifest:
     """Copy the shipped artifacts and write manifest.json, README.md and (with a GGUF) the Modelfile."""
-    partial = bundle_dir.with_name(bundle_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     ship = shipped(reports, config)
-    files = []
-    for report in ship:
-        source = Path(report.path)
-        if report.kind == "gguf":
-            shutil.copy2(source, partial / source.name)
-            files.append((partial / source.name, "gguf", report.quant))
-        else:
-            (partial / "onnx").mkdir(exist_ok=True)
-            for part in sorted(source.parent.glob(f"{source.name}*")):  # model*.onnx and its external data
-                shutil.copy2(part, partial / "onnx" / part.name)
-                files.append((partial / "onnx" / part.name, "onnx" if part.suffix == ".onnx" else "onnx-data", report.quant))
-    onnx_ship = [r for r in ship if r.kind == "onnx"]
-    if onnx_ship:
-        source_dir = Path(onnx_ship[0].path).parent
-        for name, kind in ONNX_SIDE_FILES.items():
-            if (source_dir / name).is_file():
-                shutil.copy2(source_dir / name, partial / "onnx" / name)
-                files.append((partial / "onnx" / name, kind, None))
     manifest = Manifest(
         name=info.name, version=info.version, task=info.task,
         base_model={"name": base.name, "spec": base.spec, "license": base.license,
@@ -61,20 +41,44 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
         verification=_verification_summary(reports, ship, reference_ppl), eval=info.eval,
         microkit_version=__version__,
     )
-    ggufs = [r for r in ship if r.kind == "gguf"]
-    if ggufs:
-        modelfile = partial / "Modelfile"
-        modelfile.write_text(modelfile_text(Path(ggufs[0].path).name, tokenizer, info.system_prompt, config.generation),
-                             encoding="utf-8")
-        files.append((modelfile, "other", None))
-    card = partial / "README.md"
-    card.write_text(model_card(info, base, reports, ship, reference_ppl), encoding="utf-8")
-    files.append((card, "other", None))
-    manifest.files = [describe_file(partial, path, kind, quant) for path, kind, quant in files]
-    write_manifest(partial, manifest)
-    shutil.rmtree(bundle_dir, ignore_errors=True)
-    partial.replace(bundle_dir)
+    with atomic_output(bundle_dir) as partial:
+        partial.mkdir(parents=True)
+        files = _copy_artifacts(ship, partial)
+        ggufs = [r for r in ship if r.kind == "gguf"]
+        if ggufs:
+            modelfile = partial / "Modelfile"
+            modelfile.write_text(modelfile_text(Path(ggufs[0].path).name, tokenizer, info.system_prompt,
+                                                config.generation), encoding="utf-8")
+            files.append((modelfile, "other", None))
+        card = partial / "README.md"
+        card.write_text(model_card(info, base, reports, ship, reference_ppl), encoding="utf-8")
+        files.append((card, "other", None))
+        manifest.files = [describe_file(partial, path, kind, quant) for path, kind, quant in files]
+        write_manifest(partial, manifest)
     return manifest
+
+
+def _copy_artifacts(ship: list[ArtifactReport], folder: Path) -> list[tuple[Path, str, str | None]]:
+    """Copy the shipped GGUFs and ONNX files (with the ONNX side files) into `folder`; (path, kind, quant) of each."""
+    files = []
+    for report in ship:
+        source = Path(report.path)
+        if report.kind == "gguf":
+            shutil.copy2(source, folder / source.name)
+            files.append((folder / source.name, "gguf", report.quant))
+        else:
+            (folder / "onnx").mkdir(exist_ok=True)
+            for part in sorted(source.parent.glob(f"{source.name}*")):  # model*.onnx and its external data
+                shutil.copy2(part, folder / "onnx" / part.name)
+                files.append((folder / "onnx" / part.name, "onnx" if part.suffix == ".onnx" else "onnx-data", report.quant))
+    onnx_ship = [r for r in ship if r.kind == "onnx"]
+    if onnx_ship:
+        source_dir = Path(onnx_ship[0].path).parent
+        for name, kind in ONNX_SIDE_FILES.items():
+            if (source_dir / name).is_file():
+                shutil.copy2(source_dir / name, folder / "onnx" / name)
+                files.append((folder / "onnx" / name, kind, None))
+    return files
 
 
 def _verification_summary(reports: list[ArtifactReport], ship: list[ArtifactReport], reference_ppl: float) -> dict:

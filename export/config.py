@@ -8,10 +8,19 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from kit.core.config import StrictModel
+from runtime.manifest import GenerationDefaults as ManifestGenerationDefaults
 
 GGUFType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K"]
 OnnxQuant = Literal["int8", "int4"]
 OnnxVariant = Literal["fp32", "int8", "int4"]
+_MANIFEST_DEFAULTS = ManifestGenerationDefaults()
+
+
+def check_shipped_are_made(ship: list[str], made: list[str], always_made: str, ship_key: str, made_key: str) -> None:
+    """A shipped artifact must be one the stage makes (`always_made` is made whatever the list says)."""
+    missing = [name for name in ship if name != always_made and name not in made]
+    if missing:
+        raise ValueError(f"{ship_key} names {missing}, which {made_key} does not make; add them to {made_key}")
 
 
 class OnnxSettings(StrictModel):
@@ -23,19 +32,19 @@ class OnnxSettings(StrictModel):
 
     @model_validator(mode="after")
     def _shipped_are_made(self) -> "OnnxSettings":
-        missing = [v for v in self.ship if v != "fp32" and v not in self.quantize]
-        if missing:
-            raise ValueError(f"onnx.ship names {missing}, which onnx.quantize does not make; add them to onnx.quantize")
+        check_shipped_are_made(self.ship, self.quantize, "fp32", "onnx.ship", "onnx.quantize")
         return self
 
 
 class GenerationDefaults(StrictModel):
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    repeat_penalty: float = Field(1.0, gt=0.0)
-    stop: list[str] = Field(default_factory=list)
+    """The recipe's sampling defaults, validated; the values come from the bundle manifest's own defaults."""
+
+    max_tokens: int = Field(_MANIFEST_DEFAULTS.max_tokens, ge=1)
+    temperature: float = Field(_MANIFEST_DEFAULTS.temperature, ge=0.0, le=2.0)
+    top_p: float = Field(_MANIFEST_DEFAULTS.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(_MANIFEST_DEFAULTS.top_k, ge=0)
+    repeat_penalty: float = Field(_MANIFEST_DEFAULTS.repeat_penalty, gt=0.0)
+    stop: list[str] = Field(default_factory=lambda: list(_MANIFEST_DEFAULTS.stop))
 
 
 class ExportConfig(StrictModel):
@@ -57,9 +66,7 @@ class ExportConfig(StrictModel):
 
     @model_validator(mode="after")
     def _shipped_are_made(self) -> "ExportConfig":
-        missing = [t for t in self.ship if t != "F16" and t not in self.gguf_types]
-        if missing:
-            raise ValueError(f"ship names {missing}, which gguf_types does not make; add them to gguf_types")
+        check_shipped_are_made(self.ship, self.gguf_types, "F16", "ship", "gguf_types")
         return self
 
 

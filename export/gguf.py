@@ -13,7 +13,9 @@ from typing import Any
 
 from export.llama_cpp_source import converter_root
 from kit.core.errors import UserError
+from kit.core.files import atomic_output
 from kit.models.gguf_tokenizer import tokenizer_differences
+from runtime.files import PARTIAL_SUFFIX
 
 # Converter --outtype for the unquantized types; every other type is quantized from F16.
 CONVERTER_OUTTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
@@ -91,18 +93,16 @@ def convert_to_gguf(hf_dir: Path, out: Path, outtype: str = "F16", pre_tokenizer
     tokenizer. source_gguf: the GGUF the base came from; the result must carry its tokenizer unchanged.
     """
     root = converter_root()
-    partial = out.with_name(out.name + ".partial")
-    command = [sys.executable, str(LAUNCHER), str(root), pre_tokenizer or "-", "--",
-               str(hf_dir), "--outfile", str(partial), "--outtype", CONVERTER_OUTTYPES[outtype]]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0 or not partial.is_file():
-        partial.unlink(missing_ok=True)
-        tail = "\n".join(done.stderr.strip().splitlines()[-3:])
-        hint = (" (set export.gguf_pre_tokenizer to the llama.cpp pre-tokenizer your tokenizer uses, e.g. gpt-2)"
-                if "pre-tokenizer was not recognized" in done.stderr else "")
-        raise UserError(f"llama.cpp's converter failed on {hf_dir}{hint}:\n{tail}")
-    refuse_unusable(partial, source_gguf)
-    partial.replace(out)
+    with atomic_output(out) as partial:
+        command = [sys.executable, str(LAUNCHER), str(root), pre_tokenizer or "-", "--",
+                   str(hf_dir), "--outfile", str(partial), "--outtype", CONVERTER_OUTTYPES[outtype]]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 or not partial.is_file():
+            tail = "\n".join(done.stderr.strip().splitlines()[-3:])
+            hint = (" (set export.gguf_pre_tokenizer to the llama.cpp pre-tokenizer your tokenizer uses, e.g. gpt-2)"
+                    if "pre-tokenizer was not recognized" in done.stderr else "")
+            raise UserError(f"llama.cpp's converter failed on {hf_dir}{hint}:\n{tail}")
+        refuse_unusable(partial, source_gguf)
     return out
 
 
@@ -115,7 +115,7 @@ def refuse_unusable(path: Path, source_gguf: Path | None = None) -> None:
             problem = f"its tokenizer differs from the source GGUF's in {', '.join(diffs)}"
     if problem is not None:
         path.unlink(missing_ok=True)
-        raise UserError(f"refused to write {path.name.removesuffix('.partial')}: {problem}")
+        raise UserError(f"refused to write {path.name.removesuffix(PARTIAL_SUFFIX)}: {problem}")
 
 
 def quantize_gguf(f16: Path, out: Path, quant: str, threads: int | None = None) -> Path:
@@ -128,19 +128,17 @@ def quantize_gguf(f16: Path, out: Path, quant: str, threads: int | None = None) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_ftype(quant)
     params.nthread = threads or 0
-    partial = out.with_name(out.name + ".partial")
     native_log = logging.getLogger("llama-cpp-python")
     level = native_log.level
-    native_log.setLevel(logging.ERROR)  # llama.cpp logs every tensor at INFO
-    try:
-        status = llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params)
-    finally:
-        native_log.setLevel(level)
-    if status != 0 or not partial.is_file():
-        partial.unlink(missing_ok=True)
-        raise UserError(f"llama.cpp could not quantize {f16.name} to {quant} (status {status})")
-    refuse_unusable(partial)
-    partial.replace(out)
+    with atomic_output(out) as partial:
+        native_log.setLevel(logging.ERROR)  # llama.cpp logs every tensor at INFO
+        try:
+            status = llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params)
+        finally:
+            native_log.setLevel(level)
+        if status != 0 or not partial.is_file():
+            raise UserError(f"llama.cpp could not quantize {f16.name} to {quant} (status {status})")
+        refuse_unusable(partial)
     return out
 
 

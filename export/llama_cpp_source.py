@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kit.core import settings
 from kit.core.errors import UserError
+from kit.core.files import atomic_output
 
 CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
@@ -30,9 +31,15 @@ def converter_root(version: str | None = None) -> Path:
     if not sdist.is_file():
         raise UserError(f"the llama-cpp-python {version} source release is not cached at {sdist}: "
                         "run `bash scripts/setup.sh` (it downloads and keeps it)")
-    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_output(out) as tmp:
+        _extract_converter(sdist, f"llama_cpp_python-{version}/vendor/llama.cpp/", tmp)
+        if not (tmp / "convert_hf_to_gguf.py").is_file():
+            raise UserError(f"{sdist} carries no vendor/llama.cpp/convert_hf_to_gguf.py; delete it and rerun setup")
+    return out
+
+
+def _extract_converter(sdist: Path, prefix: str, out: Path) -> None:
+    """The converter's files (CONVERTER_MEMBERS) under `prefix` in the sdist, written below `out`."""
     with tarfile.open(sdist) as archive:
         for member in archive.getmembers():
             if not member.name.startswith(prefix) or not member.isfile():
@@ -40,12 +47,7 @@ def converter_root(version: str | None = None) -> Path:
             relative = member.name[len(prefix):]
             if not relative.startswith(CONVERTER_MEMBERS):
                 continue
-            target = tmp / relative
+            target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.extractfile(member) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    if not (tmp / "convert_hf_to_gguf.py").is_file():
-        raise UserError(f"{sdist} carries no vendor/llama.cpp/convert_hf_to_gguf.py; delete it and rerun setup")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from kit.core.errors import UserError
+from kit.core.files import atomic_output
 from kit.models.base_model import BaseModel
 from kit.models.gguf_tokenizer import tokenizer_from_gguf
 
@@ -36,8 +36,6 @@ def merge_adapter(base: BaseModel, adapter: Path | None, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(base.hf_path, dtype=torch.float32)
     if adapter is not None:
         from peft import PeftModel
@@ -49,8 +47,7 @@ def merge_adapter(base: BaseModel, adapter: Path | None, out: Path) -> Path:
         if token_id is not None:
             setattr(model.config, f"{key}_token_id", token_id)
             setattr(model.generation_config, f"{key}_token_id", token_id)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(out, ignore_errors=True)
-    partial.replace(out)
+    with atomic_output(out) as partial:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
     return out

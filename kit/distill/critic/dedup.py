@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from kit.distill.critic.base import Candidate, Verifier, words
+from kit.distill.critic.base import Candidate, CriticContext, Verifier, words
 
 
 def shingles(text: str, n: int = 3) -> set[str]:
@@ -14,16 +14,15 @@ def shingles(text: str, n: int = 3) -> set[str]:
 
 
 class DedupCheck(Verifier):
-    name = "dedup"
+    type = "dedup"
     stateful = True
 
-    def __init__(self, config, seed_inputs: list[str]):
-        super().__init__()
+    def __init__(self, config, context: CriticContext):
+        super().__init__(config, context)
         from datasketch import MinHashLSH
 
-        self.config = config
         self.index = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
-        for i, text in enumerate(seed_inputs):
+        for i, text in enumerate(context.seed_inputs):
             self._insert(f"seed-{i}", text)
 
     def _minhash(self, text: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from kit.distill.critic.base import Candidate, Verifier
+from kit.distill.critic.base import Candidate, CriticContext, Verifier
 
 
 def string_fields(value: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
@@ -24,10 +24,10 @@ def string_fields(value: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
 
 
 class GroundedCheck(Verifier):
-    name = "grounded"
+    type = "grounded"
 
-    def __init__(self, config):
-        super().__init__()
+    def __init__(self, config, context: CriticContext):
+        super().__init__(config, context)
         self.fields = set(config.fields)
         self.ignore_case = config.ignore_case
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from kit.distill.critic.base import Candidate, Verifier
+from kit.distill.critic.base import Candidate, CriticContext, Verifier
 
 
 class JsonSchemaCheck(Verifier):
-    name = "json_schema"
+    type = "json_schema"
 
-    def __init__(self, config, schema: dict[str, Any] | None):
-        super().__init__()
+    def __init__(self, config, context: CriticContext):
+        super().__init__(config, context)
         from jsonschema import Draft202012Validator
 
-        self.validator = Draft202012Validator(schema or {})
+        self.validator = Draft202012Validator(context.schema or {})
 
     async def check(self, candidate: Candidate) -> str | None:
         from jsonschema.exceptions import best_match

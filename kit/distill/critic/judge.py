@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kit.distill.critic.base import Candidate, Verifier
+from kit.distill.critic.base import Candidate, CriticContext, Verifier
 from kit.distill.teachers.base import TeacherClient
 
 JUDGE_SCHEMA = {
@@ -15,13 +15,12 @@ JUDGE_SCHEMA = {
 
 
 class JudgeCheck(Verifier):
-    name = "judge"
+    type = "judge"
 
-    def __init__(self, config, client: TeacherClient, task_description: str):
-        super().__init__()
-        self.config = config
-        self.client = client
-        self.task = task_description
+    def __init__(self, config, context: CriticContext):
+        super().__init__(config, context)
+        self.client: TeacherClient = context.judge_client(config)
+        self.task = context.task_description
 
     def messages(self, candidate: Candidate) -> list[dict[str, str]]:
         system = ("You grade one answer to a task strictly against a rubric. First give a short reason, then an "

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 
-from kit.distill.critic.base import Candidate, Verifier, field_of
+from kit.distill.critic.base import Candidate, CriticContext, Verifier, field_of
 from kit.distill.sandbox import run_python
 
 
 class PythonCheck(Verifier):
-    name = "python"
+    type = "python"
 
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
+    def __init__(self, config, context: CriticContext):
+        super().__init__(config, context)
         self.tests = config.tests if config.tests is not None else config.tests_file.read_text(encoding="utf-8")
         self._slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
 

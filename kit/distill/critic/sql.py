@@ -46,11 +46,7 @@ def _rounded(value):
 
 
 class SqlCheck(Verifier):
-    name = "sql"
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
+    type = "sql"
 
     async def check(self, candidate: Candidate) -> str | None:
         return await asyncio.to_thread(self._check, candidate)
