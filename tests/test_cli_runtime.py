@@ -8,7 +8,6 @@ import sys
 
 import jsonschema
 import pytest
-from test_runtime_fixtures import PERSON_SCHEMA, store_gguf, task_bundle  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -17,20 +16,20 @@ def kit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kit", *args], input=stdin, capture_output=True, text=True, timeout=300)
 
 
-def test_kit_run_prints_schema_valid_json(task_bundle):
+def test_kit_run_prints_schema_valid_json(task_bundle, person_schema):
     result = kit("run", str(task_bundle), "Maria Lopez is 34 years old.", "--n-ctx", "1024")
     assert result.returncode == 0, result.stderr
-    jsonschema.validate(json.loads(result.stdout), PERSON_SCHEMA)
+    jsonschema.validate(json.loads(result.stdout), person_schema)
 
 
-def test_kit_run_answers_a_json_lines_batch_line_by_line(task_bundle):
+def test_kit_run_answers_a_json_lines_batch_line_by_line(task_bundle, person_schema):
     batch = '"Tom is 40."\n{"text": "Ann, aged 3, likes cats."}\n'
     result = kit("run", str(task_bundle), "--n-ctx", "1024", stdin=batch)
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(answers) == 2
     for answer in answers:
-        jsonschema.validate(answer, PERSON_SCHEMA)
+        jsonschema.validate(answer, person_schema)
 
 
 def test_kit_run_on_a_missing_bundle_says_what_to_pass(tmp_path):

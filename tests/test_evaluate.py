@@ -41,9 +41,7 @@ def test_tool_calling_scores_validity_schema_and_each_field():
 
 
 @pytest.mark.slow
-def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_path):
-    from kit.models.store import ModelStore
-
+def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_path, store_gguf):
     (tmp_path / "eval.jsonl").write_text('{"input": "What is the capital of France?", "output": "Paris"}\n'
                                          '{"input": "What is the capital of Italy?", "output": "Rome"}\n')
     recipe_path = tmp_path / "recipe.yaml"
@@ -54,8 +52,7 @@ def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_pat
         """))
     recipe = load_recipe(recipe_path)
     run = RunDir(tmp_path / "run")
-    gguf = ModelStore().pull("smollm2-135m-instruct")
-    manifest = evaluate.run(evaluate_config(recipe, targets=[evaluate.Target(name="student-q4", kind="gguf", path=str(gguf))]), run, threads=2)
+    manifest = evaluate.run(evaluate_config(recipe, targets=[evaluate.Target(name="student-q4", kind="gguf", path=str(store_gguf))]), run, threads=2)
     report = json.loads((run.eval / "report.json").read_text())
     target = report["targets"]["student-q4"]
     assert target["metrics"]["contains"] >= 0.5  # the 135M instruct model knows Paris
@@ -67,7 +64,7 @@ def test_eval_stage_runs_a_gguf_in_a_child_process_and_writes_the_report(tmp_pat
     cached = run.eval / "target_cache" / "student-q4.json"
     assert cached.is_file()
     stamp = cached.stat().st_mtime_ns
-    evaluate.run(evaluate_config(recipe, targets=[evaluate.Target(name="student-q4", kind="gguf", path=str(gguf))]), run, threads=2, force=True)
+    evaluate.run(evaluate_config(recipe, targets=[evaluate.Target(name="student-q4", kind="gguf", path=str(store_gguf))]), run, threads=2, force=True)
     assert cached.stat().st_mtime_ns == stamp
     assert json.loads((run.eval / "report.json").read_text())["targets"]["student-q4"] == target
 
@@ -85,10 +82,8 @@ def _capitals_recipe(tmp_path, eval_extra: str):
     return load_recipe(path)
 
 
-def test_a_gguf_is_timed_one_request_at_a_time_and_scored_in_batches(tmp_path):
-    from kit.models.store import ModelStore
-
-    gguf = str(ModelStore().pull("smollm2-135m-instruct"))
+def test_a_gguf_is_timed_one_request_at_a_time_and_scored_in_batches(tmp_path, store_gguf):
+    gguf = str(store_gguf)
     target = evaluate.Target(name="student", kind="gguf", path=gguf)
     batched = evaluate.run(evaluate_config(_capitals_recipe(tmp_path, ", latency_cases: 1, batch: 2"), targets=[target]), RunDir(tmp_path / "a"), threads=2)
     single = evaluate.run(evaluate_config(_capitals_recipe(tmp_path, ", latency_cases: 3"), targets=[target]), RunDir(tmp_path / "b"), threads=2)
@@ -118,8 +113,9 @@ def test_prediction_cache_misses_when_the_model_files_or_prompts_change(tmp_path
     spec = {"kind": "gguf", "inputs": ["a", "b"], "system_prompt": "s", "threads": 2}
     target = evaluate.Target(name="student", kind="gguf", path=str(model))
     first = evaluate.PredictionCache(tmp_path / "cache", "student", spec, target)
-    first.put({"rows": [], "wall_s": 1.0, "peak_rss_mb": 100.0})
-    assert evaluate.PredictionCache(tmp_path / "cache", "student", spec | {"threads": 1}, target).get() is not None
+    prediction = {"rows": [], "wall_s": 1.0, "peak_rss_mb": 100.0}
+    first.put(prediction)
+    assert evaluate.PredictionCache(tmp_path / "cache", "student", spec | {"threads": 1}, target).get() == prediction
     assert evaluate.PredictionCache(tmp_path / "cache", "student", spec | {"system_prompt": "t"}, target).get() is None
     model.write_bytes(b"retrained weights")
     assert evaluate.PredictionCache(tmp_path / "cache", "student", spec, target).get() is None

@@ -228,9 +228,16 @@ def test_validation_rows_join_the_verification_set(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize("backend", ["gguf", "onnx"])
 def test_the_runtime_serves_the_exported_bundle(tiny_export, backend):
-    from runtime.expert import Expert
+    from runtime import Expert, GenerationStats
 
     root, *_ = tiny_export
+    messages = [{"role": "user", "content": "set a timer for 3 minutes"}]
+    stats = GenerationStats()
     with Expert.load(root / "bundle", backend=backend, n_ctx=256, n_threads=1) as expert:
-        reply = expert.chat([{"role": "user", "content": "set a timer for 3 minutes"}], max_tokens=8)
-    assert isinstance(reply, str)
+        prompt = expert.render(messages)
+        reply = "".join(expert.generate(prompt, expert.params(max_tokens=8), stats))
+        assert expert.backend.name == backend and reply == expert.chat(messages, max_tokens=8)
+    assert prompt.startswith("<|im_start|>system\nYou set timers.<|im_end|>\n")  # the bundle's system prompt
+    # the random tiny model does not end its turn within 8 tokens (the GGUF backend counts the text's tokens again,
+    # which for its non-canonical token runs can be fewer than it generated)
+    assert stats.finish_reason == "length" and 0 < stats.completion_tokens <= 8

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -376,13 +375,7 @@ def test_resume_after_kill_loses_nothing_and_repeats_nothing(tmp_path, fake_teac
     assert repeats <= 3 and len(teacher.bodies) > answered_before
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_unreachable_teacher_is_one_clear_message(tmp_path):
+def test_unreachable_teacher_is_one_clear_message(tmp_path, free_port):
     url = f"http://127.0.0.1:{free_port()}/v1"
     write_recipe(tmp_path, url, target=2)
     process = kit("generate", "recipe.yaml", "--no-progress", cwd=tmp_path)

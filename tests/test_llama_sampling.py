@@ -7,7 +7,6 @@ import json
 
 import pytest
 from jsonschema import Draft202012Validator
-from test_runtime_fixtures import store_gguf  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 

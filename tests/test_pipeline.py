@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jsonschema
 import pytest
 
 RECIPE = """\
@@ -58,14 +59,20 @@ def test_build_runs_every_stage_then_resumes_by_skipping(tmp_path):
     assert "## Evaluation" in (run / "bundle" / "README.md").read_text()
     # the build ends by serving the bundle for real and asking it the first held-out question
     assert "kit serve answered 'What is the capital of Germany?'" in " ".join(first.stdout.split())
-    from runtime import Expert
-    from runtime.errors import OutputError
+    from runtime import Expert, GenerationStats
 
+    question = [{"role": "user", "content": "What is the capital of Peru?"}]
+    stats = GenerationStats()
     with Expert.load(run / "bundle") as expert:  # hashes, including the refreshed model card, still match
-        try:
-            assert isinstance(expert.run("What is the capital of Peru?"), dict)
-        except OutputError as err:  # a student trained for a few steps may not close its string in time...
-            assert err.text.startswith('{') and "\n" not in err.text  # ...but the grammar still held it
+        schema = expert.manifest.output_schema
+        text = "".join(expert.generate(expert.render(question), expert.params(json_schema=schema), stats))
+    # the grammar holds every token: an answer that ends is the schema's; a student trained for a few steps may
+    # instead run out of tokens inside its string, and then the answer is cut at export.generation.max_tokens
+    assert text.startswith("{") and "\n" not in text
+    if stats.finish_reason == "stop":
+        jsonschema.validate(json.loads(text), schema)
+    else:
+        assert (stats.finish_reason, stats.completion_tokens) == ("length", 24)
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "export is up to date" in second.stdout + second.stderr

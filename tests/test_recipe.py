@@ -77,19 +77,7 @@ def test_full_recipe_with_every_section_and_relative_paths(tmp_path):
 
 
 def test_three_mistakes_give_three_located_errors(tmp_path):
-    path = write(tmp_path, """\
-        task:
-          name: unit-converter
-          description: Convert a quantity between metric and imperial units.
-        seeds:
-          - input: 3 miles in km
-            output: "4.83 km"
-        teacher:
-          backend: ollama
-          temprature: 0.5
-        train:
-          epochs: many
-        """)
+    path = write(tmp_path, MINIMAL + "teacher:\n  backend: ollama\n  temprature: 0.5\ntrain:\n  epochs: many\n")
     with pytest.raises(RecipeInvalid) as info:
         load_recipe(path)
     problems = {p.path: p for p in info.value.problems}

@@ -9,12 +9,3 @@ def test_import_runtime_pulls_no_torch_or_transformers():
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_llama_cpp_threads_default_to_the_usable_physical_cores():
-    import os
-
-    from runtime.backends.base import default_threads
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert 1 <= default_threads() <= usable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from test_runtime_fixtures import tiny_exports, write_bundle  # noqa: F401  (fixture)
 
 from runtime import BundleError, Expert, GenerationStats
 
@@ -63,7 +62,7 @@ def test_sampling_is_reproducible_with_a_seed(onnx_expert):
     assert len(others | {first}) > 1
 
 
-def test_onnx_bundle_loads_either_backend_from_its_manifest(tiny_exports, tmp_path):
+def test_onnx_bundle_loads_either_backend_from_its_manifest(tiny_exports, tmp_path, write_bundle):
     bundle = write_bundle(tmp_path / "both", [(tiny_exports["onnx"], "onnx", "fp32"), (tiny_exports["gguf"], "gguf", "F32")],
                           name="tiny", system_prompt="be brief")
     with Expert.load(bundle) as auto, Expert.load(bundle, backend="onnx") as onnx:

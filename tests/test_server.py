@@ -14,7 +14,6 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from test_runtime_fixtures import PERSON_SCHEMA, free_port, store_gguf, task_bundle  # noqa: F401  (fixtures: task_bundle needs store_gguf)
 
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-123"
@@ -35,7 +34,7 @@ def _wait_ready(url: str, process: subprocess.Popen | None = None, seconds: floa
 
 
 @pytest.fixture(scope="module")
-def server(task_bundle):
+def server(task_bundle, free_port):
     """`kit serve` in a subprocess on a free loopback port, with an API key from an environment variable."""
     port = free_port()
     env = {**os.environ, "MICROKIT_TEST_KEY": API_KEY}
@@ -61,19 +60,20 @@ def test_openai_client_chats_streaming_and_not(client):
     messages = [{"role": "user", "content": "Sam is 29."}]
     reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
     content = reply.choices[0].message.content
-    assert content and reply.choices[0].finish_reason in ("stop", "length")
-    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 16
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 16 and content
+    finish_reason = "length" if reply.usage.completion_tokens == 16 else "stop"  # max_tokens or end of turn
+    assert reply.choices[0].finish_reason == finish_reason
     stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0, stream=True)
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].choices[0].finish_reason == finish_reason
 
 
-def test_json_schema_response_validates(client):
+def test_json_schema_response_validates(client, person_schema):
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Maria Lopez is 34 years old."}], max_tokens=48,
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True}})
-    jsonschema.validate(json.loads(reply.choices[0].message.content), PERSON_SCHEMA)
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person_schema, "strict": True}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), person_schema)
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Any JSON."}],
                                            max_tokens=48, response_format={"type": "json_object"}, seed=3)
     json.loads(reply.choices[0].message.content)
@@ -140,7 +140,7 @@ def test_metrics_count_requests_and_tokens(server, client):
 
 # -- an in-process server from the factory, with no queue: 503 when busy, and disconnects free the slot --
 @pytest.fixture(scope="module")
-def busy_server(task_bundle):
+def busy_server(task_bundle, free_port):
     import uvicorn
 
     from runtime.server import ServerSettings, create_app

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from kit.core.files import fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, read_stage_manifest, run_stage, write_stage_manifest
-from kit.core.files import fingerprint
 
 
 class CountingStage:

@@ -1,4 +1,5 @@
-"""The training stage on the tiny random Llama: data, loss masking, figures, resume, distillation, accelerate."""
+"""The training stage on the tiny random Llama (data, loss masking, figures, resume, distillation, accelerate),
+and on the model-store student end to end through `kit train`."""
 
 from __future__ import annotations
 
@@ -48,12 +49,20 @@ def tool_call_rows(count: int, seed: int = 0) -> list[dict]:
 
 
 def write_dataset(run_dir: RunDir, count: int = 300, validation: int = 40) -> RunDir:
+    rows = tool_call_rows(count)
+    return save_splits(run_dir, rows[validation:], rows[:validation])
+
+
+def save_splits(run_dir: RunDir, train: list[dict], validation: list[dict]) -> RunDir:
     from datasets import Dataset, DatasetDict
 
-    rows = tool_call_rows(count)
-    DatasetDict(train=Dataset.from_list(rows[validation:]),
-                validation=Dataset.from_list(rows[:validation])).save_to_disk(str(run_dir.dataset))
+    DatasetDict(train=Dataset.from_list(train), validation=Dataset.from_list(validation)).save_to_disk(str(run_dir.dataset))
     return run_dir
+
+
+def answered_with(row: dict, answer: str) -> dict:
+    """The same request with another answer."""
+    return {**row, "output": answer, "messages": [*row["messages"][:-1], {"role": "assistant", "content": answer}]}
 
 
 def write_recipe(path: Path, student: str, train: dict) -> Path:
@@ -68,6 +77,16 @@ def write_recipe(path: Path, student: str, train: dict) -> Path:
 
 def kit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kit", *args]
+
+
+def kill_after_first_checkpoint(command: list[str], checkpoints: Path) -> None:
+    """Start `kit train`, and kill -9 it as soon as its first checkpoint is complete."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while last_complete_checkpoint(checkpoints) is None and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
 
 
 def fast_config(**overrides) -> TrainConfig:
@@ -184,8 +203,11 @@ def test_kd_loss_is_zero_only_when_the_student_matches_the_teacher():
     top = (logits / 2.0).log_softmax(-1).topk(50, dim=-1)
     assert kd_loss_sum(logits, top.indices, top.values, 2.0).item() == pytest.approx(0.0, abs=1e-5)
     assert kd_loss_sum(torch.randn(5, 50), top.indices, top.values, 2.0).item() > 0.01
+    # a student matching the whole teacher distribution still misses the teacher's renormalized top-k one:
+    # KL = -log(top-k mass) per position, times T^2
     few = (logits / 2.0).log_softmax(-1).topk(8, dim=-1)
-    assert kd_loss_sum(logits, few.indices, few.values, 2.0).item() >= 0.0
+    missing = -few.values.exp().sum(-1).log().sum().item() * 2.0 ** 2
+    assert missing > 0.1 and kd_loss_sum(logits, few.indices, few.values, 2.0).item() == pytest.approx(missing, rel=1e-4)
 
 
 # -- the stage -----------------------------------------------------------------------------------------------
@@ -210,14 +232,44 @@ def test_training_lowers_validation_loss_and_writes_figures(dataset_run, tiny_ll
     assert (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_early_stopping_ends_training_when_validation_stops_improving(dataset_run, tiny_llama, tmp_path):
+def fitted_to(rows: list[dict], base: Path, out: Path, steps: int = 60) -> Path:
+    """`base` fully fine-tuned on the answers of `rows` (the train stage's own loss masking), saved to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainers.data import tokenize_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    encoded = [tokenize_conversation(tokenizer, row["messages"], max_len=128) for row in rows]
+    width = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (width - len(e["input_ids"])) for e in encoded])
+    labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in encoded])
+    mask = (torch.arange(width)[None] < torch.tensor([len(e["input_ids"]) for e in encoded])[:, None]).long()
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(tiny_llama, tmp_path):
     from trainers.sft import train
 
-    run = fresh_run(dataset_run, tmp_path)
-    # a learning rate far too high makes validation loss worse after the first epoch; patience 1 stops there
-    config = fast_config(max_steps=None, epochs=6, batch_size=64, learning_rate=0.5, early_stopping_patience=1,
-                         device="cpu")  # the divergence this relies on is fp32 CPU arithmetic
-    train(config, str(tiny_llama), run, show_progress=False)
+    # the student starts out knowing the validation answers; the train split asks the same requests (and more)
+    # but answers each with letters the validation split never uses, so fitting it only makes validation
+    # worse: patience 1 stops at the first epoch that does not improve
+    rows = tool_call_rows(300)
+    validation = rows[:40]
+    run = save_splits(RunDir(tmp_path / "run"), [answered_with(row, "X" * 16) for row in rows], validation)
+    student = fitted_to(validation, tiny_llama, tmp_path / "student")
+    config = fast_config(max_steps=None, epochs=6, batch_size=64, early_stopping_patience=1)
+    train(config, str(student), run, show_progress=False)
     metrics = json.loads((run.train / "metrics.json").read_text())
     assert metrics["stopped_early"] and len(metrics["validation_loss_by_epoch"]) < 6
     # the adapter kept is the one with the lowest validation loss seen, not the last epoch's
@@ -233,12 +285,7 @@ def test_resume_after_kill_loses_nothing(dataset_run, tiny_llama, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), train)
     killed, whole = fresh_run(dataset_run, tmp_path / "killed"), fresh_run(dataset_run, tmp_path / "whole")
     command = kit_command("train", str(recipe), "--run-dir", str(killed.root), "--no-progress")
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while last_complete_checkpoint(killed.train / "checkpoints") is None and process.poll() is None:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    kill_after_first_checkpoint(command, killed.train / "checkpoints")
     assert not (killed.train / "manifest.json").exists()
 
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
@@ -246,7 +293,7 @@ def test_resume_after_kill_loses_nothing(dataset_run, tiny_llama, tmp_path):
                    cwd=ROOT, check=True, capture_output=True)
     resumed = json.loads((killed.train / "metrics.json").read_text())
     reference = json.loads((whole.train / "metrics.json").read_text())
-    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= every
+    assert resumed["resumed_from_step"] in range(every, steps, every)  # a checkpoint before the end
     logged = [e["step"] for e in resumed["log_history"] if "loss" in e]
     assert logged == list(range(1, steps + 1))  # every step once: no gap, no repeat
     losses = {e["step"]: e["loss"] for e in resumed["log_history"] if "loss" in e}
@@ -310,7 +357,7 @@ def test_accelerate_launch_trains_with_two_cpu_processes(dataset_run, tiny_llama
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=cpu_only)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run.train / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["threads_per_process"] >= 1
+    assert metrics["processes"] == 2 and metrics["threads_per_process"] == 1  # the recipe's train.threads
     assert metrics["global_step"] == 6 and (run.adapter / "adapter_model.safetensors").is_file()
 
 
@@ -319,3 +366,66 @@ def test_a_bad_flag_is_a_one_line_error(tmp_path, tiny_llama):
     done = subprocess.run(kit_command("train", str(recipe), "--device", "tpu", "--run-dir", str(tmp_path / "run")),
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "device" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- the model-store student (SmolLM2-135M-Instruct), end to end via `kit train` -------------------------------
+STORE_STUDENT = "smollm2-135m-instruct"
+STORE_STEPS, STORE_EVERY = 12, 4
+
+
+def greedy_answers(model, tokenizer, rows, max_new_tokens: int = 32) -> list[str]:
+    import torch
+
+    torch.set_num_threads(1)  # as the recipe's train.threads: the test machine is shared
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answers = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_of_turn,
+                                 pad_token_id=end_of_turn)
+        answers.append(tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+@pytest.mark.slow
+def test_kit_train_on_the_store_student_learns_survives_kill_and_changes_answers(tmp_path):
+    from datasets import load_from_disk
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kit.models.store import ModelStore
+
+    base_path = ModelStore().pull_hf(STORE_STUDENT)
+    run = write_dataset(RunDir(tmp_path / "run"), count=300, validation=24)
+    # one thread per process: on a shared 2-core machine OpenMP's second thread mostly waits for a core
+    recipe = write_recipe(tmp_path / "recipe.yaml", STORE_STUDENT, {
+        "max_steps": STORE_STEPS, "checkpoint_every": STORE_EVERY, "batch_size": 8, "learning_rate": 2e-3,
+        "max_seq_len": 128, "threads": 1})
+    command = kit_command("train", str(recipe), "--run-dir", str(run.root), "--no-progress")
+    kill_after_first_checkpoint(command, run.train / "checkpoints")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] in range(STORE_EVERY, STORE_STEPS, STORE_EVERY)
+    assert metrics["global_step"] == STORE_STEPS
+    assert [e["step"] for e in metrics["log_history"] if "loss" in e] == list(range(1, STORE_STEPS + 1))
+    assert metrics["validation_loss_after"] < metrics["validation_loss_before"]
+    assert (run.train / "loss.png").stat().st_size > 1000
+    assert json.loads((run.adapter / "base_model.json").read_text())["spec"] == STORE_STUDENT
+
+    held_out = list(load_from_disk(str(run.dataset))["validation"].select(range(6)))
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    before = greedy_answers(model, tokenizer, held_out)
+    adapted = PeftModel.from_pretrained(model, str(run.adapter)).eval()
+    after = greedy_answers(adapted, tokenizer, held_out)
+    changed = sum(a != b for a, b in zip(before, after))
+    right_before = sum(a == r["output"] for a, r in zip(before, held_out))
+    right_after = sum(a == r["output"] for a, r in zip(after, held_out))
+    print(f"val loss {metrics['validation_loss_before']:.3f} -> {metrics['validation_loss_after']:.3f}; "
+          f"answers changed {changed}/6; exact {right_before}/6 -> {right_after}/6")
+    assert changed >= 4
+    assert right_after > right_before

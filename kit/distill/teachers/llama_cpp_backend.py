@@ -25,6 +25,7 @@ from runtime.backends.base import default_threads
 from runtime.backends.gguf import grammar_for
 from runtime.backends.llama_sampling import lazy_grammar_llama_class
 from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.errors import ContextLengthError
 from runtime.params import GenerationParams
 
 
