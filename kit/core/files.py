@@ -48,7 +48,7 @@ def fingerprint(path: Path | str, skip_prefixes: tuple[str, ...] = ()) -> str:
     root = path if path.is_dir() else path.parent
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
-        if file.name.startswith(skip_prefixes) and skip_prefixes:
+        if file.name.startswith(skip_prefixes):  # an empty tuple matches no name
             continue
         digest.update(file.relative_to(root).as_posix().encode())
         with open(file, "rb") as handle:

@@ -253,9 +253,10 @@ class EvaluateStage:
         return run_dir.eval
 
     def plan(self, config: EvaluateConfig, run_dir: RunDir) -> StagePlan:
-        eval_cases(config)  # a missing or malformed eval set is reported before anything runs
+        cases = eval_cases(config)  # a missing or malformed eval set is reported before anything runs
         targets = config.targets if config.targets is not None else default_targets(config, run_dir)
-        return StagePlan(stage_config(config, targets), stage_inputs(config, run_dir), {"targets": targets})
+        return StagePlan(stage_config(config, targets), stage_inputs(config, run_dir),
+                         {"cases": cases, "targets": targets})
 
     def make(self, config: EvaluateConfig, run_dir: RunDir, plan: StagePlan, threads: int | None = None) -> StageManifest:
         return _evaluate(config, run_dir, plan, threads)
@@ -272,8 +273,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, *, threads: int | None = None, 
 
 def _evaluate(config: EvaluateConfig, run: RunDir, plan: StagePlan, threads: int | None) -> StageManifest:
     started = time.time()
-    cases = eval_cases(config)
-    targets = plan.context["targets"]
+    cases, targets = plan.context["cases"], plan.context["targets"]
     run.eval.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"task": config.task.name, "cases": len(cases), "targets": {}}
     samples: dict[str, list[str]] = {}
