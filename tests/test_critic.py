@@ -111,11 +111,30 @@ def test_decontaminate_cuts_overlap_with_the_eval_set(tmp_path):
                                      "output": "465 km"}) + "\n")
     c = critic(DecontaminateVerifier(type="decontaminate", ngram=5), eval_file=eval_file)
     leaked = candidate("465 km", "tell me the distance from paris to lyon by train please")
-    assert "5-gram" in review(c, leaked).reason
+    assert "of eval item 1's 5-grams" in review(c, leaked).reason
     assert review(c, candidate("12 km", "how far is the beach from the station")) is None
     assert review(c, candidate("465 km", "how long is the drive to the coast")) is None  # answers: not compared
     both = critic(DecontaminateVerifier(type="decontaminate", ngram=5, fields=["input", "output"]), eval_file=eval_file)
     assert review(both, candidate("465 km", "how far to go")).verifier == "decontaminate"  # short texts: exact copies
+
+
+def test_decontaminate_cuts_a_paraphrase_and_keeps_a_shared_generic_phrase(tmp_path):
+    """The rule is the share of one eval item a sample covers: a paraphrase that keeps most of a question is
+    cut; a new question that only shares a stock phrase with it ("what is the average number of") is kept."""
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("\n".join(json.dumps({"input": q, "output": "x"}) for q in (
+        "What is the average number of items per order for customers in Berlin?",
+        "What is the total number of reviews with a rating of 5?",
+        "set a timer for 5 minutes")) + "\n")
+    c = critic(DecontaminateVerifier(type="decontaminate"), eval_file=eval_file)
+    paraphrase = review(c, candidate("y", "what's the average number of items per order for the customers in Berlin"))
+    assert paraphrase is not None and "eval item 1" in paraphrase.reason
+    assert review(c, candidate("y", "Give me the total number of reviews with a rating of 5 please")) is not None
+    assert review(c, candidate("y", "set a timer for 5 minutes to check the oven")) is not None
+    assert review(c, candidate("y", "What is the average number of products in each category?")) is None
+    assert review(c, candidate("y", "What is the total number of orders shipped to Spain last year?")) is None
+    assert review(c, candidate("y", "set a timer for 10 minutes")) is None
+    assert any("50% of one eval item's word 4-grams" in note for note in c.notes)
 
 
 def test_decontaminate_without_eval_file_says_so():

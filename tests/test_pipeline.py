@@ -24,7 +24,7 @@ seeds:
   - {input: "Which city is the capital of Italy?", output: {capital: Rome}}
 teacher: {backend: llama_cpp, model: smollm2-135m-instruct, max_tokens: 96, n_ctx: 2048, temperature: 0.9}
 critic:
-  verifiers: [{type: json_schema}, {type: dedup, threshold: 0.9}, {type: decontaminate, ngram: 5}]
+  verifiers: [{type: json_schema}, {type: dedup, threshold: 0.9}, {type: decontaminate}]
 data: {target_samples: 12, validation_fraction: 0.25, topics: [Europe, Asia, Americas], evolve_fraction: 0.3}
 student: {model: smollm2-135m-instruct}
 train: {max_steps: 4, batch_size: 4, max_seq_len: 256, checkpoint_every: 2, threads: 2}

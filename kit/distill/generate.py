@@ -107,6 +107,7 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
                             store.accepted - accepted_before, generation.failed, critic.notes + seed_notes)
         stats["seeds_in_training"] = len(seeds)
+        stats["decontamination"] = [v.rule for v in critic.verifiers if v.type == "decontaminate" and v.items]
         atomic_write_json(folder / STATS, stats)
         split = write_dataset(store.samples.rows, run_dir.dataset, system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,

@@ -1,9 +1,17 @@
-"""`decontaminate`: cut samples sharing word n-grams with the eval set (inputs with inputs; outputs with
-outputs when the recipe asks)."""
+"""`decontaminate`: cut a sample that covers much of one eval item (inputs with inputs; outputs with outputs
+when the recipe asks).
+
+The rule is a share, not a count: a sample is contamination when it holds at least `max_coverage` of one eval
+item's word n-grams. A copy or a light paraphrase of an eval question covers most of that question's n-grams
+and is cut; a generic phrase the two happen to share ("what is the average number of") covers a small part of
+any one item and is kept. An item shorter than n words counts as one n-gram of its own length, so an exact
+copy of a short request is still caught.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 from kit.core.errors import UserError
@@ -33,26 +41,59 @@ def eval_texts(path: Path, key: str) -> list[str]:
     return texts
 
 
+class EvalItems:
+    """The eval set's texts of one field as n-gram sets, indexed by n-gram so a check looks only at the items
+    that share something with the sample."""
+
+    def __init__(self, texts: list[str], n: int):
+        self.n = n
+        self.texts = texts
+        self.grams = [ngrams(text, n) for text in texts]
+        self.lengths = sorted({len(g) for gs in self.grams for g in gs})  # short items hold shorter grams
+        self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for number, grams in enumerate(self.grams):
+            for gram in grams:
+                self.index[gram].append(number)
+
+    def most_covered(self, text: str) -> tuple[float, int | None]:
+        """The largest share of one eval item's n-grams that `text` holds, and that item's number."""
+        tokens = words(text)
+        mine = {tuple(tokens[i:i + k]) for k in self.lengths for i in range(len(tokens) - k + 1)}
+        hits: dict[int, int] = defaultdict(int)
+        for gram in mine:
+            for number in self.index.get(gram, ()):
+                hits[number] += 1
+        best, item = 0.0, None
+        for number, count in hits.items():
+            share = count / len(self.grams[number])
+            if share > best:
+                best, item = share, number
+        return best, item
+
+
 class DecontaminateCheck(Verifier):
     type = "decontaminate"
 
     def __init__(self, config, context: CriticContext):
         super().__init__(config, context)
-        self.eval_ngrams: dict[str, set[tuple[str, ...]]] = {}
+        self.items: dict[str, EvalItems] = {}
         if context.eval_file is None:
             self.notes.append("no eval.file in the recipe: nothing to decontaminate against")
             return
         for field in config.fields:
-            self.eval_ngrams[field] = set().union(*(ngrams(t, config.ngram)
-                                                    for t in eval_texts(context.eval_file, field)))
+            self.items[field] = EvalItems(eval_texts(context.eval_file, field), config.ngram)
+        self.notes.append(f"decontaminate rule: cut a sample holding >= {config.max_coverage:.0%} of one eval "
+                          f"item's word {config.ngram}-grams ({', '.join(config.fields)})")
+
+    @property
+    def rule(self) -> dict:
+        return {"ngram": self.config.ngram, "max_coverage": self.config.max_coverage, "fields": list(self.config.fields)}
 
     async def check(self, candidate: Candidate) -> str | None:
-        if not self.eval_ngrams:
-            return None
         mine = {"input": candidate.input_text, "output": candidate.answer.output}
-        shared = set().union(*(ngrams(mine[field], self.config.ngram) & eval_ngrams
-                               for field, eval_ngrams in self.eval_ngrams.items()))
-        if len(shared) >= self.config.min_shared:
-            example = " ".join(sorted(shared)[0])
-            return f"shares {len(shared)} {self.config.ngram}-gram(s) with the eval set, e.g. '{example[:80]}'"
+        for field, items in self.items.items():
+            share, item = items.most_covered(mine[field])
+            if item is not None and share >= self.config.max_coverage:
+                return (f"covers {share:.0%} of eval item {item + 1}'s {self.config.ngram}-grams ({field}: "
+                        f"'{items.texts[item][:80]}')")
         return None
