@@ -22,15 +22,16 @@ from kit.core.errors import UserError
 from kit.core.run_dir import RunDir
 from kit.core.stage import Stage, StageManifest, run_stage
 from kit.distill.generate import GENERATE
+from kit.evaluate.probe import PROBE
 from kit.evaluate.report import headline
 from kit.evaluate.serve_check import first_eval_input, serve_check
 from kit.evaluate.stage import EVALUATE
 from kit.recipe.loader import load_seeds
 from kit.recipe.schema import Recipe
-from kit.recipe.stages import evaluate_config, export_config, generate_config, train_config
+from kit.recipe.stages import evaluate_config, export_config, generate_config, probe_config, train_config
 from trainers.sft import TRAIN
 
-STAGES = ("generate", "train", "export", "eval", "bundle")
+STAGES = ("generate", "train", "probe", "export", "eval", "bundle")
 console = Console()
 
 
@@ -50,13 +51,25 @@ class BuildStep:
     config: Any
     summary: Callable[[StageManifest, RunDir], str]
     options: dict[str, Any] = field(default_factory=dict)
+    run: RunDir | None = None  # a round's own run directory (None: the build's)
+    label: str = ""  # how the build names it ("generate (round 1/2)"); default: the stage's name
 
 
 def build_steps(recipe: Recipe, run: RunDir, eval_teacher: bool = True, threads: int | None = None) -> list[BuildStep]:
-    """The stages `kit build` runs, in order."""
-    return [
-        BuildStep(GENERATE, generate_config(recipe), _generate_summary, {"show_progress": True}),
-        BuildStep(TRAIN, train_config(recipe), _train_summary, {"show_progress": True}),
+    """The stages `kit build` runs, in order: generate and train once per round (with a probe after each when
+    `data.rounds` > 1), then export and eval of the last round's student."""
+    rounds = recipe.data.rounds
+    steps = []
+    for number in range(1, rounds + 1):
+        here = run.round(number, rounds)
+        tag = f" (round {number}/{rounds})" if rounds > 1 else ""
+        steps += [BuildStep(GENERATE, generate_config(recipe, run, number), _generate_summary, {"show_progress": True},
+                            here, f"generate{tag}"),
+                  BuildStep(TRAIN, train_config(recipe, run, number), _train_summary, {"show_progress": True}, here,
+                            f"train{tag}")]
+        if rounds > 1:
+            steps.append(BuildStep(PROBE, probe_config(recipe, run, number), _probe_summary, {}, here, f"probe{tag}"))
+    return steps + [
         BuildStep(EXPORT, export_config(recipe, run), _export_summary),
         BuildStep(EVALUATE, evaluate_config(recipe, include_teacher=eval_teacher), _eval_summary, {"threads": threads}),
     ]
@@ -69,12 +82,13 @@ def build(recipe: Recipe, run: RunDir, until: str = "bundle", eval_teacher: bool
     if until not in STAGES:
         raise UserError(f"unknown stage '{until}': use one of {', '.join(STAGES)}")
     steps = build_steps(recipe, run, eval_teacher, threads)
-    wanted = STAGES[: STAGES.index(until) + 1]
+    # stop after the last step at or before `until` (a stage that runs once per round: the last round's)
+    order = [STAGES.index(step.stage.name) for step in steps]
+    last = max((i for i, o in enumerate(order) if o <= STAGES.index(until)), default=-1)
+    steps = steps[: last + 1]
     results = []
     for step in steps:
-        if step.stage.name not in wanted:
-            break
-        results.append(_timed(step.stage.name, lambda step=step: _run_step(step, run)))
+        results.append(_timed(step.label or step.stage.name, lambda step=step: _run_step(step, step.run or run)))
     if until == "bundle":
         results.append(_timed("bundle", lambda: _finish_bundle(run)))
         if serve:
@@ -105,6 +119,13 @@ def _train_summary(manifest: StageManifest, run: RunDir) -> str:
     f = manifest.figures
     return (f"validation loss {_num(f.get('validation_loss_before'))} -> {_num(f.get('validation_loss_after'))}, "
             f"{_num(f.get('train_tokens_per_s'), 0)} train tokens/s")
+
+
+def _probe_summary(manifest: StageManifest, run: RunDir) -> str:
+    f = manifest.figures
+    score = f.get("validation_score")
+    return (f"{f.get('failed')} of {f.get('probed')} probes failed; validation {f.get('metric')} "
+            f"{_pct(score) if score is not None else '?'}")
 
 
 def _export_summary(manifest: StageManifest, run: RunDir) -> str:

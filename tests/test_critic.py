@@ -193,3 +193,27 @@ def test_grounded_cuts_values_not_copied_from_the_input():
     assert review(c, candidate(nested, text)).reason.startswith("calls[0].recipient 'Samuel'")
     loose = critic(GroundedVerifier(type="grounded", fields=["text"], ignore_case=True))
     assert review(loose, candidate(recased, text)) is None
+
+
+def test_json_answers_are_voted_field_by_field():
+    """Three answers agreeing on the tool but one wording an argument differently still give a label (each
+    field's majority); a field without a majority rejects, and the reason names the field."""
+    from kit.distill.vote import vote
+
+    def answers(*values):
+        return [Answer(v, json.dumps(v)) for v in values]
+
+    timer = {"tool": "set_timer", "arguments": {"duration_seconds": 180}}
+    labelled, chosen = vote(answers(timer, timer | {"arguments": {"duration_seconds": 180, "label": "tea"}},
+                                    {"tool": "set_timer", "arguments": {"duration_seconds": 300}}), "json", None)
+    assert labelled.answer.value == timer and chosen == 0 and labelled.votes == 2 and not labelled.reason
+    composed, chosen = vote(answers({"a": 1, "b": 2, "c": 5}, {"a": 1, "b": 3, "c": 6}, {"a": 9, "b": 3, "c": 5}),
+                            "json", None)
+    assert composed.answer.value == {"a": 1, "b": 3, "c": 5} and chosen is None
+    assert composed.answer.output == '{"a":1,"b":3,"c":5}'
+    split, _ = vote(answers(timer, {"tool": "set_timer", "arguments": {"duration_seconds": 60}},
+                            {"tool": "set_timer", "arguments": {"duration_seconds": 600}}), "json", None)
+    assert split.answer is None and split.reason == "no majority on 'arguments.duration_seconds' (1/3 agree)"
+    text, _ = vote([Answer("Paris", "Paris"), Answer("paris", "paris"), Answer("Paris", "Paris")], "text",
+                   lambda a: a.output)
+    assert text.answer.output == "Paris" and text.votes == 2

@@ -418,12 +418,13 @@ def test_topics_are_taken_in_turn_so_every_topic_gets_its_share():
     from collections import Counter
     from types import SimpleNamespace
 
-    from kit.distill.config import DataConfig
+    from kit.distill.config import DataConfig, RoundConfig
     from kit.distill.prompts import plan_item
 
     topics = ["a", "b", "c", "d", "e"]
     for per_request in (1, 4):
-        config = SimpleNamespace(seeds=[object()] * 3, data=DataConfig(topics=topics, inputs_per_request=per_request))
+        config = SimpleNamespace(seeds=[object()] * 3, data=DataConfig(topics=topics, inputs_per_request=per_request),
+                                 round=RoundConfig())
         plan = [plan_item(config, i) for i in range(50 * per_request)]
         assert Counter(p.topic for p in plan) == {t: 10 * per_request for t in topics}
         if per_request > 1:  # the items of one list share its plan

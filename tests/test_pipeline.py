@@ -77,3 +77,49 @@ def test_build_runs_every_stage_then_resumes_by_skipping(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "export is up to date" in second.stdout + second.stderr
     assert "eval is up to date" in second.stdout + second.stderr
+
+
+@pytest.mark.slow
+def test_failure_driven_rounds_probe_the_student_and_write_inputs_like_its_failures(tmp_path):
+    """Two rounds for real: round 1 holds out a probe pool, its student answers it, and round 2's teacher writes
+    inputs like the failed probes; round 2 trains on everything from round 1's adapter; a rerun skips it all."""
+    recipe = textwrap.dedent(RECIPE).replace(
+        "data: {target_samples: 12,", "data: {target_samples: 16, rounds: 2, probe_fraction: 0.4,")
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"input": q, "output": {"capital": a}}) + "\n"
+                                                 for q, a in EVAL))
+    command = [sys.executable, "-m", "kit", "build", str(tmp_path / "recipe.yaml"), "--runs", str(tmp_path / "runs"),
+               "--until", "probe"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "runs" / "capital-finder"
+    round1 = run / "rounds" / "1"
+    probes = [json.loads(line) for line in (round1 / "data" / "probes.jsonl").read_text().splitlines()]
+    samples1 = [json.loads(line) for line in (round1 / "data" / "samples.jsonl").read_text().splitlines()]
+    assert probes and {p["id"] for p in probes} <= {s["id"] for s in samples1}
+    probe1 = json.loads((round1 / "probe" / "probe.json").read_text())
+    assert probe1["probed"] == len(probes) and probe1["round"] == 1
+    failures = [json.loads(line) for line in (round1 / "probe" / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == probe1["failed"]
+    from datasets import load_from_disk
+
+    round1_train = {row["id"] for row in load_from_disk(str(round1 / "data" / "dataset"))["train"]}
+    assert not round1_train & {p["id"] for p in probes}  # probes are held out of the round that probes with them
+    stats2 = json.loads((run / "data" / "stats.json").read_text())["round"]
+    assert stats2 | {"probed": probe1["probed"]} == stats2 and stats2["number"] == 2
+    assert stats2["earlier_samples"] == len(samples1) and stats2["failed"] == probe1["failed"]
+    samples2 = [json.loads(line) for line in (run / "data" / "samples.jsonl").read_text().splitlines()]
+    if failures:  # round 2 asks for inputs like the failed ones
+        assert stats2["inputs_like_failures"] > 0
+        assert any(s["origin"].startswith("like failed probe") for s in samples2)
+    final = load_from_disk(str(run / "data" / "dataset"))
+    ids = {row["id"] for split in final.values() for row in split}
+    assert {s["id"] for s in samples1 + samples2} <= ids  # every round's samples, round 1's probes included
+    train2 = json.loads((run / "train" / "manifest.json").read_text())
+    assert "init_adapter" in train2["inputs"]  # round 2 starts from round 1's adapter
+    rounds = json.loads((run / "probe" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2] and (run / "probe" / "rounds.png").is_file()
+    assert not (run / "export").exists()  # --until probe stops after the last round's probe
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (second.stdout + second.stderr).count("is up to date") == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -29,6 +30,9 @@ class DistillSettings(StrictModel):
 class TrainConfig(StrictModel):
     method: Literal["lora", "qlora"] = "lora"
     epochs: float = Field(3.0, gt=0)
+    later_round_epochs: float | None = Field(None, gt=0, description="with data.rounds > 1: epochs of each round "
+                                             "after the first, which starts from the previous round's adapter "
+                                             "(default: epochs)")
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     batch_size: int = Field(8, ge=1)
@@ -60,3 +64,5 @@ class TrainStageConfig(StrictModel):
     system_prompt: str | None = Field(None, description="replaces each row's system message (None: none)")
     replace_system_prompt: bool = Field(True, description="false: train on each row's own system message")
     train: TrainConfig = TrainConfig()
+    init_adapter: Path | None = Field(None, description="start from this LoRA adapter (a previous round's) "
+                                                        "instead of a new one")

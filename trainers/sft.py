@@ -17,7 +17,7 @@ from kit.core.dataset import dataset_fingerprint, load_dataset_dict
 from kit.core.errors import UserError
 from kit.core.files import atomic_write_json
 from kit.core.run_dir import RunDir
-from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
+from kit.core.stage import StageManifest, StagePlan, config_dict, fingerprint, run_stage, write_stage_manifest
 from kit.models.base_model import resolve_base
 from runtime.memory import peak_rss_mb
 from trainers.checkpoints import claim, last_complete_checkpoint, read_initial_eval, write_initial_eval
@@ -73,6 +73,10 @@ class TrainStage:
         if config.replace_system_prompt:
             record["system_prompt"] = config.system_prompt
         inputs = {"dataset": dataset_fingerprint(run_dir.dataset), "base_model": base.sha256}
+        if config.init_adapter is not None:
+            if not (Path(config.init_adapter) / "adapter_config.json").is_file():
+                raise UserError(f"no adapter to start from at {config.init_adapter}: train the previous round first")
+            inputs["init_adapter"] = fingerprint(Path(config.init_adapter))
         if teacher is not None:
             inputs["teacher"] = teacher.sha256
         return StagePlan(record, inputs, {"data": data, "base": base, "teacher": teacher})
@@ -94,7 +98,7 @@ class TrainStage:
                 claim(paths.checkpoints, plan.manifest(STAGE).key)
         resume_from = last_complete_checkpoint(paths.checkpoints)
         trainer, progress = build_trainer(train_config, base, teacher, plan.context["data"], paths, device,
-                                          show_progress, system_prompt)
+                                          show_progress, system_prompt, init_adapter=config.init_adapter)
         summary = _fit(trainer, paths, resume_from)
         trainer.save_model(str(paths.adapter))
         if not processes.is_main_process:
@@ -129,8 +133,9 @@ def train(config: TrainConfig, student: str, run_dir: RunDir, show_progress: boo
 
 
 def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, device: str, show_progress: bool = True,
-                  system_prompt: str | None | object = KEEP):
-    """The StudentTrainer (trl SFTTrainer + our loss) and its progress callback, ready to train."""
+                  system_prompt: str | None | object = KEEP, init_adapter: Path | None = None):
+    """The StudentTrainer (trl SFTTrainer + our loss) and its progress callback, ready to train; from
+    `init_adapter`'s weights (trainable) when given, else from a new LoRA."""
     from accelerate import PartialState
     from transformers import PrinterCallback
     from transformers.trainer_callback import EarlyStoppingCallback
@@ -152,11 +157,15 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     callbacks: list[Any] = [progress, KeepBestWeights()]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    model, peft_config = load_causal_lm(base.hf_path, config, device), lora_config(config.lora)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        model, peft_config = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None
     trainer = StudentTrainer(
-        model=load_causal_lm(base.hf_path, config, device), args=training_args(config, device, paths.checkpoints,
-                                                                             own_collator=collator is not None),
+        model=model, args=training_args(config, device, paths.checkpoints, own_collator=collator is not None),
         train_dataset=train_rows, eval_dataset=rows["validation"], processing_class=tokenizer,
-        peft_config=lora_config(config.lora), data_collator=collator, callbacks=callbacks, distill=config.distill)
+        peft_config=peft_config, data_collator=collator, callbacks=callbacks, distill=config.distill)
     trainer.remove_callback(PrinterCallback)
     return trainer, progress
 

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 def build(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories (runs/<task-name>/)"),
-    until: str = typer.Option("bundle", "--until", help="stop after this stage: generate|train|export|eval|bundle"),
+    until: str = typer.Option("bundle", "--until", help="stop after this stage: generate|train|probe|export|eval|bundle (with data.rounds > 1: the last round's)"),
     no_teacher: bool = typer.Option(False, "--no-teacher-eval", help="skip scoring the teacher in the report"),
     threads: int = typer.Option(None, "--threads", help="CPU threads per eval target"),
     serve_check: bool = typer.Option(True, "--serve-check/--no-serve-check",

@@ -167,11 +167,31 @@ class DataConfig(StrictModel):
     answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
     reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
                                               "dataset's `reasoning` column); off: about half the teacher tokens")
+    rounds: int = Field(1, ge=1, le=8, description="failure-driven rounds (`kit build`): target_samples is split "
+                        "across them; after each round but the last the student answers a probe pool of held-out "
+                        "teacher-labelled samples, and the next round's teacher writes new inputs like the ones it "
+                        "got wrong; each round trains on everything so far")
+    probe_fraction: float = Field(0.25, ge=0.0, lt=0.6, description="share of each round's samples (but the last "
+                                  "round's) held out as its probe pool; they join training in the next round")
     batch_size: int = Field(8, ge=1)
     train_on_seeds: bool = Field(True, description="the seeds join the training split (never validation): they "
                                                    "are the answers a person wrote and checked; seeds that overlap "
                                                    "the eval set are left out")
     seed: int = 0
+
+
+class RoundConfig(StrictModel):
+    """Which failure-driven round a generate stage makes: its number, the data folders of earlier rounds (their
+    samples join this round's dataset and the critic's memory) and the probe failures it writes inputs like."""
+
+    number: int = Field(1, ge=1)
+    of: int = Field(1, ge=1)
+    earlier: list[Path] = Field(default_factory=list)
+    failures_file: Path | None = None
+
+    @property
+    def holds_out_probes(self) -> bool:
+        return self.number < self.of
 
 
 class GenerateConfig(StrictModel):
@@ -184,3 +204,4 @@ class GenerateConfig(StrictModel):
     critic: CriticConfig = CriticConfig()
     data: DataConfig = DataConfig()
     eval_file: Path | None = None
+    round: RoundConfig = RoundConfig()

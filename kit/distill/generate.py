@@ -8,12 +8,11 @@ import hashlib
 import json
 import math
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from kit.core.errors import UserError
-from kit.core.files import atomic_write_json, fingerprint
+from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
 from kit.distill.config import GenerateConfig
@@ -33,15 +32,19 @@ from kit.distill.prompts import (
     parse_inputs,
     plan_item,
     request_seed,
+    round_role,
     vote_key,
 )
-from kit.distill.sample_store import STATS, SampleStore, sample_id, write_dataset
+from kit.distill.sample_store import SAMPLES, STATS, SampleStore, probe_ids, read_jsonl, sample_id, split_ids, write_dataset
 from kit.distill.stats import GenerationProgress, build_stats, step_names
 from kit.distill.teachers import TeacherClient, TeacherRequestFailed, make_teacher
+from kit.distill.vote import vote
 
 STAGE = "generate"
 CACHE_FILE = "teacher_cache.sqlite"
 CONFIG_FILE = "generate_config.json"
+PROBES = "probes.jsonl"  # a round's held-out probe pool (teacher-labelled samples the next round probes with)
+LIKE_ORIGIN = "like failed probe"
 VERIFIER_FILES = ("database", "tests_file")  # verifier settings that name a file
 # Settings that change what is generated; others (target size, concurrency, timeouts) may change on a re-run.
 RUNTIME_ONLY = {"teacher": {"concurrency", "timeout_s", "max_retries", "n_threads", "base_url", "api_key_env",
@@ -108,19 +111,24 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
                             store.accepted - accepted_before, generation.failed, critic.notes + seed_notes)
         stats["seeds_in_training"] = len(seeds)
         stats["decontamination"] = [v.rule for v in critic.verifiers if v.type == "decontaminate" and v.items]
+        held_out = _write_probes(config, store.samples.rows, folder)
+        stats["round"] = _round_stats(config, store.samples.rows, generation, held_out)
         atomic_write_json(folder / STATS, stats)
-        split = write_dataset(store.samples.rows, run_dir.dataset, system_prompt=config.task.effective_system_prompt,
+        split = write_dataset(generation.earlier_rows + store.samples.rows, run_dir.dataset,
+                              system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
-                              extra_train=seeds)
+                              extra_train=seeds, held_out=held_out)
     finally:
         for client in {id(c): c for c in [teacher, *judges]}.values():
             await client.aclose()
         store.close()
-    manifest = plan.manifest(STAGE, outputs={"samples": "samples.jsonl", "rejected": "rejected.jsonl", "stats": STATS,
-                                      "dataset": "dataset"},
+    outputs = {"samples": "samples.jsonl", "rejected": "rejected.jsonl", "stats": STATS, "dataset": "dataset"}
+    if config.round.holds_out_probes:
+        outputs["probes"] = PROBES
+    manifest = plan.manifest(STAGE, outputs=outputs,
                              figures={"accepted": stats["accepted"], "acceptance_rate": stats["acceptance_rate"],
                                       "target_reached": stats["target_reached"], "split": split,
-                                      "samples_per_s": stats["samples_per_s"]},
+                                      "samples_per_s": stats["samples_per_s"], "round": stats["round"]},
                              started=started)
     write_stage_manifest(folder, manifest)
     return manifest
@@ -149,7 +157,10 @@ class Generation:
         self._in_flight = 0
         self._next = 0
         self._input_lists: dict[int, asyncio.Task] = {}  # list number -> the teacher's reply, shared by its items
-        for row in store.samples.rows:  # dedup and friends remember what was kept before
+        self.earlier_rows = [row for folder in config.round.earlier for row in read_jsonl(Path(folder) / SAMPLES)]
+        self.earlier_ids = {row["id"] for row in self.earlier_rows}
+        self.failures = failed_inputs(config.round.failures_file)
+        for row in self.earlier_rows + store.samples.rows:  # dedup and friends remember what was kept before
             critic.admit(row["id"], Candidate(row["index"], row["input"], []))
 
     async def fill(self) -> None:
@@ -194,7 +205,7 @@ class Generation:
 
     async def _make(self, index: int) -> tuple[Candidate | dict[str, Any], Rejection | None]:
         config, teacher = self.config, self.teacher
-        item = plan_item(config, index)
+        item = plan_item(config, index, self.failures)
         try:
             task_input, reference = await self._input(index, item)
         except ParseError as err:
@@ -206,7 +217,8 @@ class Generation:
         answer_params = {} if config.teacher.answer_temperature is None else \
             {"temperature": config.teacher.answer_temperature}
         replies = await asyncio.gather(*(teacher.complete(messages, answer_schema(config), teacher.sampling(
-            request_seed(config.data.seed, index, "answer", k), **answer_params)) for k in range(n)))
+            request_seed(config.data.seed, index, round_role(config, "answer"), k), **answer_params))
+            for k in range(n)))
         answers, problems = [], []
         for r in replies:
             try:
@@ -231,7 +243,8 @@ class Generation:
         if count == 1:
             reply = await teacher.complete(input_messages(config, item, self.with_reference),
                                            input_schema(config, self.with_reference),
-                                           teacher.sampling(request_seed(config.data.seed, index, "input")))
+                                           teacher.sampling(request_seed(config.data.seed, index,
+                                                                            round_role(config, "input"))))
             try:
                 return parse_input(config, reply.text, self.with_reference)
             except ParseError as err:
@@ -250,9 +263,11 @@ class Generation:
     async def _input_list(self, number: int, count: int) -> list[tuple[Any, Any] | ParseError]:
         config, teacher = self.config, self.teacher
         first = number * count
-        reply = await teacher.complete(inputs_messages(config, plan_item(config, first), count, self.with_reference),
+        reply = await teacher.complete(inputs_messages(config, plan_item(config, first, self.failures), count,
+                                                       self.with_reference),
                                        inputs_schema(config, count, self.with_reference),
-                                       teacher.sampling(request_seed(config.data.seed, first, f"inputs{count}"),
+                                       teacher.sampling(request_seed(config.data.seed, first,
+                                                                         round_role(config, f"inputs{count}")),
                                                         max_tokens=config.teacher.max_tokens * count))
         try:
             entries = parse_inputs(config, reply.text, count, self.with_reference)
@@ -270,13 +285,14 @@ class Generation:
             raise TargetReached
 
     def _vote(self, candidate: Candidate, n: int) -> Rejection | None:
-        """Self-consistency: the most common normalized answer wins; it needs a strict majority of all N
-        (unless a sql verifier votes on result sets instead)."""
-        keys = [vote_key(self.config, a) for a in candidate.answers]
-        best, count = Counter(keys).most_common(1)[0]
-        candidate.chosen, candidate.votes = keys.index(best), count
-        if count * 2 <= n and not self.votes_on_results:
-            return Rejection("self_consistency", f"no majority answer ({count}/{n} agree)")
+        """Self-consistency (kit.distill.vote): JSON field by field, text whole; a label needs a strict majority of
+        all N (unless a sql verifier votes on result sets instead)."""
+        result, chosen = vote(candidate.answers, self.config.output.format, lambda a: vote_key(self.config, a))
+        if result.answer is not None and chosen is None:  # a label composed of each field's majority
+            candidate.label = result.answer
+        candidate.chosen, candidate.votes = chosen or 0, result.votes
+        if result.reason and not self.votes_on_results:
+            return Rejection("self_consistency", result.reason)
         return None
 
     def _record(self, index: int, candidate: Candidate | dict[str, Any], rejection: Rejection | None) -> None:
@@ -287,7 +303,7 @@ class Generation:
             rejection = self.critic.recheck(candidate)
         if rejection is None and isinstance(candidate, Candidate):
             sid = sample_id(candidate.input_text, candidate.answer.output)
-            if sid in self.store.ids:
+            if sid in self.store.ids or sid in self.earlier_ids:
                 rejection = Rejection("duplicate", f"same input and output as sample {sid}")
         if rejection is not None:
             self.store.add_rejection(_rejection_row(index, candidate, rejection))
@@ -299,6 +315,39 @@ class Generation:
             self.critic.admit(sid, candidate)
         if self.progress is not None:
             self.progress.update(self.store)
+
+
+def failed_inputs(path: Path | None) -> list[str]:
+    """The inputs of the previous round's failed probes, in the order the probe wrote them."""
+    if path is None:
+        return []
+    return [input_text(row["input"]) for row in read_jsonl(Path(path))]
+
+
+def _write_probes(config: GenerateConfig, rows: list[dict[str, Any]], folder: Path) -> set[str]:
+    """A round before the last holds out its probe pool (a band of shares, disjoint from validation) and writes
+    it to probes.jsonl; returns the held-out ids."""
+    if not config.round.holds_out_probes:
+        return set()
+    ids = [row["id"] for row in rows]
+    held = probe_ids(ids, config.data.validation_fraction, config.data.probe_fraction, config.data.seed) - \
+        split_ids(ids, config.data.validation_fraction, config.data.seed)
+    probes = [{"id": r["id"], "input": r["input"], "output": r["output"]} for r in rows if r["id"] in held]
+    atomic_write_text(folder / PROBES, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in probes))
+    return held
+
+
+def _round_stats(config: GenerateConfig, rows: list[dict[str, Any]], generation: "Generation",
+                 held_out: set[str]) -> dict[str, Any]:
+    """What this round probed, found failed and added (read from the previous round's probe summary)."""
+    stats: dict[str, Any] = {"number": config.round.number, "of": config.round.of,
+                             "earlier_samples": len(generation.earlier_rows), "probes_held_out": len(held_out),
+                             "inputs_like_failures": sum(r["origin"].startswith(LIKE_ORIGIN) for r in rows)}
+    failures_file = config.round.failures_file
+    if failures_file is not None and (summary := Path(failures_file).with_name("probe.json")).is_file():
+        probe = json.loads(summary.read_text())
+        stats |= {"probed": probe.get("probed"), "failed": probe.get("failed")}
+    return stats
 
 
 async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[str, Any]], list[str]]:
@@ -348,6 +397,7 @@ def _content_sections(config: GenerateConfig) -> dict[str, str]:
     """A short hash per section of what decides the samples. Files (eval set, database, tests) count by their
     content, not their path, so a project moved or cloned elsewhere keeps its samples."""
     dumped = config_dict(config)
+    dumped.pop("round", None)  # each round writes a folder of its own; its inputs are hashed by the plan
     for verifier in dumped["critic"]["verifiers"]:
         for attr in VERIFIER_FILES:
             if verifier.get(attr) is not None:
@@ -372,4 +422,7 @@ def _input_hashes(config: GenerateConfig) -> dict[str, str]:
         for attr in VERIFIER_FILES:
             if getattr(verifier, attr, None) is not None:
                 files[f"verifier{i}.{attr}"] = getattr(verifier, attr)
+    files["failures"] = config.round.failures_file
+    for number, folder in enumerate(config.round.earlier, 1):
+        files[f"round{number}.samples"] = Path(folder) / SAMPLES
     return {name: fingerprint(path) for name, path in files.items() if path is not None and Path(path).exists()}

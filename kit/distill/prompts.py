@@ -7,7 +7,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from kit.distill.critic.base import Answer, input_text
 
@@ -18,6 +18,8 @@ EVOLUTIONS = (  # each completes "Rewrite this input so that you ..."
     "change the scenario and the details but keep the same kind of request",
     "phrase it the way a busy real user would type it: short and casual",
 )
+LIKE_ASK = ("the same kind of request needing the same kind of answer, with other details (other names, numbers, "
+            "times, dates, places and wording)")
 MAX_SHOTS = 16  # seeds shown in every prompt, always the same ones in the same order
 
 
@@ -33,9 +35,12 @@ class PlanItem:
     topic: str | None
     persona: str | None
     difficulty: str | None
+    like: str | None = None  # a failed probe input to write new inputs like (later rounds)
 
     @property
     def origin(self) -> str:
+        if self.like is not None:
+            return f"like failed probe: {self.like[:80]}"
         if self.evolve_seed is not None:
             return f"evolve seed {self.evolve_seed}: {self.evolution}"
         parts = [f"{k}={v}" for k, v in (("topic", self.topic), ("persona", self.persona),
@@ -48,21 +53,38 @@ def request_seed(data_seed: int, index: int, role: str, k: int = 0) -> int:
     return int(hashlib.sha256(f"{data_seed}:{index}:{role}:{k}".encode()).hexdigest()[:8], 16)
 
 
-def plan_item(config, index: int) -> PlanItem:
-    """The `index`-th input to write; the same recipe always gives the same plan."""
+def round_salt(config) -> str:
+    """The data seed, tagged with the round after the first: a later round's plan and requests are its own, and
+    round 1 (or a build without rounds) keeps the requests, and so the teacher cache, it always had."""
+    number = config.round.number
+    return str(config.data.seed) if number == 1 else f"{config.data.seed}:round{number}"
+
+
+def round_role(config, role: str) -> str:
+    number = config.round.number
+    return role if number == 1 else f"round{number}:{role}"
+
+
+def plan_item(config, index: int, failures: Sequence[str] = ()) -> PlanItem:
+    """The `index`-th input to write; the same recipe always gives the same plan. A later round with probe
+    failures asks, list by list, for new inputs like each failed one in turn (persona and kind still vary)."""
     data = config.data
     per_request = data.inputs_per_request
     # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
     unit = index // per_request
-    rng = random.Random(f"{data.seed}:{index}" if per_request == 1 else f"{data.seed}:list{per_request}:{unit}")
+    salt = round_salt(config)
+    rng = random.Random(f"{salt}:{index}" if per_request == 1 else f"{salt}:list{per_request}:{unit}")
     seeds = config.seeds
-    evolve = rng.random() < data.evolve_fraction
     pick = lambda options: rng.choice(options) if options else None  # noqa: E731
+    if failures:
+        return PlanItem(index=index, evolve_seed=None, evolution="", topic=None, persona=pick(data.personas),
+                        difficulty=pick(data.difficulty_levels), like=failures[unit % len(failures)])
+    evolve = rng.random() < data.evolve_fraction
     return PlanItem(
         index=index,
         evolve_seed=rng.randrange(len(seeds)) if evolve else None,
         evolution=rng.choice(data.evolutions or EVOLUTIONS),
-        topic=_in_turn(data.topics, unit, f"{data.seed}:topics"),
+        topic=_in_turn(data.topics, unit, f"{salt}:topics"),
         persona=pick(data.personas),
         difficulty=pick(data.difficulty_levels),
     )
@@ -154,7 +176,10 @@ def _wishes(item: PlanItem) -> list[tuple[str, str]]:
 
 def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
     reply = '{"input": ...' + (', "reference": <a correct answer to it>' if with_reference else "") + "}"
-    if item.evolve_seed is not None:
+    if item.like is not None:
+        user = f"Write one new input like this one: {LIKE_ASK}:\n{item.like}" + "".join(
+            f"\n{label}: {value}" for label, value in _wishes(item))
+    elif item.evolve_seed is not None:
         user = f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}"
     else:
         user = "Write one new input, different from the examples." + "".join(
@@ -168,7 +193,10 @@ def inputs_messages(config, item: PlanItem, count: int, with_reference: bool) ->
     """One request for `count` inputs that share the item's wishes (a list item gets its list's plan)."""
     one = '{"input": ..., "reference": <a correct answer to it>}' if with_reference else "..."
     reply = '{"inputs": [' + one + ", " + one + ", ...]}"
-    if item.evolve_seed is not None:
+    if item.like is not None:
+        user = f"Write {count} new inputs like this one: {LIKE_ASK}, and different from each other:\n{item.like}" + \
+            "".join(f"\n{label}: {value}" for label, value in _wishes(item))
+    elif item.evolve_seed is not None:
         user = (f"Rewrite this input {count} different ways, each so that you {item.evolution}:\n"
                 f"{input_text(config.seeds[item.evolve_seed].input)}")
     else:

@@ -52,6 +52,15 @@ class JsonlLog:
         os.close(self._fd)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The whole lines of a JSON-lines file, read only (a torn last line is skipped); [] when it is missing."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in keep.decode("utf-8").splitlines() if line.strip()]
+
+
 class SampleStore:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -87,27 +96,39 @@ def dataset_row(sample: dict[str, Any], system_prompt: str) -> dict[str, Any]:
             "messages": messages}
 
 
+def share_of(sample_id: str, seed: int) -> float:
+    """Where a sample falls in [0, 1): a hash of the data seed and its id, so its place in the split never moves
+    when other samples (a later round's) join."""
+    return int(hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()[:8], 16) / 2 ** 32
+
+
 def split_ids(ids: list[str], validation_fraction: float, seed: int) -> set[str]:
-    """The validation ids: a seeded shuffle of the sorted ids, so the split survives re-runs."""
-    order = sorted(ids)
-    random.Random(seed).shuffle(order)
-    count = round(len(order) * validation_fraction)
-    if validation_fraction > 0 and count == 0 and len(order) >= 2:
-        count = 1
-    return set(order[:count])
+    """The validation ids: those whose share falls below the fraction (at least one of two or more)."""
+    validation = {i for i in ids if share_of(i, seed) < validation_fraction}
+    if validation_fraction > 0 and not validation and len(ids) >= 2:
+        validation = {min(ids, key=lambda i: share_of(i, seed))}
+    return validation
+
+
+def probe_ids(ids: list[str], validation_fraction: float, probe_fraction: float, seed: int) -> set[str]:
+    """The ids a round holds out as its probe pool: the next band of shares after validation's."""
+    if probe_fraction <= 0:
+        return set()
+    top = validation_fraction + probe_fraction
+    return {i for i in ids if validation_fraction <= share_of(i, seed) < top}
 
 
 def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: str, validation_fraction: float,
-                  seed: int, extra_train: list[dict[str, Any]] = ()) -> dict[str, int]:
+                  seed: int, extra_train: list[dict[str, Any]] = (), held_out: set[str] = frozenset()) -> dict[str, int]:
     """Save a DatasetDict with `train` and `validation` to `out` (replacing it whole). `extra_train` rows (the
-    recipe's seeds) join the training split only."""
+    recipe's seeds) join the training split only; `held_out` ids (a round's probe pool) join neither."""
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     features = Features({"id": Value("string"), "input": Value("string"), "output": Value("string"),
                          "reasoning": Value("string"),
                          "messages": List({"role": Value("string"), "content": Value("string")})})
-    rows = [dataset_row(s, system_prompt) for s in samples]
-    validation = split_ids([r["id"] for r in rows], validation_fraction, seed)
+    rows = [dataset_row(s, system_prompt) for s in samples if s["id"] not in held_out]
+    validation = split_ids([s["id"] for s in samples], validation_fraction, seed)
     seeds = [dataset_row(s, system_prompt) for s in extra_train]
     parts = {"train": [r for r in rows if r["id"] not in validation] + seeds,
              "validation": [r for r in rows if r["id"] in validation]}

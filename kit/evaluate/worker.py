@@ -102,22 +102,34 @@ def predict_hf(spec: dict[str, Any]) -> dict[str, Any]:
     peak = peak_rss_mb()
     if len(timed) == len(spec["inputs"]):
         return _result(timed, timed, peak)
+    rows = generate_batched(model, tokenizer, [_messages(spec, case_input) for case_input in spec["inputs"]],
+                            spec["max_new_tokens"], spec.get("batch", 8))
+    return _result(rows, timed, peak)
+
+
+def generate_batched(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                     batch: int = 8) -> list[dict[str, Any]]:
+    """Greedy answers of a transformers model to each conversation, `batch` at a time, padded on the left and
+    masked, so each answer is what the model says to it alone: [{"text", "completion_tokens"}]."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = {pad_id, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
     rows = []
-    size = max(1, spec.get("batch", 8))
-    for begin in range(0, len(spec["inputs"]), size):  # padded on the left, masked: each answer as it is alone
-        batch = [tokenizer.apply_chat_template(_messages(spec, case_input), add_generation_prompt=True)
-                 for case_input in spec["inputs"][begin:begin + size]]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch])
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
+    size = max(1, batch)
+    for begin in range(0, len(conversations), size):
+        prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+                   for messages in conversations[begin:begin + size]]
+        width = max(len(ids) for ids in prompts)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
         with torch.inference_mode():
-            out = model.generate(input_ids, attention_mask=attention, max_new_tokens=spec["max_new_tokens"],
+            out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=pad_id)
         for sequence in out[:, width:].tolist():
             end = next((i for i, token in enumerate(sequence) if token in stops), len(sequence))
             rows.append({"text": tokenizer.decode(sequence[:end], skip_special_tokens=True), "completion_tokens": end})
-    return _result(rows, timed, peak)
+    return rows
 
 
 def _result(rows: list[dict[str, Any]], timed: list[dict[str, Any]], peak: float) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class Candidate:
     origin: str = ""
     reference: Any = None  # an independent answer written with the input, when a verifier asks for one
     votes: int = 1
+    label: Answer | None = None  # a label the vote composed field by field, equal to no single answer
 
     @property
     def input_text(self) -> str:
@@ -34,7 +35,7 @@ class Candidate:
 
     @property
     def answer(self) -> Answer:
-        return self.answers[self.chosen]
+        return self.label if self.label is not None else self.answers[self.chosen]
 
 
 def input_text(value: str | dict[str, Any]) -> str:
