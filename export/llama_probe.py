@@ -5,8 +5,9 @@ aborts the whole process on some broken GGUFs (e.g. std::out_of_range in byte_to
 tokenize); the parent sees a non-zero exit instead of dying. Imports llama_cpp and numpy only.
 
 REQUEST: {"model": path, "n_ctx": int, "n_threads": int|null, "tokenize": [text, ...],
-          "greedy": [{"ids": [...], "n": int}, ...], "score": [[id, ...], ...]}
-RESULT:  {"tokens": [[id, ...]], "greedy": [[id, ...]], "score": [{"nll": [...], "argmax": [...]}]}
+          "greedy": [{"ids": [...], "n": int}, ...], "score": [[id, ...], ...],
+          "kl": [{"ids": [[top-k id, ...] per position], "logp": [[log-prob, ...] per position]} per score row]}
+RESULT:  {"tokens": [[id, ...]], "greedy": [[id, ...]], "score": [{"nll": [...], "argmax": [...], "kl": [...]}]}
 """
 
 from __future__ import annotations
@@ -21,6 +22,22 @@ def _log_softmax_rows(logits):
 
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def kl_rows(top_ids, top_logp, logp) -> list:
+    """KL(reference || this model) per position over the reference's top-k tokens plus a rest bucket; `logp`: this
+    model's log-probabilities, one numpy row per position (export.verify uses it for ONNX too)."""
+    import math
+
+    import numpy as np
+
+    out = []
+    for ids, ref, row in zip(top_ids, top_logp, logp):
+        p, q = np.exp(np.asarray(ref)), np.exp(row[ids])
+        p_rest, q_rest = max(1.0 - p.sum(), 1e-12), max(1.0 - q.sum(), 1e-12)
+        q = np.maximum(q, 1e-30)
+        out.append(float((p * (np.log(p) - np.log(q))).sum() + p_rest * (math.log(p_rest) - math.log(q_rest))))
+    return out
 
 
 def probe(request: dict) -> dict:
@@ -45,14 +62,17 @@ def probe(request: dict) -> dict:
         greedy.append(out)
     print("stage: score", flush=True)
     scores = []
-    for ids in request.get("score", []):
+    references = request.get("kl", [])
+    for number, ids in enumerate(request.get("score", [])):
         llm.reset()
         llm.eval(ids)
         logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
         logp = _log_softmax_rows(logits)
         targets = np.asarray(ids[1:])
-        scores.append({"nll": (-logp[np.arange(len(targets)), targets]).tolist(),
-                       "argmax": logits.argmax(axis=-1).tolist()})
+        score = {"nll": (-logp[np.arange(len(targets)), targets]).tolist(), "argmax": logits.argmax(axis=-1).tolist()}
+        if number < len(references):
+            score["kl"] = kl_rows(references[number]["ids"], references[number]["logp"], logp)
+        scores.append(score)
     return {"tokens": tokens, "greedy": greedy, "score": scores}
 
 

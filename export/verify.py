@@ -1,4 +1,9 @@
-"""Export verification: every artifact against the merged model (tokens, greedy output, top-1, perplexity)."""
+"""Export verification: every artifact against the merged model (tokens, greedy output, top-1, perplexity, and
+the KL divergence of its next-token distribution from the merged model's).
+
+KL is measured as llama.cpp's `llama-perplexity --kl-divergence` does, per scored position and averaged, over
+the merged model's top KL_TOP_K tokens plus one bucket for the rest of the vocabulary (a coarsened distribution:
+a lower bound of the full KL that sees every change in where the probability mass sits)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from export.gguf import probe_gguf
+from export.llama_probe import kl_rows
 from export.onnx_export import OnnxCausalLM
 from kit.core.dataset import with_system_prompt
 
@@ -31,6 +37,7 @@ SCORE_TEXTS = (
     "{\"city\": \"Paris\", \"days\": 3, \"units\": \"metric\", \"tags\": [\"travel\", \"weather\"]}",
     "To convert miles to kilometres, multiply by 1.609. So 3 miles is about 4.83 kilometres.",
 )
+KL_TOP_K = 64
 EXACT_TYPES = {"F32", "F16", "fp32"}  # these must reproduce the merged model's greedy tokens
 
 
@@ -51,6 +58,8 @@ class Reference:
     greedy: list[list[int]]
     nll: list[list[float]]
     argmax: list[list[int]]
+    top_ids: list[list[list[int]]] = field(default_factory=list)  # per scored sequence and position: top-k ids
+    top_logp: list[list[list[float]]] = field(default_factory=list)  # and their log-probabilities
 
     @property
     def perplexity(self) -> float:
@@ -73,6 +82,8 @@ class ArtifactReport:
     top1_agreement: float | None = None
     perplexity: float | None = None
     perplexity_ratio: float | None = None
+    kl_divergence: float | None = None  # mean over scored positions, nats (see KL_TOP_K)
+    kl_divergence_max: float | None = None
 
     def fail(self, reason: str) -> None:
         self.status = "failed"
@@ -170,19 +181,23 @@ def _reference_outputs(merged_dir: Path, tokenizer, probe: Probe) -> Reference:
                 out.append(int(step.logits[0, -1].argmax()))
                 step = model(torch.tensor([out[-1:]]), past_key_values=step.past_key_values, use_cache=True)
         greedy.append(out)
-    nll, argmax = [], []
+    nll, argmax, top_ids, top_logp = [], [], [], []
     for ids in probe.score_ids:
         scores = logits(ids)[:-1]
         logp = torch.log_softmax(scores, dim=-1)
         targets = torch.tensor(ids[1:])
         nll.append((-logp[torch.arange(len(targets)), targets]).tolist())
         argmax.append(scores.argmax(dim=-1).tolist())
-    return Reference(tokens=[tokenizer(t)["input_ids"] for t in probe.texts], greedy=greedy, nll=nll, argmax=argmax)
+        top = torch.topk(logp, min(KL_TOP_K, logp.shape[-1]), dim=-1)
+        top_ids.append(top.indices.tolist())
+        top_logp.append(top.values.tolist())
+    return Reference(tokens=[tokenizer(t)["input_ids"] for t in probe.texts], greedy=greedy, nll=nll, argmax=argmax,
+                     top_ids=top_ids, top_logp=top_logp)
 
 
 def _compare(report: ArtifactReport, probe: Probe, ref: Reference, tokens: list[list[int]],
              greedy: list[list[int]] | None, nll: list[list[float]], argmax: list[list[int]],
-             max_ppl_ratio: float, min_top1: float) -> ArtifactReport:
+             max_ppl_ratio: float, min_top1: float, kl: list[float] | None = None) -> ArtifactReport:
     mismatches = sum(a != b for a, b in zip(tokens, ref.tokens)) + abs(len(tokens) - len(ref.tokens))
     report.tokenization_identical, report.tokenization_mismatches = mismatches == 0, mismatches
     if mismatches:
@@ -196,6 +211,8 @@ def _compare(report: ArtifactReport, probe: Probe, ref: Reference, tokens: list[
     report.top1_agreement = sum(agree) / max(len(agree), 1)
     report.perplexity = _perplexity(nll)
     report.perplexity_ratio = report.perplexity / ref.perplexity
+    if kl:
+        report.kl_divergence, report.kl_divergence_max = sum(kl) / len(kl), max(kl)
     if report.quant not in EXACT_TYPES:
         if report.top1_agreement < min_top1:
             report.fail(f"top-1 agreement {report.top1_agreement:.3f} < {min_top1}")
@@ -219,6 +236,7 @@ def verify_gguf(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ra
     report = ArtifactReport(name=path.name, kind="gguf", quant=quant, path=str(path), bytes=path.stat().st_size)
     longest = max(len(ids) for ids in [*probe.prompt_ids, *probe.score_ids]) + probe.verify_tokens
     request = {"tokenize": probe.texts, "score": probe.score_ids, "n_ctx": max(256, longest + 8),
+               "kl": [{"ids": ids, "logp": logp} for ids, logp in zip(ref.top_ids, ref.top_logp)],
                "n_threads": threads,
                "greedy": [{"ids": ids, "n": probe.verify_tokens} for ids in probe.prompt_ids] if quant in EXACT_TYPES else []}
     result = probe_gguf(path, request)
@@ -226,8 +244,10 @@ def verify_gguf(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ra
         report.fail(result.error)
         return report
     data = result.result
+    kl = [x for s in data["score"] for x in s.get("kl", [])]
     return _compare(report, probe, ref, data["tokens"], data["greedy"] or None,
-                    [s["nll"] for s in data["score"]], [s["argmax"] for s in data["score"]], max_ppl_ratio, min_top1)
+                    [s["nll"] for s in data["score"]], [s["argmax"] for s in data["score"]], max_ppl_ratio, min_top1,
+                    kl)
 
 
 def verify_onnx(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ratio: float,
@@ -245,14 +265,16 @@ def verify_onnx(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ra
         return report
     tokens = [tokenizer.encode(t).ids for t in probe.texts]
     greedy = [model.greedy(ids, probe.verify_tokens) for ids in probe.prompt_ids] if quant in EXACT_TYPES else None
-    nll, argmax = [], []
-    for ids in probe.score_ids:
+    nll, argmax, kl = [], [], []
+    for number, ids in enumerate(probe.score_ids):
         logits = model.logits(ids)[:-1].astype(np.float64)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         nll.append((-logp[np.arange(len(ids) - 1), ids[1:]]).tolist())
         argmax.append(logits.argmax(axis=-1).tolist())
-    return _compare(report, probe, ref, tokens, greedy, nll, argmax, max_ppl_ratio, min_top1)
+        if ref.top_ids:
+            kl += kl_rows(ref.top_ids[number], ref.top_logp[number], logp)
+    return _compare(report, probe, ref, tokens, greedy, nll, argmax, max_ppl_ratio, min_top1, kl)
 
 
 def write_verify_json(path: Path, ref: Reference, probe: Probe, reports: list[ArtifactReport]) -> Path:
@@ -273,13 +295,15 @@ def verify_table(reports: list[ArtifactReport], reference_ppl: float):
     table = Table(title=f"export verification (merged model perplexity {reference_ppl:.3f})",
                   caption="\n".join(f"{r.name}: {'; '.join(r.reasons)}" for r in reports if r.reasons) or None)
     table.add_column("artifact", no_wrap=True)
-    for name in ("size", "tokens", "greedy", "top-1", "ppl", "ppl ratio", "status"):
-        table.add_column(name, no_wrap=True, justify="right" if name in ("size", "top-1", "ppl", "ppl ratio") else "left")
+    for name in ("size", "tokens", "greedy", "top-1", "ppl", "ppl ratio", "KL", "status"):
+        table.add_column(name, no_wrap=True,
+                         justify="right" if name in ("size", "top-1", "ppl", "ppl ratio", "KL") else "left")
     yes_no = {True: "same", False: "DIFF", None: "-"}
     for r in reports:
         table.add_row(r.name, f"{r.bytes / 1e6:.1f} MB", yes_no[r.tokenization_identical], yes_no[r.greedy_identical],
                       "-" if r.top1_agreement is None else f"{r.top1_agreement:.3f}",
                       "-" if r.perplexity is None else f"{r.perplexity:.3f}",
                       "-" if r.perplexity_ratio is None else f"{r.perplexity_ratio:.4f}",
+                      "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}",
                       "[green]ok[/green]" if r.status == "ok" else "[red]failed[/red]")
     return table

@@ -73,6 +73,10 @@ def test_student_export_writes_a_verified_bundle_with_matching_hashes(student_ex
     assert all(a["status"] == "ok" and a["tokenization_identical"] for a in by_name.values()), by_name
     assert by_name["model-F16.gguf"]["greedy_identical"] and by_name["onnx/model.onnx"]["greedy_identical"]
     assert by_name["model-Q8_0.gguf"]["perplexity_ratio"] < by_name["model-Q4_K_M.gguf"]["perplexity_ratio"]
+    # every artifact's next-token distribution against the merged model's: F16 all but equal, fewer bits further off
+    kl = {name: a["kl_divergence"] for name, a in by_name.items()}
+    assert all(value is not None and value >= 0 for value in kl.values()), kl
+    assert kl["model-F16.gguf"] < 0.01 and kl["model-F16.gguf"] < kl["model-Q8_0.gguf"] < kl["model-Q4_K_M.gguf"]
 
 
 def test_bundle_ggufs_generate_in_llama_cpp_and_f16_matches_the_merged_model(student_export):
