@@ -51,6 +51,10 @@ class ExportConfig(StrictModel):
     gguf_types: list[GGUFType] = Field(default_factory=lambda: ["F16", "Q8_0", "Q4_K_M"])
     ship: list[GGUFType] = Field(default_factory=lambda: ["Q4_K_M"], description="GGUFs copied into the bundle")
     onnx: OnnxSettings = OnnxSettings()
+    imatrix: bool = Field(True, description="quantize k-quants and other low-bit types with an importance matrix "
+                          "computed by llama-imatrix on the task's training rows (needs llama.cpp's tools, built by "
+                          "scripts/setup.sh; without them the export says so and quantizes without one)")
+    imatrix_rows: int = Field(512, ge=1, description="training rows the importance matrix is computed on")
     verify_tokens: int = Field(32, ge=1, description="greedy tokens compared against the merged model")
     generation: GenerationDefaults = GenerationDefaults()
     gguf_pre_tokenizer: str | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from export.llama_cpp_source import converter_root
+from export.llama_cpp_tools import run_tool
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
 from kit.models.gguf_tokenizer import tokenizer_differences
@@ -142,17 +144,61 @@ def quantize_gguf(f16: Path, out: Path, quant: str, threads: int | None = None) 
     return out
 
 
+IMATRIX_FILE = "imatrix.gguf"
+IMATRIX_CTX = 128  # calibration chunk length: task rows are short, and each chunk is one forward pass
+
+
+def uses_imatrix(quant: str) -> bool:
+    """Types llama.cpp quantizes with an importance matrix (8-bit and float types ignore one)."""
+    return quant not in CONVERTER_OUTTYPES and quant != "Q8_0"
+
+
+def compute_imatrix(f16: Path, texts: list[str], out: Path, threads: int | None = None) -> Path:
+    """llama-imatrix over `texts` (the task's own training rows, rendered as the student sees them)."""
+    with tempfile.TemporaryDirectory(prefix="microkit-imatrix-") as tmp:
+        calibration = Path(tmp) / "calibration.txt"
+        body = "\n".join(texts)
+        # llama-imatrix needs at least two chunks; a tiny dataset is repeated to fill them (about 4 chars a token)
+        while len(body) < 8 * IMATRIX_CTX * 4:
+            body = body + "\n" + body
+        calibration.write_text(body, encoding="utf-8")
+        written = Path(tmp) / IMATRIX_FILE  # llama-imatrix picks its format by the .gguf extension
+        args = ["-m", str(f16), "-f", str(calibration), "-o", str(written), "-c", str(IMATRIX_CTX), "--no-ppl",
+                "--parse-special", "-ofreq", "1000000", *(["-t", str(threads)] if threads else [])]
+        run_tool("llama-imatrix", args, "computing the importance matrix")
+        with atomic_output(out) as partial:
+            shutil.move(str(written), partial)
+    return out
+
+
+def quantize_with_imatrix(f16: Path, out: Path, quant: str, imatrix: Path, threads: int | None = None) -> Path:
+    """llama-quantize --imatrix: the weights that matter on the task's data keep more precision."""
+    with atomic_output(out) as partial:
+        run_tool("llama-quantize", ["--imatrix", str(imatrix), str(f16), str(partial), quant,
+                                    *([str(threads)] if threads else [])], f"quantizing {f16.name} to {quant}")
+        refuse_unusable(partial)
+    return out
+
+
 def make_ggufs(hf_dir: Path, out_dir: Path, quants: list[str], pre_tokenizer: str | None = None,
-               source_gguf: Path | None = None, threads: int | None = None) -> dict[str, Path]:
-    """F16 (always: every quant derives from it) plus each requested type, as out_dir/model-<TYPE>.gguf."""
+               source_gguf: Path | None = None, threads: int | None = None,
+               calibration: list[str] | None = None) -> dict[str, Path]:
+    """F16 (always: every quant derives from it) plus each requested type, as out_dir/model-<TYPE>.gguf. With
+    `calibration` texts (and llama.cpp's tools built) the low-bit types are quantized with an importance matrix
+    computed on them (out_dir/imatrix.gguf); without, in process by llama_model_quantize."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made = {"F16": convert_to_gguf(hf_dir, out_dir / gguf_name("F16"), "F16", pre_tokenizer, source_gguf)}
+    imatrix = None
+    if calibration and any(uses_imatrix(q) for q in quants):
+        imatrix = compute_imatrix(made["F16"], calibration, out_dir / IMATRIX_FILE, threads)
     for quant in dict.fromkeys(quants):
         if quant in made:
             continue
         target = out_dir / gguf_name(quant)
         if quant in CONVERTER_OUTTYPES:
             made[quant] = convert_to_gguf(hf_dir, target, quant, pre_tokenizer, source_gguf)
+        elif imatrix is not None and uses_imatrix(quant):
+            made[quant] = quantize_with_imatrix(made["F16"], target, quant, imatrix, threads)
         else:
             made[quant] = quantize_gguf(made["F16"], target, quant, threads)
     return made

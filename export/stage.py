@@ -10,7 +10,8 @@ from rich.console import Console
 
 from export.bundle import shipped, write_bundle
 from export.config import ExportStageConfig
-from export.gguf import make_ggufs
+from export.gguf import make_ggufs, uses_imatrix
+from export.llama_cpp_tools import tool
 from export.merge import adapter_base, merge_adapter
 from export.onnx_export import make_onnx
 from export.verify import (
@@ -88,6 +89,19 @@ def run(config: ExportStageConfig, run_dir: RunDir, *, force: bool = False) -> S
     return run_stage(EXPORT, config, run_dir, force=force)
 
 
+def _calibration(config, dataset: Path | None, tokenizer, system: str | None) -> list[str] | None:
+    """The training rows an importance matrix is computed on; None (with a note) when none is wanted or the
+    tools are not built."""
+    if not config.imatrix or not any(uses_imatrix(q) for q in config.gguf_types):
+        return None
+    if tool("llama-imatrix") is None or tool("llama-quantize") is None:
+        console.print("[yellow]llama.cpp's tools are not built: quantizing without an importance matrix "
+                      "(run `bash scripts/setup.sh` to build them)[/yellow]")
+        return None
+    texts = validation_texts(dataset, tokenizer, system, config.imatrix_rows, split_name="train")
+    return texts or None
+
+
 def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageManifest:
     config, info, adapter, dataset = job.export, job.bundle, job.adapter, job.dataset
     workdir, bundle_dir, resolved = run_dir.export, run_dir.bundle, plan.context["base"]
@@ -105,15 +119,17 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
     pre_tokenizer = config.gguf_pre_tokenizer
     if pre_tokenizer is None and resolved.source_gguf is not None:  # used only if the converter's hash check fails
         pre_tokenizer = read_gguf_metadata(resolved.source_gguf, ("tokenizer.ggml.pre",)).get("tokenizer.ggml.pre")
-    ggufs = make_ggufs(merged, workdir, list(config.gguf_types), pre_tokenizer, resolved.source_gguf, config.threads)
+    from transformers import AutoTokenizer  # lazy: transformers is slow to import
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    calibration = _calibration(config, dataset, tokenizer, info.system_prompt)
+    ggufs = make_ggufs(merged, workdir, list(config.gguf_types), pre_tokenizer, resolved.source_gguf, config.threads,
+                       calibration)
     onnx = {}
     if config.onnx.enabled:
         step("onnx")
         onnx = make_onnx(merged, workdir / "onnx", list(config.onnx.quantize), config.onnx.int8_keep_float)
     step("verify")
-    from transformers import AutoTokenizer  # lazy: transformers is slow to import
-
-    tokenizer = AutoTokenizer.from_pretrained(merged)
     validation = validation_texts(dataset, tokenizer, info.system_prompt, config.verify_rows)
     probe = build_probe(tokenizer, info.system_prompt, validation, config.verify_tokens)
     reference = reference_outputs(merged, tokenizer, probe, config.threads)
@@ -132,6 +148,7 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
     figures = {
         "reference_perplexity": reference.perplexity,
         "validation_rows": len(validation),
+        "imatrix_rows": len(calibration or []),
         "artifacts": {r.name: {"status": r.status, "bytes": r.bytes, "top1_agreement": r.top1_agreement,
                                "perplexity_ratio": r.perplexity_ratio, "greedy_identical": r.greedy_identical,
                                "tokenization_identical": r.tokenization_identical} for r in reports},

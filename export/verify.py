@@ -102,14 +102,15 @@ def chat_prompt(tokenizer, user: str, system: str | None) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def validation_texts(dataset_dir: Path | None, tokenizer, system: str | None, limit: int) -> list[str]:
-    """Up to `limit` validation rows rendered as whole conversations (prompt + answer)."""
+def validation_texts(dataset_dir: Path | None, tokenizer, system: str | None, limit: int,
+                     split_name: str = "validation") -> list[str]:
+    """Up to `limit` rows of a split (validation by default) rendered as whole conversations (prompt + answer)."""
     if dataset_dir is None or limit == 0 or not Path(dataset_dir).is_dir():
         return []
     from datasets import load_from_disk
 
     data = load_from_disk(str(dataset_dir))
-    split = data["validation"] if "validation" in data else None
+    split = data[split_name] if split_name in data else None
     if split is None or len(split) == 0:
         return []
     texts = []

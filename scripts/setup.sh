@@ -32,6 +32,24 @@ if ! ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; th
     rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
 fi
 
+# llama.cpp's own tools from the same source release, built once: llama-imatrix (an importance matrix from the
+# task's data for k-quants), llama-quantize (quantizing with it) and llama-perplexity.
+TOOLS_DIR="$CACHE/tools/llama.cpp-$LLAMA_VERSION-$LLAMA_KEY"
+if [ "${MICROKIT_SKIP_TOOLS:-0}" != 1 ] && [ ! -x "$TOOLS_DIR/bin/llama-imatrix" ]; then
+    echo "==> building llama.cpp's tools (llama-quantize, llama-imatrix, llama-perplexity) once (minutes on 2 cores)"
+    SRC="$(mktemp -d)"
+    tar xzf "$SDIST" -C "$SRC" "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
+    # shellcheck disable=SC2086  # CMAKE_ARGS is a list of flags
+    cmake -S "$SRC/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF $LLAMA_CMAKE_ARGS > "$SRC/cmake.log" 2>&1 || { tail -n 20 "$SRC/cmake.log"; exit 1; }
+    cmake --build "$SRC/build" --target llama-quantize llama-imatrix llama-perplexity \
+        -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" > "$SRC/build.log" 2>&1 || { tail -n 20 "$SRC/build.log"; exit 1; }
+    rm -rf "$TOOLS_DIR.tmp" && mkdir -p "$TOOLS_DIR.tmp/bin"
+    cp "$SRC"/build/bin/llama-quantize "$SRC"/build/bin/llama-imatrix "$SRC"/build/bin/llama-perplexity "$TOOLS_DIR.tmp/bin/"
+    rm -rf "$TOOLS_DIR" && mv "$TOOLS_DIR.tmp" "$TOOLS_DIR" && rm -rf "$SRC"
+fi
+
 echo "==> installing microkit[all,dev] into .venv"
 # torch first and alone: an already installed CUDA build of 2.13.0 satisfies the pin and is kept.
 "${PIP[@]}" install -q "torch==2.13.0"

@@ -58,8 +58,26 @@ def student_export(trained_adapter, tmp_path_factory):
     config = ExportConfig(gguf_types=["F16", "Q8_0", "Q4_K_M"], ship=["F16", "Q4_K_M"],
                           onnx={"quantize": ["int8"], "ship": ["int8"]}, threads=1)
     info = BundleInfo(name="unit-converter", task="Convert units.", system_prompt=SYSTEM, output_format="json")
-    stage = run(ExportStageConfig(export=config, bundle=info, adapter=trained_adapter, base=STUDENT), RunDir(root))
+    dataset = _unit_dataset(root / "dataset")
+    stage = run(ExportStageConfig(export=config, bundle=info, adapter=trained_adapter, base=STUDENT, dataset=dataset),
+                RunDir(root))
     return root, stage
+
+
+def _unit_dataset(out: Path) -> Path:
+    """A small train / validation dataset in the distillation stage's row format: the importance matrix is
+    computed on its training rows."""
+    from datasets import Dataset, DatasetDict
+
+    def row(number: int) -> dict:
+        question, answer = f"Convert {number} miles to km", json.dumps({"value": round(number * 1.609, 2), "unit": "km"})
+        return {"id": str(number), "input": question, "output": answer, "reasoning": "",
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
+                             {"role": "assistant", "content": answer}]}
+
+    DatasetDict({"train": Dataset.from_list([row(n) for n in range(1, 40)]),
+                 "validation": Dataset.from_list([row(n) for n in range(40, 43)])}).save_to_disk(str(out))
+    return out
 
 
 def test_student_export_writes_a_verified_bundle_with_matching_hashes(student_export):
@@ -74,6 +92,8 @@ def test_student_export_writes_a_verified_bundle_with_matching_hashes(student_ex
     assert by_name["model-F16.gguf"]["greedy_identical"] and by_name["onnx/model.onnx"]["greedy_identical"]
     assert by_name["model-Q8_0.gguf"]["perplexity_ratio"] < by_name["model-Q4_K_M.gguf"]["perplexity_ratio"]
     # every artifact's next-token distribution against the merged model's: F16 all but equal, fewer bits further off
+    # Q4_K_M was quantized with an importance matrix from the training rows (llama.cpp's tools, built by setup)
+    assert (root / "export" / "imatrix.gguf").stat().st_size > 0 and stage.figures["imatrix_rows"] == 39
     kl = {name: a["kl_divergence"] for name, a in by_name.items()}
     assert all(value is not None and value >= 0 for value in kl.values()), kl
     assert kl["model-F16.gguf"] < 0.01 and kl["model-F16.gguf"] < kl["model-Q8_0.gguf"] < kl["model-Q4_K_M.gguf"]

@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from export.llama_cpp_tools import TOOLS, tool
 from kit.core import settings
+from kit.core.errors import UserError
 from kit.core.version import __version__
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "optimum", "optimum-onnx", "onnx",
@@ -52,6 +54,17 @@ def llama_cpp_build() -> str:
     return f"{gpu}; backends: {', '.join(backends) or 'CPU'}"
 
 
+def llama_cpp_tools() -> str:
+    """Which of llama.cpp's own tools (importance-matrix quantization) setup has built."""
+    try:
+        built = [name for name in TOOLS if tool(name) is not None]
+    except UserError as err:
+        return str(err)
+    missing = [name for name in TOOLS if name not in built]
+    return ", ".join(built) + (f"; not built: {', '.join(missing)} (run scripts/setup.sh)" if missing else "") \
+        if built else "not built (run scripts/setup.sh): quantization without an importance matrix"
+
+
 def torch_gpu() -> str:
     try:
         import torch
@@ -83,6 +96,7 @@ def report() -> list[tuple[str, str]]:
         ("platform", f"{platform.system()} {platform.machine()}"),
         ("cpu features", ", ".join(cpu_features()) or "unknown"),
         ("llama.cpp build", llama_cpp_build()),
+        ("llama.cpp tools", llama_cpp_tools()),
         ("torch GPU", torch_gpu()),
         ("onnxruntime providers", onnxruntime_providers()),
         ("cache", str(home)),
