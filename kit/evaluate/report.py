@@ -51,6 +51,12 @@ def report_markdown(report: dict[str, Any]) -> str:
                       "(greedy; the batched run repeated the timed answers in "
                       + ", ".join(f"{name} {r['timed_answers_repeated']}/{r['timed_cases']}" for name, r in timing)
                       + ")."]
+    if report.get("rounds"):
+        lines += ["", "Failure-driven rounds (validation split; probes: held-out teacher-labelled samples):", "",
+                  "| round | validation " + report["rounds"][-1]["metric"] + " | probes | failed |", "|---|---|---|---|"]
+        for r in report["rounds"]:
+            score = "-" if r["validation_score"] is None else f"{100 * r['validation_score']:.1f}"
+            lines.append(f"| {r['round']} | {score} | {r['probed']} | {r['failed']} |")
     return "\n".join(lines) + "\n"
 
 

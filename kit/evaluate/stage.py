@@ -285,6 +285,8 @@ def _evaluate(config: EvaluateConfig, run: RunDir, plan: StagePlan, threads: int
         report["targets"][target.name] = {"kind": target.kind, "metrics": score(config, cases, texts),
                                           "runtime": summarize(prediction)}
     report["primary_metric"] = primary_metric(next(iter(report["targets"].values()))["metrics"]) if targets else None
+    if (rounds := run.probe / "rounds.json").is_file():  # the validation score of each failure-driven round
+        report["rounds"] = json.loads(rounds.read_text())
     atomic_write_json(run.eval / "report.json", report, ensure_ascii=True)
     atomic_write_text(run.eval / "predictions.jsonl", "".join(
         json.dumps({"input": c["input"], "gold": c["output"], **{t: samples[t][i] for t in samples}}, ensure_ascii=False)
