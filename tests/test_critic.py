@@ -161,8 +161,8 @@ def test_two_verifiers_of_one_type_both_run_and_are_reported_apart(tmp_path):
 def test_an_unknown_verifier_type_names_the_known_ones():
     from types import SimpleNamespace
 
-    with pytest.raises(ValueError, match="'spellcheck'.*known types: decontaminate, dedup, grounded, json_schema, "
-                                         "judge, python, sql"):
+    with pytest.raises(ValueError, match="'spellcheck'.*known types: decontaminate, dedup, distinct_outputs, grounded, "
+                                         "json_schema, judge, python, sql"):
         critic(SimpleNamespace(type="spellcheck"))
 
 
@@ -217,3 +217,17 @@ def test_json_answers_are_voted_field_by_field():
     text, _ = vote([Answer("Paris", "Paris"), Answer("paris", "paris"), Answer("Paris", "Paris")], "text",
                    lambda a: a.output)
     assert text.answer.output == "Paris" and text.votes == 2
+
+
+def test_distinct_outputs_caps_how_often_one_answer_is_kept():
+    from kit.distill.config import DistinctOutputsVerifier
+
+    c = critic(DistinctOutputsVerifier(type="distinct_outputs", max_per_output=2))
+    pasta = {"value": 600, "unit": "s"}
+    for number, text in enumerate(("a 10 minute timer for pasta", "set a pasta timer for ten minutes"), 1):
+        kept = candidate(pasta, text)
+        assert review(c, kept) is None
+        c.admit(f"s{number}", kept)
+    third = review(c, candidate({"unit": "s", "value": 600}, "ten minute timer to cook the pasta"))  # key order
+    assert third.verifier == "distinct_outputs" and "2 kept samples already have this answer" in third.reason
+    assert review(c, candidate({"value": 180, "unit": "s"}, "three minute timer for eggs")) is None

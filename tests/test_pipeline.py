@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -40,16 +41,21 @@ EVAL = [("What is the capital of Germany?", "Berlin"), ("Capital of Spain?", "Ma
         ("Which city is the capital of Canada?", "Ottawa")]
 
 
-@pytest.mark.slow
-def test_build_runs_every_stage_then_resumes_by_skipping(tmp_path):
-    (tmp_path / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
+def first_build(tmp_path, recipe: str, *options: str) -> tuple[list[str], Path, subprocess.CompletedProcess]:
+    """Write the recipe and the eval set, run `kit build` once (it must succeed); the command and the run folder."""
+    (tmp_path / "recipe.yaml").write_text(recipe)
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"input": q, "output": {"capital": a}}) + "\n"
                                                  for q, a in EVAL))
     command = [sys.executable, "-m", "kit", "build", str(tmp_path / "recipe.yaml"), "--runs", str(tmp_path / "runs"),
-               "--threads", "2"]
+               *options]
     first = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    run = tmp_path / "runs" / "capital-finder"
+    return command, tmp_path / "runs" / "capital-finder", first
+
+
+@pytest.mark.slow
+def test_build_runs_every_stage_then_resumes_by_skipping(tmp_path):
+    command, run, first = first_build(tmp_path, textwrap.dedent(RECIPE), "--threads", "2")
     for stage in ("data", "train", "export", "eval"):
         assert (run / stage / "manifest.json").is_file(), stage
     report = json.loads((run / "eval" / "report.json").read_text())
@@ -85,14 +91,7 @@ def test_failure_driven_rounds_probe_the_student_and_write_inputs_like_its_failu
     inputs like the failed probes; round 2 trains on everything from round 1's adapter; a rerun skips it all."""
     recipe = textwrap.dedent(RECIPE).replace(
         "data: {target_samples: 12,", "data: {target_samples: 16, rounds: 2, probe_fraction: 0.4,")
-    (tmp_path / "recipe.yaml").write_text(recipe)
-    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"input": q, "output": {"capital": a}}) + "\n"
-                                                 for q, a in EVAL))
-    command = [sys.executable, "-m", "kit", "build", str(tmp_path / "recipe.yaml"), "--runs", str(tmp_path / "runs"),
-               "--until", "probe"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    run = tmp_path / "runs" / "capital-finder"
+    command, run, _ = first_build(tmp_path, recipe, "--until", "probe")
     round1 = run / "rounds" / "1"
     probes = [json.loads(line) for line in (round1 / "data" / "probes.jsonl").read_text().splitlines()]
     samples1 = [json.loads(line) for line in (round1 / "data" / "samples.jsonl").read_text().splitlines()]

@@ -114,6 +114,12 @@ class DedupVerifier(StrictModel):
     num_perm: int = Field(128, ge=16, le=1024)
 
 
+class DistinctOutputsVerifier(StrictModel):
+    type: Literal["distinct_outputs"]
+    max_per_output: int = Field(2, ge=1, description="kept samples that may share one answer (canonical JSON or "
+                                                     "normalized text): rewrites that keep every detail are cut")
+
+
 class GroundedVerifier(StrictModel):
     type: Literal["grounded"]
     fields: list[str] = Field(min_length=1, description="JSON keys (at any depth) whose string values must appear "
@@ -136,7 +142,7 @@ class DecontaminateVerifier(StrictModel):
 
 Verifier = Annotated[
     Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, GroundedVerifier, DedupVerifier,
-          DecontaminateVerifier],
+          DistinctOutputsVerifier, DecontaminateVerifier],
     Field(discriminator="type"),
 ]
 

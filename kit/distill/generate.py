@@ -17,7 +17,7 @@ from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection, build_critic
-from kit.distill.critic.base import input_text
+from kit.distill.critic.base import Answer, input_text
 from kit.distill.prompts import (
     ParseError,
     answer_from_value,
@@ -161,7 +161,7 @@ class Generation:
         self.earlier_ids = {row["id"] for row in self.earlier_rows}
         self.failures = failed_inputs(config.round.failures_file)
         for row in self.earlier_rows + store.samples.rows:  # dedup and friends remember what was kept before
-            critic.admit(row["id"], Candidate(row["index"], row["input"], []))
+            critic.admit(row["id"], Candidate(row["index"], row["input"], [Answer(None, row["output"])]))
 
     async def fill(self) -> None:
         workers = self.config.teacher.concurrency + 1

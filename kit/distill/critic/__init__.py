@@ -12,6 +12,7 @@ from typing import Any
 from kit.distill.critic.base import Answer, Candidate, CriticContext, Rejection, Verifier, words
 from kit.distill.critic.decontaminate import DecontaminateCheck
 from kit.distill.critic.dedup import DedupCheck
+from kit.distill.critic.distinct import DistinctOutputsCheck
 from kit.distill.critic.grounded import GroundedCheck
 from kit.distill.critic.json_schema import JsonSchemaCheck
 from kit.distill.critic.judge import JudgeCheck
@@ -19,7 +20,8 @@ from kit.distill.critic.python_tests import PythonCheck
 from kit.distill.critic.sql import SqlCheck
 
 VERIFIERS: dict[str, type[Verifier]] = {cls.type: cls for cls in (
-    JsonSchemaCheck, SqlCheck, PythonCheck, JudgeCheck, GroundedCheck, DedupCheck, DecontaminateCheck)}
+    JsonSchemaCheck, SqlCheck, PythonCheck, JudgeCheck, GroundedCheck, DedupCheck, DistinctOutputsCheck,
+    DecontaminateCheck)}
 
 
 def step_label(verifier_type: str, step: int, repeated: bool) -> str:
