@@ -10,6 +10,7 @@ the last round, rounds.json and rounds.png (validation score per round).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from pydantic import Field
 from rich.console import Console
 
+from export.gguf import convert_to_gguf
+from export.merge import merge_adapter
 from kit.core.config import StrictModel
 from kit.core.dataset import dataset_fingerprint, load_dataset_dict
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
@@ -26,6 +29,12 @@ from kit.distill.generate import PROBES
 from kit.distill.sample_store import read_jsonl
 from kit.evaluate.config import EvaluateConfig
 from kit.evaluate.stage import primary_metric, score
+from kit.evaluate.worker import generate_batched
+from kit.models.base_model import resolve_base
+from kit.models.gguf_tokenizer import read_gguf_metadata
+from runtime.backends.base import default_threads
+from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from trainers.model import load_tokenizer
 
 STAGE = "probe"
 FAILURES = "failures.jsonl"
@@ -81,7 +90,8 @@ def _probe(config: ProbeConfig, run_dir: RunDir, plan: StagePlan, threads: int |
     cases = [{"input": _text(p["input"]), "output": p["output"]} for p in probes] + validation
     console.print(f"[bold]probe[/bold] round {config.number}/{config.of}: the student answers {len(probes)} probes "
                   f"and {len(validation)} validation cases ...")
-    texts = student_answers(config.evaluate, run_dir.adapter, [c["input"] for c in cases], threads)
+    run_dir.probe.mkdir(parents=True, exist_ok=True)
+    texts = student_answers(config.evaluate, run_dir.adapter, [c["input"] for c in cases], run_dir.probe, threads)
     marks = [score(config.evaluate, [case], [text]) for case, text in zip(cases, texts)]
     metric = primary_metric(marks[0]) if marks else "exact_match"
     failures = [{"id": p["id"], "input": p["input"], "expected": p["output"], "got": text}
@@ -107,27 +117,60 @@ def _probe(config: ProbeConfig, run_dir: RunDir, plan: StagePlan, threads: int |
     return manifest
 
 
-def student_answers(config: EvaluateConfig, adapter: Path, inputs: list[str], threads: int | None = None) -> list[str]:
-    """Greedy answers of base + adapter (merged in memory) to each input, with the student's system prompt."""
+def student_answers(config: EvaluateConfig, adapter: Path, inputs: list[str], workdir: Path,
+                    threads: int | None = None) -> list[str]:
+    """Greedy answers of base + adapter to each input, with the student's system prompt. A student that ships as a
+    GGUF answers as it will ship: merged, converted to F16 with llama.cpp's converter and decoded in batches by
+    llama.cpp with the output schema's grammar (an unconstrained answer could fail where the shipped one cannot);
+    any other student answers through transformers."""
+    if not inputs:
+        return []
+    base = resolve_base(config.student)
+    system = [{"role": "system", "content": config.student_system_prompt}] if config.student_system_prompt else []
+    conversations = [system + [{"role": "user", "content": text}] for text in inputs]
+    if base.source_gguf is not None:
+        answers = _gguf_answers(config, base, adapter, conversations, workdir, threads)
+        if answers is not None:
+            return answers
+    return _hf_answers(config, base, adapter, conversations, threads)
+
+
+def _gguf_answers(config: EvaluateConfig, base, adapter: Path, conversations: list, workdir: Path,
+                  threads: int | None) -> list[str] | None:
+    """None when the GGUF has no chat template llama.cpp can batch with."""
+    merged, gguf = workdir / "merged", workdir / "student-F16.gguf"
+    try:
+        merge_adapter(base, adapter, merged)
+        pre_tokenizer = read_gguf_metadata(base.source_gguf, ("tokenizer.ggml.pre",)).get("tokenizer.ggml.pre")
+        convert_to_gguf(merged, gguf, "F16", pre_tokenizer, base.source_gguf)
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
+    try:
+        engine = BatchEngine(str(gguf), parallel=config.eval.batch, n_ctx=2048, n_threads=threads or default_threads())
+    except BatchingUnsupported:
+        gguf.unlink(missing_ok=True)
+        return None
+    try:
+        params = {"temperature": 0.0, "max_tokens": config.eval.max_new_tokens}
+        schema = config.output.resolved_schema() if config.output.format == "json" else None
+        futures = [engine.submit(messages, schema, params) for messages in conversations]
+        return [future.result()[0] for future in futures]
+    finally:
+        engine.close()
+        gguf.unlink(missing_ok=True)
+
+
+def _hf_answers(config: EvaluateConfig, base, adapter: Path, conversations: list, threads: int | None) -> list[str]:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from kit.evaluate.worker import generate_batched
-    from kit.models.base_model import resolve_base
-    from trainers.model import load_tokenizer
-
-    if not inputs:
-        return []
     if threads:
         torch.set_num_threads(threads)
-    base = resolve_base(config.student)
     tokenizer = load_tokenizer(base.hf_path)
     model = AutoModelForCausalLM.from_pretrained(base.hf_path, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
-    system = [{"role": "system", "content": config.student_system_prompt}] if config.student_system_prompt else []
-    rows = generate_batched(model, tokenizer, [system + [{"role": "user", "content": text}] for text in inputs],
-                            config.eval.max_new_tokens, config.eval.batch)
+    rows = generate_batched(model, tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch)
     return [row["text"] for row in rows]
 
 
