@@ -179,6 +179,8 @@ class DataConfig(StrictModel):
                         "got wrong; each round trains on everything so far")
     probe_fraction: float = Field(0.25, ge=0.0, lt=0.6, description="share of each round's samples (but the last "
                                   "round's) held out as its probe pool; they join training in the next round")
+    failure_share: float = Field(0.5, gt=0.0, le=1.0, description="share of a later round's inputs written like "
+                                 "the previous round's failed probes; the rest follow the plain plan (topics in turn)")
     batch_size: int = Field(8, ge=1)
     train_on_seeds: bool = Field(True, description="the seeds join the training split (never validation): they "
                                                    "are the answers a person wrote and checked; seeds that overlap "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -67,7 +68,8 @@ def round_role(config, role: str) -> str:
 
 def plan_item(config, index: int, failures: Sequence[str] = ()) -> PlanItem:
     """The `index`-th input to write; the same recipe always gives the same plan. A later round with probe
-    failures asks, list by list, for new inputs like each failed one in turn (persona and kind still vary)."""
+    failures spends `data.failure_share` of its lists on new inputs like each failed one in turn (persona and kind
+    still vary); the other lists follow the plain plan, so every topic keeps its share."""
     data = config.data
     per_request = data.inputs_per_request
     # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
@@ -76,9 +78,11 @@ def plan_item(config, index: int, failures: Sequence[str] = ()) -> PlanItem:
     rng = random.Random(f"{salt}:{index}" if per_request == 1 else f"{salt}:list{per_request}:{unit}")
     seeds = config.seeds
     pick = lambda options: rng.choice(options) if options else None  # noqa: E731
-    if failures:
+    share = data.failure_share
+    if failures and math.floor((unit + 1) * share) > math.floor(unit * share):  # this unit imitates a failure
+        like = failures[math.floor(unit * share) % len(failures)]
         return PlanItem(index=index, evolve_seed=None, evolution="", topic=None, persona=pick(data.personas),
-                        difficulty=pick(data.difficulty_levels), like=failures[unit % len(failures)])
+                        difficulty=pick(data.difficulty_levels), like=like)
     evolve = rng.random() < data.evolve_fraction
     return PlanItem(
         index=index,
