@@ -2,7 +2,7 @@
 recipe per variant (a copy of the recipe with the lever's settings, in the recipe's own folder so its
 relative paths hold), then the shipped artifact's score on the hand-written eval set and the time of each stage.
 
-    .venv/bin/python bench/distill_ablation.py examples/tool-calling/recipe.yaml [--variants base,rounds,vote,all]
+    .venv/bin/python bench/distill_ablation.py examples/tool-calling/recipe.yaml [--variants base,rounds,distinct,vote,all]
         [--runs bench-runs] [--no-teacher-eval]
 
 Each build is a full `kit build` (about 25-30 minutes for the examples on 2 CPU cores). Builds of one variant
@@ -20,22 +20,29 @@ from pathlib import Path
 
 import yaml
 
-# each lever as recipe overrides (section -> settings); "all" applies every lever at once
-LEVERS: dict[str, dict[str, dict]] = {
-    "base": {"data": {"rounds": 1, "answers_per_input": 1}},
-    "rounds": {"data": {"rounds": 2, "answers_per_input": 1}},
-    "vote": {"data": {"rounds": 1, "answers_per_input": 3}},
-    "all": {"data": {"rounds": 2, "answers_per_input": 3}},
+# each variant switches levers on (the others off): failure-driven rounds, a cap on repeated answers, a vote
+LEVERS: dict[str, set[str]] = {
+    "base": set(),
+    "rounds": {"rounds"},
+    "distinct": {"distinct"},
+    "vote": {"vote"},
+    "all": {"rounds", "distinct", "vote"},
 }
 
 
 def variant_recipe(recipe: Path, name: str) -> Path:
-    """A copy of `recipe` with the lever's overrides, next to it, under its own task name."""
+    """A copy of `recipe` with the variant's levers on and the others off, next to it, under its own task name."""
     data = yaml.safe_load(recipe.read_text())
-    for section, settings in LEVERS[name].items():
-        data.setdefault(section, {}).update(settings)
-    if data.get("data", {}).get("answers_per_input", 1) > 1 and not data.get("teacher", {}).get("answer_temperature"):
-        data.setdefault("teacher", {})["answer_temperature"] = 0.5
+    levers = LEVERS[name]
+    section = data.setdefault("data", {})
+    section["rounds"] = max(2, section.get("rounds", 1)) if "rounds" in levers else 1
+    section["answers_per_input"] = 3 if "vote" in levers else 1
+    if "vote" in levers:
+        data.setdefault("teacher", {}).setdefault("answer_temperature", 0.5)
+    verifiers = [v for v in data.setdefault("critic", {}).get("verifiers", []) if v.get("type") != "distinct_outputs"]
+    if "distinct" in levers:
+        verifiers.insert(max(0, len(verifiers) - 1), {"type": "distinct_outputs", "max_per_output": 2})
+    data["critic"]["verifiers"] = verifiers
     data["task"]["name"] = f"{data['task']['name']}-{name}"
     out = recipe.with_name(f".ablation-{name}.yaml")
     out.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -63,7 +70,7 @@ def shipped_score(run: Path) -> tuple[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", type=Path)
-    parser.add_argument("--variants", default="base,rounds,vote,all")
+    parser.add_argument("--variants", default="base,rounds,distinct,vote,all")
     parser.add_argument("--runs", type=Path, default=Path("bench-runs"))
     parser.add_argument("--no-teacher-eval", action="store_true")
     args = parser.parse_args()
