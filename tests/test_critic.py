@@ -228,6 +228,8 @@ def test_distinct_outputs_caps_how_often_one_answer_is_kept():
         kept = candidate(pasta, text)
         assert review(c, kept) is None
         c.admit(f"s{number}", kept)
-    third = review(c, candidate({"unit": "s", "value": 600}, "ten minute timer to cook the pasta"))  # key order
+    third = review(c, candidate({"unit": "s", "value": 600}, "set a ten minute timer for the pasta"))  # key order
     assert third.verifier == "distinct_outputs" and "2 kept samples already have this answer" in third.reason
     assert review(c, candidate({"value": 180, "unit": "s"}, "three minute timer for eggs")) is None
+    # another request that rightly has the same answer is not a rewrite: kept
+    assert review(c, candidate(pasta, "remind me when the laundry is done in 600 seconds")) is None

@@ -117,7 +117,10 @@ class DedupVerifier(StrictModel):
 class DistinctOutputsVerifier(StrictModel):
     type: Literal["distinct_outputs"]
     max_per_output: int = Field(2, ge=1, description="kept samples that may share one answer (canonical JSON or "
-                                                     "normalized text): rewrites that keep every detail are cut")
+                                                     "normalized text) for inputs alike: rewrites that keep every "
+                                                     "detail are cut, different requests with one answer are kept")
+    similarity: float = Field(0.3, gt=0.0, le=1.0, description="inputs are alike when they share this share of "
+                                                              "their words (Jaccard over word sets)")
 
 
 class GroundedVerifier(StrictModel):
