@@ -86,23 +86,34 @@ def test_a_killed_stage_that_wrote_no_manifest_runs_again(stage, tmp_path):
     assert stage.made == 1 and (stage.folder(run) / "copy.txt").read_text() == "hello "
 
 
-def test_kit_build_is_a_loop_over_the_four_stages_each_with_its_own_config(tmp_path):
+def test_kit_build_is_a_loop_over_the_stages_each_with_its_own_config(tmp_path):
+    """The example's two failure-driven rounds: generate, train and probe per round (the first in rounds/1/, the
+    last in the run's own folders), then export and eval of the last round's student."""
     from export.config import ExportStageConfig
     from kit.distill.config import GenerateConfig
     from kit.evaluate.config import EvaluateConfig
+    from kit.evaluate.probe import ProbeConfig
     from kit.pipeline import build_steps
     from kit.recipe.loader import load_recipe
     from trainers.config import TrainStageConfig
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "tool-calling" / "recipe.yaml")
+    assert recipe.data.rounds == 2
     run = RunDir(tmp_path / "run")
+    first = run.round(1, 2)
     steps = build_steps(recipe, run, eval_teacher=False, threads=2)
-    assert [(s.stage.name, s.stage.folder(run)) for s in steps] == [
-        ("generate", run.data), ("train", run.train), ("export", run.export), ("eval", run.eval)]
-    generate, train, export, evaluate = (s.config for s in steps)
-    assert isinstance(generate, GenerateConfig) and generate.data == recipe.data
+    assert [(s.stage.name, s.stage.folder(s.run or run)) for s in steps] == [
+        ("generate", first.data), ("train", first.train), ("probe", first.probe),
+        ("generate", run.data), ("train", run.train), ("probe", run.probe), ("export", run.export), ("eval", run.eval)]
+    generate1, train1, probe1, generate, train, _, export, evaluate = (s.config for s in steps)
+    assert isinstance(generate, GenerateConfig) and generate.round.earlier == [first.data]
+    assert generate1.data.target_samples + generate.data.target_samples == recipe.data.target_samples
+    assert generate.round.failures_file == first.probe / "failures.jsonl"
     assert isinstance(train, TrainStageConfig) and train.student == recipe.student.model
+    assert train1.init_adapter is None and train.init_adapter == first.adapter
+    assert train.train.epochs == recipe.train.later_round_epochs and train1.train.epochs == recipe.train.epochs
     assert train.system_prompt == recipe.student_system_prompt
+    assert isinstance(probe1, ProbeConfig) and (probe1.number, probe1.of) == (1, 2)
     assert isinstance(export, ExportStageConfig) and (export.adapter, export.dataset) == (run.adapter, run.dataset)
     assert isinstance(evaluate, EvaluateConfig) and not evaluate.include_teacher
-    assert steps[3].options == {"threads": 2}
+    assert steps[-1].options == {"threads": 2}
