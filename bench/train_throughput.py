@@ -1,13 +1,19 @@
-"""Train tokens/s: microkit's trainer vs a plain trl SFTTrainer with default settings, same data and model.
+"""Train tokens/s: microkit's trainer (its batching variants) vs a plain trl SFTTrainer with default settings.
 
-    .venv/bin/python bench/train_throughput.py [--model smollm2-135m-instruct] [--steps 6] [--rounds 2] [--threads N]
+    .venv/bin/python bench/train_throughput.py [--prompt short|schema] [--variants baseline,packed,padded,shared]
+                                               [--model smollm2-135m-instruct] [--steps 6] [--rounds 2] [--threads N]
 
-Each side trains in its own subprocess (so each peak RSS is its own) with the same LoRA settings, batch size,
-learning rate and steps on the same synthetic chat dataset. Tokens/s counts the real (non-padding) input
-tokens over the time spent in optimizer steps, after the first step. Baseline: `SFTTrainer(model, args=SFTConfig(...defaults...),
-train_dataset=<messages>, peft_config=<same LoRA>)`, i.e. padded batches, no packing, trl's defaults
-(gradient checkpointing on, bf16 autocast where supported). Ours: `trainers.sft.build_trainer` from a
-default TrainConfig (padding-free batches, answer-only LM head, fp32 on CPU).
+Each variant trains in its own subprocess (so each peak RSS is its own) with the same LoRA settings, batch size,
+learning rate and steps on the same synthetic chat dataset. `--prompt short` gives every row a one-line system
+prompt (rows of about 60 tokens); `--prompt schema` a 200-token database schema, as a text-to-SQL recipe has
+(rows of about 250 tokens, most of them the same in every row). Tokens/s counts the real (non-padding) tokens
+of the rows over the time spent in optimizer steps, after the first step.
+
+  baseline  `SFTTrainer(model, args=SFTConfig(...defaults...), train_dataset=<messages>, peft_config=<same LoRA>)`:
+            padded batches, no packing, trl's defaults (gradient checkpointing on, bf16 autocast where supported)
+  packed    microkit, train.packing on, train.shared_prefix off: a batch is one padding-free row
+  padded    microkit, both off: right-padded batches, the LM head on answer positions only
+  shared    microkit defaults (train.shared_prefix on): the prompt every row shares runs once per batch
 """
 
 from __future__ import annotations
@@ -24,11 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SYSTEM = "Map the user's request to one JSON tool call with the tool name and its arguments."
+SCHEMA_SYSTEM = """You write one SQLite SELECT query that answers the user's question about this database. Reply with the SQL only.
+categories(id, name)
+customers(id, name, email, city, country, signup_date TEXT YYYY-MM-DD)
+products(id, name, category_id -> categories.id, price, stock)
+orders(id, customer_id -> customers.id, order_date TEXT YYYY-MM-DD, status: pending|shipped|delivered|cancelled)
+order_items(order_id -> orders.id, product_id -> products.id, quantity, unit_price)
+reviews(id, product_id -> products.id, customer_id -> customers.id, rating 1-5, review_date TEXT YYYY-MM-DD)
+suppliers(id, name, country, rating 1-5)
+shipments(id, order_id -> orders.id, supplier_id -> suppliers.id, shipped_date TEXT YYYY-MM-DD, carrier)"""
+VARIANTS = {"packed": {"packing": True, "shared_prefix": False}, "padded": {"packing": False, "shared_prefix": False},
+            "shared": {}}
 CITIES = ["paris", "london", "tokyo", "rome", "berlin", "madrid", "oslo", "cairo", "lima", "delhi"]
 CONTACTS = ["mom", "dad", "alice", "bob", "sam", "max", "the office", "dr. lee"]
 
 
-def synthetic_rows(count: int, seed: int = 0) -> list[dict]:
+def synthetic_rows(count: int, seed: int = 0, system: str = SYSTEM) -> list[dict]:
     """Requests of varied length mapped to JSON tool calls, in the distill stage's row format."""
     rng = random.Random(seed)
     rows = []
@@ -52,7 +69,7 @@ def synthetic_rows(count: int, seed: int = 0) -> list[dict]:
             answer = {"tool": "message", "contact": contact, "text": text}
         output = json.dumps(answer)
         rows.append({"id": f"row-{i}", "input": request, "output": output, "reasoning": "",
-                     "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": request},
+                     "messages": [{"role": "system", "content": system}, {"role": "user", "content": request},
                                   {"role": "assistant", "content": output}]})
     return rows
 
@@ -65,7 +82,8 @@ def save_dataset(rows: list[dict], path: Path, validation: int = 32) -> Path:
     return path
 
 
-def measure_ours(model: str, dataset: Path, steps: int, batch_size: int, workdir: Path, threads: int | None) -> dict:
+def measure_ours(model: str, dataset: Path, steps: int, batch_size: int, workdir: Path, threads: int | None,
+                 variant: str = "shared") -> dict:
     from accelerate import PartialState
 
     from kit.core.dataset import load_dataset_dict
@@ -75,7 +93,7 @@ def measure_ours(model: str, dataset: Path, steps: int, batch_size: int, workdir
     from trainers.sft import TrainPaths, build_trainer
 
     config = TrainConfig(max_steps=steps, batch_size=batch_size, checkpoint_every=10 * steps, early_stopping_patience=0,
-                         threads=threads)
+                         threads=threads, **VARIANTS[variant])
     device = resolve_device(config)
     if device == "cpu":
         set_cpu_threads(PartialState().num_processes, threads)
@@ -122,43 +140,63 @@ def measure_baseline(model: str, dataset: Path, steps: int, batch_size: int, wor
 def _side(args) -> None:
     from runtime.memory import peak_rss_mb
 
-    measure = measure_ours if args.side == "ours" else measure_baseline
     with tempfile.TemporaryDirectory() as workdir:
-        result = measure(args.model, Path(args.dataset), args.steps, args.batch_size, Path(workdir), args.threads)
+        if args.side == "baseline":
+            result = measure_baseline(args.model, Path(args.dataset), args.steps, args.batch_size, Path(workdir),
+                                      args.threads)
+        else:
+            result = measure_ours(args.model, Path(args.dataset), args.steps, args.batch_size, Path(workdir),
+                                  args.threads, variant=args.side)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print("RESULT " + json.dumps(result))
+
+
+LABELS = {"baseline": "trl SFTTrainer defaults", "packed": "microkit, one packed row",
+          "padded": "microkit, padded batches", "shared": "microkit, shared prefix"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompt", choices=["short", "schema"], default="short",
+                        help="a one-line system prompt, or a 200-token database schema in every row")
+    parser.add_argument("--variants", default="baseline,packed,padded,shared",
+                        help="comma-separated: baseline, packed, padded, shared")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, help="CPU threads for both sides (default: usable cores)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per side; the best counts")
-    parser.add_argument("--side", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help="CPU threads for every variant (default: usable cores)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per variant; the best counts")
+    parser.add_argument("--side", choices=sorted(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return _side(args)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in LABELS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}: use {', '.join(LABELS)}")
+    system = SCHEMA_SYSTEM if args.prompt == "schema" else SYSTEM
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = save_dataset(synthetic_rows(args.rows), Path(tmp) / "dataset")
-        runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
-        for _ in range(args.rounds):  # alternate the sides so a busy machine slows both alike
-            for side in ("baseline", "ours"):
-                runs[side].append(_run_side(side, dataset, args))
-    best = {side: max(results, key=lambda r: r["tokens_per_s"]) for side, results in runs.items()}
-    ours, base = best["ours"], best["baseline"]
-    print(f"model {args.model}, {args.steps} steps x batch {args.batch_size}, {args.rows} rows, "
-          f"threads {args.threads or 'default'}, best of {args.rounds} round(s) per side")
-    for name, side in (("trl SFTTrainer defaults", "baseline"), ("microkit trainer", "ours")):
-        r = best[side]
-        every = ", ".join(f"{x['tokens_per_s']:.1f}" for x in runs[side])
-        print(f"  {name:24s} {r['tokens_per_s']:9.1f} train tokens/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; "
-              f"rounds: {every})  peak RSS {max(x['peak_rss_mb'] for x in runs[side]):.0f} MB")
-    print(f"  baseline settings: gradient_checkpointing={base['gradient_checkpointing']}, bf16={base['bf16']}")
-    print(f"  ratio ours / baseline: {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x")
+        dataset = save_dataset(synthetic_rows(args.rows, system=system), Path(tmp) / "dataset")
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for _ in range(args.rounds):  # alternate the variants so a busy machine slows all alike
+            for variant in variants:
+                runs[variant].append(_run_side(variant, dataset, args))
+    best = {v: max(results, key=lambda r: r["tokens_per_s"]) for v, results in runs.items()}
+    print(f"model {args.model}, prompt {args.prompt}, {args.steps} steps x batch {args.batch_size}, {args.rows} rows, "
+          f"threads {args.threads or 'default'}, best of {args.rounds} round(s) per variant")
+    print(f"  {'variant':28s} {'tokens/s':>9s}  {'vs first':>8s}  {'peak RSS':>8s}")
+    first = best[variants[0]]["tokens_per_s"]
+    for variant in variants:
+        r = best[variant]
+        every = ", ".join(f"{x['tokens_per_s']:.1f}" for x in runs[variant])
+        print(f"  {LABELS[variant]:28s} {r['tokens_per_s']:9.1f}  {r['tokens_per_s'] / first:7.2f}x  "
+              f"{max(x['peak_rss_mb'] for x in runs[variant]):6.0f} MB  ({r['tokens']} tokens in {r['seconds']:.1f} s; "
+              f"rounds: {every})")
+    if "baseline" in best:
+        base = best["baseline"]
+        print(f"  baseline settings: gradient_checkpointing={base['gradient_checkpointing']}, bf16={base['bf16']}")
 
 
 def _run_side(side: str, dataset: Path, args) -> dict:

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
-from kit.models.base_model import BaseModel
+from kit.models.base_model import BASE_MODEL_FILE, BaseModel, is_full_model
 from kit.models.gguf_tokenizer import tokenizer_from_gguf
 
 
 def adapter_base(adapter: Path) -> str:
-    """The base model an adapter folder names (peft's adapter_config.json)."""
+    """The base model an adapter folder names (peft's adapter_config.json, or the train stage's base_model.json)."""
     config = adapter / "adapter_config.json"
+    if is_full_model(adapter) and (adapter / BASE_MODEL_FILE).is_file():
+        return json.loads((adapter / BASE_MODEL_FILE).read_text(encoding="utf-8"))["spec"]
     if not config.is_file():
         raise UserError(f"{adapter} is not a peft adapter folder (no adapter_config.json); pass the train stage's adapter/")
     base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
@@ -32,12 +34,14 @@ def load_base_tokenizer(base: BaseModel):
 
 
 def merge_adapter(base: BaseModel, adapter: Path | None, out: Path) -> Path:
-    """Base + adapter -> out/ (float32 safetensors, tokenizer, chat template, generation config)."""
+    """Base + adapter -> out/ (float32 safetensors, tokenizer, chat template, generation config). A fully
+    fine-tuned model (train.method: full) in place of the adapter is saved the same way, with the base's tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base.hf_path, dtype=torch.float32)
-    if adapter is not None:
+    full = adapter is not None and is_full_model(adapter)
+    model = AutoModelForCausalLM.from_pretrained(str(adapter) if full else base.hf_path, dtype=torch.float32)
+    if adapter is not None and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

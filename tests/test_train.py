@@ -193,6 +193,45 @@ def test_padding_free_batches_give_the_same_loss_as_padded_ones(dataset_run, tin
     assert loss_flat.item() == pytest.approx(loss_padded.item(), rel=1e-4)
 
 
+def test_a_prompt_shared_by_the_batch_runs_once_with_the_same_loss_and_gradients(dataset_run, tiny_llama, tmp_path):
+    """The shared system prompt is sent once (prefix_ids [1, P]) and the loss and LoRA gradients equal padded rows'."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from kit.core.dataset import load_dataset_dict
+    from kit.models.base_model import resolve_base
+    from trainers.batching import PREFIX_IDS, shared_prefix_length
+    from trainers.sft import TrainPaths, build_trainer
+
+    trainer, _ = build_trainer(fast_config(), resolve_base(str(tiny_llama)), None, load_dataset_dict(dataset_run.dataset),
+                               TrainPaths(tmp_path), "cpu", show_progress=False)
+    examples = [trainer.train_dataset[i] for i in range(6)]
+    shared = trainer.data_collator(examples)
+    prefix = shared[PREFIX_IDS].shape[1]
+    first_trained = min(next(i for i, lab in enumerate(e["labels"]) if lab != -100) for e in examples)
+    assert 16 <= prefix < first_trained  # the system prompt and template head, never an answer token
+    assert shared["input_ids"].shape[0] == 6 and shared["attention_mask"].shape[1] == prefix + shared["input_ids"].shape[1]
+    assert shared["attention_mask"].sum() == sum(len(e["input_ids"]) for e in examples)  # tokens/s counts real tokens
+    padded = DataCollatorForLanguageModeling(pad_token_id=trainer.processing_class.pad_token_id)(examples)
+    trainer.model.train()  # LoRA dropout is 0 in fast_config, so train mode is deterministic
+
+    def loss_and_grads(batch):
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    loss_shared, grads_shared = loss_and_grads(shared)
+    loss_padded, grads_padded = loss_and_grads(padded)
+    assert loss_shared == pytest.approx(loss_padded, rel=1e-4)
+    for name, grad in grads_padded.items():
+        assert torch.allclose(grads_shared[name], grad, rtol=1e-3, atol=1e-6), name
+    # rows that share nothing fall back to trl's padding-free batches
+    assert shared_prefix_length([[1, 2, 3], [4, 5, 6]], [[-100, -100, 3], [-100, -100, 6]]) == 0
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5, 6]], [[-100, -100, -100, 4], [-100, -100, -100, 6]]) == 2
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], [[-100, -100, 3, 4], [-100, -100, -100, 5]]) == 1
+
+
 def test_kd_loss_is_zero_only_when_the_student_matches_the_teacher():
     import torch
 
@@ -230,6 +269,40 @@ def test_training_lowers_validation_loss_and_writes_figures(dataset_run, tiny_ll
     stamp = (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns
     assert train(fast_config(), str(tiny_llama), run, show_progress=False).key == manifest.key
     assert (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_full_fine_tuning_trains_every_weight_and_merges_as_the_trained_model(dataset_run, tiny_llama, tmp_path):
+    """train.method: full saves the whole model; export's merge takes it as it is, with the base's tokenizer;
+    a later round starts from it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from export.merge import adapter_base, merge_adapter
+    from kit.models.base_model import is_full_model, resolve_base
+    from trainers.config import TrainStageConfig
+    from trainers.sft import run as run_train
+
+    run = fresh_run(dataset_run, tmp_path)
+    config = fast_config(method="full", learning_rate=1e-3, max_steps=8)
+    run_train(TrainStageConfig(student=str(tiny_llama), train=config, replace_system_prompt=False), run,
+              show_progress=False)
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["method"] == "full" and metrics["validation_loss_after"] < metrics["validation_loss_before"]
+    assert is_full_model(run.adapter) and not (run.adapter / "adapter_config.json").exists()
+    assert adapter_base(run.adapter) == str(tiny_llama)
+    trained = load_file(run.adapter / "model.safetensors")
+    base = load_file(Path(tiny_llama) / "model.safetensors")
+    changed = [name for name in base if not torch.equal(base[name], trained[name])]
+    assert len(changed) > len(base) // 2  # not an adapter: the layers' own weights moved
+    merged = merge_adapter(resolve_base(str(tiny_llama)), run.adapter, tmp_path / "merged")
+    merged_weights = load_file(merged / "model.safetensors")
+    assert all(torch.equal(merged_weights[name], trained[name]) for name in trained if name in merged_weights)
+    # a second round starts from the first round's whole model
+    second = fresh_run(dataset_run, tmp_path / "round-2")
+    run_train(TrainStageConfig(student=str(tiny_llama), train=config, replace_system_prompt=False,
+                               init_adapter=run.adapter), second, show_progress=False)
+    again = json.loads((second.train / "metrics.json").read_text())
+    assert again["validation_loss_before"] == pytest.approx(metrics["validation_loss_after"], rel=1e-3)
 
 
 def fitted_to(rows: list[dict], base: Path, out: Path, steps: int = 60) -> Path:
@@ -321,6 +394,30 @@ def test_distillation_caches_teacher_topk_once_and_trains(dataset_run, tiny_llam
     (run.train / "manifest.json").unlink()
     train(config.model_copy(update={"max_steps": 4}), str(tiny_llama), run, show_progress=False)
     assert [p.stat().st_mtime_ns for p in (run.train / "teacher_topk").iterdir()] == [stamp]
+
+
+def test_teacher_topk_in_shared_prefix_batches_equals_one_row_at_a_time(dataset_run, tiny_llama, tiny_teacher):
+    """The teacher pass batches rows and runs their shared prompt once; the cached top-k is what each row alone gives."""
+    import torch
+
+    from kit.core.dataset import load_dataset_dict
+    from kit.models.base_model import resolve_base
+    from trainers.data import tokenized_splits
+    from trainers.distill import _teacher_topk
+    from trainers.model import load_teacher, load_tokenizer
+
+    rows = tokenized_splits(load_tokenizer(str(tiny_llama)), load_dataset_dict(dataset_run.dataset), 128)["train"]
+    rows = rows.select(range(11))  # a last batch shorter than the others
+    settings = DistillSettings(enabled=True, teacher=str(tiny_teacher), top_k=4)
+    batched = _teacher_topk(rows, resolve_base(str(tiny_teacher)), settings, "cpu", batch_size=8)
+    teacher = load_teacher(str(tiny_teacher), "cpu")
+    for i, (ids, labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
+        trained = (torch.tensor(labels[1:]) != -100).nonzero().squeeze(-1)
+        with torch.no_grad():
+            logits = teacher(input_ids=torch.tensor([ids])).logits[0, trained].float()
+        alone = (logits / settings.temperature).log_softmax(-1).topk(4, dim=-1)
+        assert batched["teacher_ids"][i] == alone.indices.tolist()
+        assert torch.allclose(torch.tensor(batched["teacher_logprobs"][i]), alone.values, atol=1e-4)
 
 
 def test_distillation_refuses_a_teacher_with_another_tokenizer(dataset_run, tiny_llama, tmp_path):

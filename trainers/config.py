@@ -28,7 +28,9 @@ class DistillSettings(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    method: Literal["lora", "qlora"] = "lora"
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="lora: a LoRA adapter; qlora: LoRA over 4-bit weights (CUDA); full: every weight "
+                            "trained (students under ~500M; use a learning rate near 5e-5)")
     epochs: float = Field(3.0, gt=0)
     later_round_epochs: float | None = Field(None, gt=0, description="with data.rounds > 1: epochs of each round "
                                              "after the first, which starts from the previous round's adapter "
@@ -39,6 +41,9 @@ class TrainConfig(StrictModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_seq_len: int = Field(1024, ge=32)
     packing: bool = True
+    shared_prefix: bool = Field(True, description="run a prompt every row of a batch shares (template head, "
+                                "system prompt) once per batch instead of once per row; exact, and off with "
+                                "gradient checkpointing")
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(50, ge=1, description="save a checkpoint every N optimizer steps")
     early_stopping_patience: int = Field(2, ge=0, description="epochs without validation improvement; 0 = off")

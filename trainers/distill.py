@@ -18,6 +18,7 @@ from typing import Any
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
 from kit.models.base_model import BaseModel
+from trainers.batching import PREFIX_IDS, SharedPrefixCollator, forward_with_shared_prefix
 from trainers.config import DistillSettings
 from trainers.model import load_teacher
 
@@ -62,23 +63,33 @@ def with_teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, cache
     return load_from_disk(str(cached))
 
 
-def _teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, device: str) -> dict[str, list]:
+def _teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, device: str, batch_size: int = 8) -> dict[str, list]:
+    """Top-k per trained position, rows in batches whose shared prompt runs once (trainers/batching.py)."""
     import torch
     from tqdm.auto import tqdm
 
-
     model = load_teacher(teacher.hf_path, device)
+    collate = SharedPrefixCollator(pad_token_id=0, packing=False)  # padding is masked: any id does
     ids_out, logprobs_out = [], []
-    with torch.inference_mode():
-        for input_ids, labels in tqdm(zip(rows["input_ids"], rows["labels"]), total=len(rows), desc="teacher top-k"):
-            tokens = torch.tensor([input_ids], device=device)
-            trained = torch.tensor(labels[1:], device=device) != -100
-            positions = trained.nonzero().squeeze(-1)
-            logits = model(input_ids=tokens, logits_to_keep=positions).logits[0].float()
-            logprobs = (logits / settings.temperature).log_softmax(-1)
+    with torch.inference_mode(), tqdm(total=len(rows), desc="teacher top-k") as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([{"input_ids": i, "labels": lab} for i, lab in
+                                                          zip(chunk["input_ids"], chunk["labels"])]).items()}
+            trained = batch["labels"][:, 1:] != -100
+            keep = trained.any(0).nonzero().squeeze(-1)
+            if PREFIX_IDS in batch:
+                logits = forward_with_shared_prefix(model, batch[PREFIX_IDS], batch, keep).logits
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               logits_to_keep=keep).logits
+            kept = trained[:, keep]
+            logprobs = (logits[kept].float() / settings.temperature).log_softmax(-1)  # [N, V], row-major
             top = logprobs.topk(min(settings.top_k, logprobs.size(-1)), dim=-1)
-            ids_out.append(top.indices.int().tolist())
-            logprobs_out.append(top.values.tolist())
+            for indices, values in zip(top.indices.split(kept.sum(1).tolist()), top.values.split(kept.sum(1).tolist())):
+                ids_out.append(indices.int().tolist())
+                logprobs_out.append(values.tolist())
+            bar.update(len(chunk["input_ids"]))
     del model
     return {"teacher_ids": ids_out, "teacher_logprobs": logprobs_out}
 

@@ -18,8 +18,9 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, fingerprint, run_stage, write_stage_manifest
-from kit.models.base_model import resolve_base
+from kit.models.base_model import BASE_MODEL_FILE, is_full_model, resolve_base
 from runtime.memory import peak_rss_mb
+from trainers.batching import SharedPrefixCollator
 from trainers.checkpoints import claim, last_complete_checkpoint, read_initial_eval, write_initial_eval
 from trainers.config import TrainConfig, TrainStageConfig
 from trainers.data import KEEP, tokenized_splits
@@ -28,7 +29,6 @@ from trainers.figures import loss_curves, plot_loss, write_metrics
 from trainers.model import load_causal_lm, load_tokenizer, lora_config, resolve_device, set_cpu_threads
 
 STAGE = "train"
-BASE_MODEL_FILE = "base_model.json"
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ class TrainStage:
             record["system_prompt"] = config.system_prompt
         inputs = {"dataset": dataset_fingerprint(run_dir.dataset), "base_model": base.sha256}
         if config.init_adapter is not None:
-            if not (Path(config.init_adapter) / "adapter_config.json").is_file():
+            start = Path(config.init_adapter)
+            if not ((start / "adapter_config.json").is_file() or is_full_model(start)):
                 raise UserError(f"no adapter to start from at {config.init_adapter}: train the previous round first")
             inputs["init_adapter"] = fingerprint(Path(config.init_adapter))
         if teacher is not None:
@@ -108,7 +109,8 @@ class TrainStage:
         title = f"{config.student}: {train_config.method}" + (" + KD" if teacher else "")
         figures = _write_figures(trainer, metrics, paths, title)
         manifest = plan.manifest(STAGE, started=started, figures=figures,
-                                 outputs={"adapter": "adapter", "adapter_config": "adapter/adapter_config.json",
+                                 outputs={"adapter": "adapter", "adapter_config": "adapter/" + (
+                                              "config.json" if train_config.method == "full" else "adapter_config.json"),
                                           "loss_png": "loss.png", "metrics": "metrics.json"})
         write_stage_manifest(paths.folder, manifest)
         return manifest
@@ -147,27 +149,39 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     tokenizer = load_tokenizer(base.hf_path)
     rows = tokenized_splits(tokenizer, data, config.max_seq_len, system_prompt)
     train_rows, collator = rows["train"], None
+    if config.shared_prefix and not config.gradient_checkpointing:
+        collator = SharedPrefixCollator(pad_token_id=tokenizer.pad_token_id, packing=config.packing)
     if teacher is not None:
         check_same_tokenizer(tokenizer, load_tokenizer(teacher.hf_path), teacher.spec)
         with PartialState().main_process_first():  # the main process fills the cache, the others read it
             train_rows = with_teacher_topk(train_rows, teacher, config.distill, paths.teacher_cache, device)
-        collator = DistillCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
-                                                                   padding_free=config.packing))
+        collator = DistillCollator(collator or DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
+                                                                               padding_free=config.packing))
     progress = TrainProgress(show=show_progress)
     callbacks: list[Any] = [progress, KeepBestWeights()]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    model, peft_config = load_causal_lm(base.hf_path, config, device), lora_config(config.lora)
-    if init_adapter is not None:
-        from peft import PeftModel
-
-        model, peft_config = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None
+    model, peft_config = _student_model(config, base, device, init_adapter)
     trainer = StudentTrainer(
         model=model, args=training_args(config, device, paths.checkpoints, own_collator=collator is not None),
         train_dataset=train_rows, eval_dataset=rows["validation"], processing_class=tokenizer,
         peft_config=peft_config, data_collator=collator, callbacks=callbacks, distill=config.distill)
     trainer.remove_callback(PrinterCallback)
     return trainer, progress
+
+
+def _student_model(config: TrainConfig, base, device: str, init_adapter: Path | None):
+    """The model to train and the LoRA config trl should wrap it in (None: already wrapped, or full fine-tuning)."""
+    if config.method == "full":
+        # every weight trains; a later round starts from the previous round's whole model
+        start = str(init_adapter) if init_adapter is not None else base.hf_path
+        return load_causal_lm(start, config, device), None
+    model = load_causal_lm(base.hf_path, config, device)
+    if init_adapter is None:
+        return model, lora_config(config.lora)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None
 
 
 def training_args(config: TrainConfig, device: str, output_dir: Path, own_collator: bool = False):
@@ -193,7 +207,9 @@ def training_args(config: TrainConfig, device: str, output_dir: Path, own_collat
         max_length=None,
         packing=False,
         padding_free=padding_free,
-        include_num_input_tokens_seen="all" if config.packing else "non_padding",
+        # padded and shared-prefix batches carry an attention mask over every real token (prefix included);
+        # padding-free ones none, and every token of theirs is real
+        include_num_input_tokens_seen="non_padding" if config.shared_prefix or not config.packing else "all",
         remove_unused_columns=False,
         eval_strategy="epoch",
         save_strategy="steps",

@@ -4,6 +4,7 @@ Imported lazily (it pulls in torch, transformers and trl). The training loop, op
 resume, DDP/FSDP and logging are trl's / transformers'; only `compute_loss` is ours, because:
   * the LM head runs only on positions whose next token is trained (`logits_to_keep` with indices), not on
     the prompt, which is most of a short chat sample;
+  * a prompt every row of the batch shares is run once for the batch (trainers/batching.py);
   * distillation adds alpha*CE + (1-alpha)*T^2*KL(teacher || student) on the teacher's cached top-k.
 """
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
+from trainers.batching import PREFIX_IDS, forward_with_shared_prefix
 from trainers.config import DistillSettings
 
 
@@ -43,7 +45,11 @@ class StudentTrainer(SFTTrainer):
         targets = labels[:, 1:]
         trained = targets != -100
         keep = trained.any(0).nonzero().squeeze(-1)  # sequence positions with a trained next token
-        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        prefix_ids = inputs.pop(PREFIX_IDS, None)
+        if prefix_ids is not None:  # the rows' shared prompt, sent once (trainers/batching.py)
+            outputs = forward_with_shared_prefix(model, prefix_ids, inputs, keep)
+        else:
+            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
         kept = trained[:, keep]
         logits = outputs.logits[kept]  # [N, V], N = trained tokens in the batch, row-major
         answer = targets[:, keep][kept]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Optional
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from kit.core.errors import UserError
 from kit.core.run_dir import RunDir
 from kit.distill.config import GenerateConfig
 from kit.distill.generate import run
+from kit.cli.options import PRESET
 from kit.recipe.loader import load_recipe
 from kit.recipe.stages import generate_config
 
@@ -23,6 +25,7 @@ def register(app: typer.Typer) -> None:
 
 def generate(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
+    preset: Optional[str] = PRESET,
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories (runs/<task-name>/)"),
     target: int = typer.Option(None, "--target", min=1, help="override data.target_samples"),
     backend: str = typer.Option(None, "--teacher-backend", help="override teacher.backend (openai, llama_cpp, hf)"),
@@ -34,7 +37,7 @@ def generate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
 ) -> None:
     """Distill task data: the teacher writes, the critic keeps what passes; writes runs/<task>/data/."""
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, preset)
     config = generate_config(loaded)
     teacher = {k: v for k, v in {"backend": backend, "model": model, "base_url": url, "concurrency": concurrency,
                                  "max_tokens": max_tokens}.items() if v is not None}

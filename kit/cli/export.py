@@ -13,6 +13,7 @@ from export.config import BundleInfo, ExportConfig, ExportStageConfig
 from export.stage import run
 from kit.core.errors import UserError
 from kit.core.run_dir import RunDir
+from kit.cli.options import PRESET
 from kit.recipe.loader import load_recipe
 from kit.recipe.stages import export_config
 
@@ -40,6 +41,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
         recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (uses runs/<task>/train/adapter)"),
+        preset: Optional[str] = PRESET,
         base: Optional[str] = typer.Option(None, "--base", help="base model: store name, .gguf, HF folder or id"),
         adapter: Optional[Path] = typer.Option(None, "--adapter", help="peft adapter folder"),
         out: Optional[Path] = typer.Option(None, "--out", help="without a recipe: writes OUT/export and OUT/bundle"),
@@ -55,7 +57,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Merge, convert (GGUF, ONNX), quantize, verify every artifact and write the bundle."""
         if recipe is not None:
-            loaded = load_recipe(recipe)
+            loaded = load_recipe(recipe, preset)
             run_dir = RunDir.for_task(loaded.task.name, runs)
             job = export_config(loaded, run_dir)
             job = job.model_copy(update={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Optional
 from pathlib import Path
 
 import typer
@@ -11,6 +12,7 @@ from kit.core.run_dir import RunDir
 from kit.evaluate.stage import run as run_eval
 from kit.pipeline import build as run_build
 from kit.pipeline import summary_table
+from kit.cli.options import PRESET
 from kit.recipe.loader import load_recipe
 from kit.recipe.stages import evaluate_config
 
@@ -22,6 +24,7 @@ def register(app: typer.Typer) -> None:
 
 def build(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
+    preset: Optional[str] = PRESET,
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories (runs/<task-name>/)"),
     until: str = typer.Option("bundle", "--until", help="stop after this stage: generate|train|probe|export|eval|bundle (with data.rounds > 1: the last round's)"),
     no_teacher: bool = typer.Option(False, "--no-teacher-eval", help="skip scoring the teacher in the report"),
@@ -30,7 +33,7 @@ def build(
                                      help="serve the finished bundle once and send it one request"),
 ) -> None:
     """Recipe to verified, quantized, evaluated bundle: generate, train, export, eval, bundle (resumable)."""
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, preset)
     run_dir = RunDir.for_task(loaded.task.name, runs)
     results = run_build(loaded, run_dir, until=until, eval_teacher=not no_teacher, threads=threads,
                         serve=serve_check)
@@ -47,6 +50,7 @@ def build(
 
 def evaluate(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
+    preset: Optional[str] = PRESET,
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories (runs/<task-name>/)"),
     limit: int = typer.Option(None, "--limit", help="score only the first N eval cases"),
     no_teacher: bool = typer.Option(False, "--no-teacher", help="skip scoring the teacher"),
@@ -54,7 +58,7 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="score again even when the report is up to date"),
 ) -> None:
     """Score base student, teacher, trained student and every export on the held-out set; write the report."""
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, preset)
     if limit:
         loaded.eval.limit = limit
     run_dir = RunDir.for_task(loaded.task.name, runs)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from kit.cli.options import PRESET
 from kit.recipe.loader import RecipeInvalid, load_recipe, load_seeds
 from kit.recipe.scaffold import scaffold
 
@@ -19,10 +21,10 @@ def register(app: typer.Typer) -> None:
     app.command()(init)
 
 
-def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML"), preset: Optional[str] = PRESET) -> None:
     """Check a recipe: every problem with its line, YAML path and fix."""
     try:
-        loaded = load_recipe(recipe)
+        loaded = load_recipe(recipe, preset)
         seeds = load_seeds(loaded)
     except RecipeInvalid as err:
         for problem in err.problems:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from kit.core.errors import UserError
 from kit.core.run_dir import RunDir
+from kit.cli.options import PRESET
 from kit.recipe.loader import load_recipe
 from kit.recipe.stages import train_config
 from trainers.sft import run
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
 
 def train(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
+    preset: Optional[str] = PRESET,
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories (runs/<task-name>/)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="this run directory instead of RUNS/<task-name>"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="override train.max_steps"),
@@ -29,7 +31,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
 ) -> None:
     """Train the student with LoRA (or QLoRA / logit distillation); rerun the same command to resume."""
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, preset)
     overrides = {k: v for k, v in {"max_steps": max_steps, "epochs": epochs, "device": device}.items() if v is not None}
     try:
         config = type(loaded.train).model_validate(loaded.train.model_dump() | overrides)

@@ -41,6 +41,14 @@ class BaseModel:
         return {"spec": self.spec, "kind": self.kind, "path": self.hf_path, "sha256": self.sha256}
 
 
+BASE_MODEL_FILE = "base_model.json"  # the train stage writes base.identity() here, beside its adapter
+
+
+def is_full_model(folder: Path) -> bool:
+    """True for a fully fine-tuned model folder (train.method: full), False for a peft adapter folder."""
+    return not (folder / "adapter_config.json").is_file() and (folder / "config.json").is_file()
+
+
 def resolve_base(spec: str, store: ModelStore | None = None) -> BaseModel:
     """Resolve a store name, GGUF, HF folder or hub id to an HF path plus the GGUF it derives from."""
     store = store or ModelStore()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from kit.core.errors import UserError
 from kit.distill.config import Seed
+from kit.recipe.presets import apply_preset
 from kit.recipe.schema import Recipe
 
 
@@ -35,8 +36,9 @@ class RecipeInvalid(UserError):
         super().__init__("\n".join(p.render(source) for p in problems))
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Parse and validate a recipe; relative paths in it are resolved against its folder."""
+def load_recipe(path: str | Path, preset: str | None = None) -> Recipe:
+    """Parse and validate a recipe, with `preset` (kit.recipe.presets) merged in first; relative paths in it
+    are resolved against its folder."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe not found: {path} (create one with `kit init NAME` or check the path)")
@@ -52,6 +54,8 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(data, dict):
         problem = RecipeProblem("", 1, "a recipe is a mapping of sections", "start with `task:` (see `kit init`)")
         raise RecipeInvalid(str(path), [problem])
+    if preset:
+        data = apply_preset(data, preset)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
