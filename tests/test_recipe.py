@@ -177,3 +177,25 @@ def test_shipped_examples_validate(example):
     recipe = load_recipe(root / "recipe.yaml")
     assert len(load_seeds(recipe)) >= 10
     assert sum(1 for line in recipe.eval.file.read_text().splitlines() if line.strip()) >= 100
+
+
+@pytest.mark.parametrize("example", ["tool-calling", "text-to-sql"])
+def test_the_stronger_student_preset_changes_the_student_and_its_run_folder_only(example):
+    root = Path(__file__).resolve().parents[1] / "examples" / example
+    plain, strong = load_recipe(root / "recipe.yaml"), load_recipe(root / "recipe.yaml", preset="student-0.5b")
+    assert strong.task.name == f"{plain.task.name}-student-0.5b"  # its own run directory
+    assert strong.student.model == "qwen2.5-coder-0.5b-instruct" and strong.student.system_prompt == plain.student.system_prompt
+    assert strong.train.distill.enabled and strong.train.distill.teacher == "qwen2.5-coder-1.5b-instruct"
+    assert strong.train.epochs == plain.train.epochs and strong.data == plain.data and strong.critic == plain.critic
+
+
+def test_a_preset_file_merges_key_by_key_and_an_unknown_preset_names_the_choices(tmp_path):
+    overlay = write(tmp_path, "train:\n  method: full\n  lora: {r: 4}\n", name="mine.yaml")
+    recipe = load_recipe(write(tmp_path, MINIMAL + "train: {epochs: 7, lora: {alpha: 8}}\n"), preset=str(overlay))
+    assert recipe.task.name == "unit-converter-mine"
+    assert recipe.train.method == "full" and recipe.train.epochs == 7
+    assert recipe.train.lora.r == 4 and recipe.train.lora.alpha == 8
+    full = load_recipe(write(tmp_path, MINIMAL), preset="full-finetune")
+    assert full.train.method == "full" and full.train.learning_rate < 1e-4
+    with pytest.raises(UserError, match="student-0.5b"):
+        load_recipe(write(tmp_path, MINIMAL), preset="no-such-preset")
