@@ -5,6 +5,9 @@ relative paths hold), then the shipped artifact's score on the hand-written eval
     .venv/bin/python bench/distill_ablation.py examples/tool-calling/recipe.yaml [--variants base,rounds,distinct,vote,all]
         [--runs bench-runs] [--no-teacher-eval]
 
+Variants `student-0.5b` and `full-finetune` build the recipe as written with that preset (kit/recipe/presets/):
+the stronger student (Qwen2.5-Coder-0.5B with logit distillation from the 1.5B teacher), or full fine-tuning.
+
 Each build is a full `kit build` (about 25-30 minutes for the examples on 2 CPU cores). Builds of one variant
 resume, so a killed run costs only its unfinished stage. Prints a markdown table; asserts nothing.
 Builds vary by about +-5 points: compare levers over the same data or over more than one build.
@@ -28,6 +31,7 @@ LEVERS: dict[str, set[str]] = {
     "vote": {"vote"},
     "all": {"rounds", "distinct", "vote"},
 }
+PRESET_VARIANTS = ("student-0.5b", "full-finetune")  # the recipe as written, with `kit build --preset NAME`
 
 
 def variant_recipe(recipe: Path, name: str) -> Path:
@@ -76,13 +80,17 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name in args.variants.split(","):
-        path = variant_recipe(args.recipe, name)
+        if name not in LEVERS and name not in PRESET_VARIANTS:
+            sys.exit(f"unknown variant {name}: use {', '.join([*LEVERS, *PRESET_VARIANTS])}")
+        path = args.recipe if name in PRESET_VARIANTS else variant_recipe(args.recipe, name)
         command = [sys.executable, "-m", "kit", "build", str(path), "--runs", str(args.runs), "--no-serve-check"]
+        if name in PRESET_VARIANTS:
+            command += ["--preset", name]
         if args.no_teacher_eval:
             command.append("--no-teacher-eval")
         print(f"==> {name}: {' '.join(command)}", flush=True)
         subprocess.run(command, check=True)
-        task = yaml.safe_load(path.read_text())["task"]["name"]
+        task = yaml.safe_load(path.read_text())["task"]["name"] + (f"-{name}" if name in PRESET_VARIANTS else "")
         run = args.runs / task
         metric, scores = shipped_score(run)
         rows.append((name, metric, scores, stage_seconds(run)))

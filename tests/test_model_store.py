@@ -90,3 +90,31 @@ def test_llama_cpp_converter_is_cached_from_the_pinned_source_release():
     assert (root / "convert_hf_to_gguf.py").is_file()
     assert (root / "gguf-py" / "gguf" / "__init__.py").is_file()
     assert (root / "conversion").is_dir()
+
+
+def test_a_gguf_vocabularys_unused_padding_tokens_stay_out_of_the_rebuilt_tokenizer(tmp_path):
+    """Qwen's GGUFs pad the vocabulary to the embedding size with UNUSED [PADn] entries; the rebuilt tokenizer
+    leaves them out, so llama.cpp's converter marks them UNUSED again and the exported tokenizer equals the source's."""
+    import gguf
+
+    from kit.models.gguf_tokenizer import tokenizer_from_gguf
+
+    tokens = ["a", "b", "ab", "<|end|>", "[PAD4]", "[PAD5]"]
+    types = [gguf.TokenType.NORMAL] * 3 + [gguf.TokenType.CONTROL] + [gguf.TokenType.UNUSED] * 2
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(["a b"])
+    writer.add_eos_token_id(3)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tokenizer = tokenizer_from_gguf(path)
+    vocab = tokenizer.get_vocab()
+    assert "[PAD4]" not in vocab and "[PAD5]" not in vocab
+    assert vocab["ab"] == 2 and vocab["<|end|>"] == 3
+    assert tokenizer("ab<|end|>")["input_ids"] == [2, 3]

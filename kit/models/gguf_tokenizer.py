@@ -34,7 +34,7 @@ _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 # GGUF token types (gguf.TokenType)
-_CONTROL, _USER_DEFINED = 3, 4
+_CONTROL, _USER_DEFINED, _UNUSED = 3, 4, 5
 
 # The KVs that decide how llama.cpp tokenizes; a converted GGUF must carry the source's values.
 TOKENIZER_KEYS = (
@@ -85,7 +85,10 @@ def tokenizer_from_gguf(path: Path):
     merges = [tuple(m.split(" ")) for m in meta.get("tokenizer.ggml.merges", [])]
     if not merges or any(len(m) != 2 for m in merges):
         raise UserError(f"{path} carries no usable BPE merges; it cannot serve as a tokenizer source")
-    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+    # UNUSED entries ([PAD151665]...) only pad the vocabulary to the embedding's size: leaving them out lets
+    # llama.cpp's converter mark them UNUSED again, as the source does, instead of as normal tokens
+    vocab = {t: i for i, t in enumerate(tokens) if types[i] != _UNUSED}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges,
                                    ignore_merges=False, byte_fallback=False))
     backend.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
     backend.decoder = decoders.ByteLevel()
