@@ -458,6 +458,21 @@ def test_accelerate_launch_trains_with_two_cpu_processes(dataset_run, tiny_llama
     assert metrics["global_step"] == 6 and (run.adapter / "adapter_model.safetensors").is_file()
 
 
+def test_kit_train_into_a_log_prints_progress_lines_not_redraws(dataset_run, tiny_llama, tmp_path):
+    """stderr is a pipe here, as in CI or `kit build > build.log`: whole lines, and datasets' own bars stay off."""
+    train = {"threads": 1, "max_steps": 24, "checkpoint_every": 50, "batch_size": 8, "learning_rate": 3e-3,
+             "max_seq_len": 128}
+    recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), train)
+    run = fresh_run(dataset_run, tmp_path)
+    done = subprocess.run(kit_command("train", str(recipe), "--run-dir", str(run.root)), cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    log = done.stderr + done.stdout
+    assert "\r" not in log
+    assert any(line.startswith("train: 100%") for line in log.splitlines())
+    assert "tokenizing train" not in log and "Saving the dataset" not in log
+    assert len(log) < 8000  # a few lines, not a redraw per step
+
+
 def test_a_bad_flag_is_a_one_line_error(tmp_path, tiny_llama):
     recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), {"max_steps": 2})
     done = subprocess.run(kit_command("train", str(recipe), "--device", "tpu", "--run-dir", str(tmp_path / "run")),

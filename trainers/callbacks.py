@@ -6,6 +6,8 @@ import time
 
 from transformers import TrainerCallback
 
+from kit.core.progress import tqdm_options
+
 
 class TrainProgress(TrainerCallback):
     """tqdm bar over optimizer steps showing loss and train tokens/s; keeps this session's throughput.
@@ -33,7 +35,7 @@ class TrainProgress(TrainerCallback):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
-                            dynamic_ncols=True)
+                            **tqdm_options())
         self._tokens_at_begin = state.num_input_tokens_seen
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -69,7 +71,7 @@ class TrainProgress(TrainerCallback):
     def _refresh(self) -> None:
         if self.bar is not None:
             loss = f"{self._last_loss:.4f}" if self._last_loss is not None else "-"
-            self.bar.set_postfix_str(f"loss {loss}, {self.tokens_per_second:,.0f} tok/s")
+            self.bar.set_postfix_str(f"loss {loss}, {self.tokens_per_second:,.0f} tok/s", refresh=False)
 
 
 class KeepBestWeights(TrainerCallback):

@@ -17,6 +17,7 @@ from typing import Any
 
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
+from kit.core.progress import tqdm_options
 from kit.models.base_model import BaseModel
 from trainers.batching import PREFIX_IDS, SharedPrefixCollator, forward_with_shared_prefix
 from trainers.config import DistillSettings
@@ -71,7 +72,7 @@ def _teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, device: s
     model = load_teacher(teacher.hf_path, device)
     collate = SharedPrefixCollator(pad_token_id=0, packing=False)  # padding is masked: any id does
     ids_out, logprobs_out = [], []
-    with torch.inference_mode(), tqdm(total=len(rows), desc="teacher top-k") as bar:
+    with torch.inference_mode(), tqdm(total=len(rows), desc="teacher top-k", **tqdm_options()) as bar:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate([{"input_ids": i, "labels": lab} for i, lab in

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from kit.cli import distill, doctor, export, models, pipeline, recipe, runtime, train
 from kit.core.errors import UserError
+from kit.core.progress import quiet_library_bars
 
 app = typer.Typer(help="microkit: distill, train, quantize and serve on-device micro-experts.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -17,6 +18,7 @@ for group in (recipe, models, doctor, distill, train, export, runtime, pipeline)
 
 
 def main() -> None:
+    quiet_library_bars()
     try:
         app()
     except UserError as err:

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kit.core.progress import LogLines, interactive
 from kit.distill.critic import Critic
 from kit.distill.sample_store import SampleStore
 
@@ -73,16 +74,22 @@ def _usage(clients: list) -> dict[str, Any]:
 
 
 class GenerationProgress:
-    """A rich bar: accepted/target, the rate, and rejections by verifier."""
+    """A rich bar: accepted/target, the rate, and rejections by verifier; off a terminal, the same figures as
+    one log line every few seconds (kit.core.progress)."""
 
     def __init__(self, target: int, enabled: bool):
+        console = Console(stderr=True)
         self.enabled = enabled
+        self.target = target
         self.started = time.monotonic()
         self.start_count: int | None = None
+        self._lines = LogLines() if enabled and not interactive(console.file) else None
+        self._console = console
+        self._last_line = ""
         self._progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                  TextColumn("{task.fields[rejects]}"), console=Console(stderr=True),
-                                  disable=not enabled, transient=False)
+                                  TextColumn("{task.fields[rejects]}"), console=console,
+                                  disable=not enabled or self._lines is not None, transient=False)
         self._task = self._progress.add_task("generate", total=target, rate="", rejects="")
 
     def __enter__(self) -> "GenerationProgress":
@@ -91,6 +98,8 @@ class GenerationProgress:
 
     def __exit__(self, *exc) -> None:
         self._progress.__exit__(*exc)
+        if self._lines is not None and self._last_line:
+            self._console.print(self._last_line, highlight=False, soft_wrap=True)
 
     def update(self, store: SampleStore) -> None:
         if self.start_count is None:
@@ -101,3 +110,9 @@ class GenerationProgress:
         rejects = " ".join(f"{name}:{count}" for name, count in cut.most_common(4))
         self._progress.update(self._task, completed=store.accepted, rate=f"{rate:.2f}/s",
                               rejects=f"cut {rejects}" if rejects else "")
+        if self._lines is not None:
+            self._last_line = (f"generate {store.accepted}/{self.target} kept, {rate * 60:.1f}/min, "
+                               f"{elapsed:.0f}s" + (f", cut {rejects}" if rejects else ""))
+            if self._lines.due():
+                self._console.print(self._last_line, highlight=False, soft_wrap=True)
+                self._last_line = ""
