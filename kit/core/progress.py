@@ -46,15 +46,15 @@ def tqdm_options() -> dict[str, Any]:
 
 
 class LogLines:
-    """Calls `emit` at most once every LOG_EVERY_S seconds (and always on `final`): progress as log lines."""
+    """Says when the next progress line is due: at most one every LOG_EVERY_S seconds, the first at once."""
 
     def __init__(self, every_s: float = LOG_EVERY_S):
         self.every_s = every_s
         self._last = 0.0
 
-    def due(self, final: bool = False) -> bool:
+    def due(self) -> bool:
         now = time.monotonic()
-        if final or now - self._last >= self.every_s:
+        if now - self._last >= self.every_s:
             self._last = now
             return True
         return False
