@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trainers.data import common_prefix
+
 PREFIX_IDS = "prefix_ids"
 
 
@@ -26,15 +28,7 @@ def shared_prefix_length(input_ids: list[list[int]], labels: list[list[int]]) ->
     The prefix's own logits are never computed, so no token it predicts (positions 1..P) may be trained:
     P is at most each row's first trained position minus one, which also leaves every row a suffix.
     """
-    first = input_ids[0]
-    length = min(len(row) for row in input_ids)
-    for row in input_ids[1:]:
-        same = 0
-        for a, b in zip(first[:length], row):
-            if a != b:
-                break
-            same += 1
-        length = same
+    length = min(common_prefix(input_ids[0], row) for row in input_ids)
     for row_labels in labels:
         trained = next((i for i, label in enumerate(row_labels) if label != -100), len(row_labels))
         length = min(length, trained - 1)
@@ -87,6 +81,15 @@ class SharedPrefixCollator:
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in row_labels]),
             PREFIX_IDS: torch.tensor([ids[0][:prefix]]),
         }
+
+
+def forward_rows(model, inputs: dict[str, Any], logits_to_keep):
+    """The model's output on a collated batch (no labels), in whichever layout the collator chose."""
+    inputs = dict(inputs)
+    prefix_ids = inputs.pop(PREFIX_IDS, None)
+    if prefix_ids is not None:
+        return forward_with_shared_prefix(model, prefix_ids, inputs, logits_to_keep)
+    return model(**inputs, use_cache=False, logits_to_keep=logits_to_keep)
 
 
 def forward_with_shared_prefix(model, prefix_ids, inputs: dict[str, Any], logits_to_keep):

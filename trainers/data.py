@@ -24,7 +24,7 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_len: in
     prompt, answer = prompt_and_answer(messages)
     prompt_ids = _template_ids(tokenizer, prompt, add_generation_prompt=True)
     full_ids = _template_ids(tokenizer, [*prompt, answer], add_generation_prompt=False)
-    start = _common_prefix(prompt_ids, full_ids)
+    start = common_prefix(prompt_ids, full_ids)
     labels = [-100] * start + full_ids[start:]
     return {"input_ids": full_ids[:max_len], "labels": labels[:max_len]}
 
@@ -58,7 +58,8 @@ def _template_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

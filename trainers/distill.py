@@ -19,7 +19,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_output
 from kit.core.progress import tqdm_options
 from kit.models.base_model import BaseModel
-from trainers.batching import PREFIX_IDS, SharedPrefixCollator, forward_with_shared_prefix
+from trainers.batching import SharedPrefixCollator, forward_rows
 from trainers.config import DistillSettings
 from trainers.model import load_teacher
 
@@ -79,11 +79,7 @@ def _teacher_topk(rows, teacher: BaseModel, settings: DistillSettings, device: s
                                                           zip(chunk["input_ids"], chunk["labels"])]).items()}
             trained = batch["labels"][:, 1:] != -100
             keep = trained.any(0).nonzero().squeeze(-1)
-            if PREFIX_IDS in batch:
-                logits = forward_with_shared_prefix(model, batch[PREFIX_IDS], batch, keep).logits
-            else:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               logits_to_keep=keep).logits
+            logits = forward_rows(model, {k: v for k, v in batch.items() if k != "labels"}, keep).logits
             kept = trained[:, keep]
             logprobs = (logits[kept].float() / settings.temperature).log_softmax(-1)  # [N, V], row-major
             top = logprobs.topk(min(settings.top_k, logprobs.size(-1)), dim=-1)

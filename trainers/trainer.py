@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
-from trainers.batching import PREFIX_IDS, forward_with_shared_prefix
+from trainers.batching import forward_rows
 from trainers.config import DistillSettings
 
 
@@ -45,11 +45,7 @@ class StudentTrainer(SFTTrainer):
         targets = labels[:, 1:]
         trained = targets != -100
         keep = trained.any(0).nonzero().squeeze(-1)  # sequence positions with a trained next token
-        prefix_ids = inputs.pop(PREFIX_IDS, None)
-        if prefix_ids is not None:  # the rows' shared prompt, sent once (trainers/batching.py)
-            outputs = forward_with_shared_prefix(model, prefix_ids, inputs, keep)
-        else:
-            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        outputs = forward_rows(model, inputs, keep)  # a prompt the rows share runs once (trainers/batching.py)
         kept = trained[:, keep]
         logits = outputs.logits[kept]  # [N, V], N = trained tokens in the batch, row-major
         answer = targets[:, keep][kept]

@@ -32,11 +32,6 @@ def preset_file(name: str) -> Path:
     raise UserError(f"unknown preset '{name}': use one of {', '.join(preset_names())} or a path to a YAML overlay")
 
 
-def preset_label(name: str) -> str:
-    """What a preset adds to the task name of its run directory."""
-    return preset_file(name).stem
-
-
 def apply_preset(data: dict[str, Any], name: str) -> dict[str, Any]:
     """The recipe's data with the preset merged in (mappings merge key by key; other values replace)."""
     path = preset_file(name)
