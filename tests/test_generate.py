@@ -32,8 +32,10 @@ class FakeTeacher:
     """A tiny OpenAI-compatible chat server: deterministic replies (by the request's seed), with a fault
     plan keyed by the number of the /chat/completions request (1-based)."""
 
-    def __init__(self, faults: dict[int, str] | None = None, delay_s: float = 0.0, hang_s: float = 3.0):
+    def __init__(self, faults: dict[int, str] | None = None, delay_s: float = 0.0, hang_s: float = 3.0,
+                 unit_from_input: bool = False):
         self.faults = dict(faults or {})
+        self.unit_from_input = unit_from_input  # answers copy the request's last word as their unit
         self.delay_s = delay_s
         self.hang_s = hang_s
         self.count = 0
@@ -63,7 +65,8 @@ class FakeTeacher:
             question = body["messages"][-1]["content"]
             stable = int(hashlib.sha256(question.encode()).hexdigest()[:6], 16) % 1000
             value = stable if rng.random() < 0.7 else rng.randrange(1000)  # most samples agree with each other
-            answer = {"value": "not a number" if value % 5 == 0 else value, "unit": "km"}
+            unit = question.split()[-1] if self.unit_from_input else "km"
+            answer = {"value": "not a number" if value % 5 == 0 else value, "unit": unit}
             content = {"reasoning": f"step one, then {value}", "answer": answer}
         else:  # the judge
             answer = body["messages"][-1]["content"].rsplit("Answer:\n", 1)[-1]
@@ -213,6 +216,35 @@ def test_a_seed_that_overlaps_the_eval_set_stays_out_of_training(tmp_path, fake_
     assert [r["input"] for r in train if r["id"].startswith("seed-")] == ["three miles please"]
     stats = json.loads((run_dir.data / "stats.json").read_text())
     assert stats["seeds_in_training"] == 1 and any("seed 2 left out of training" in n for n in stats["notes"])
+
+
+def test_value_swaps_add_training_rows_without_asking_the_teacher(tmp_path, fake_teacher):
+    teacher = fake_teacher(unit_from_input=True)
+    recipe_path = write_recipe(tmp_path, teacher.url, target=8)
+    run_dir = RunDir(tmp_path / "run")
+    run(generate_config(load_recipe(recipe_path)), run_dir)
+    sent = teacher.count
+
+    from datasets import load_from_disk
+
+    assert not any("~swap" in r["id"] for r in load_from_disk(str(run_dir.dataset))["train"])
+    recipe_path.write_text(recipe_path.read_text().replace("validation_fraction: 0.2", "validation_fraction: 0.2, "
+                                                                                         "value_swaps: 2"))
+    run(generate_config(load_recipe(recipe_path)), run_dir)
+    assert teacher.count == sent  # the same samples, swapped: nothing new asked
+    data = load_from_disk(str(run_dir.dataset))
+    swapped = [r for r in data["train"] if "~swap" in r["id"]]
+    samples = {s["id"]: s for s in read_jsonl(run_dir.data / "samples.jsonl")}
+    donors = {json.loads(r["output"])["unit"] for r in data["train"] if "~swap" not in r["id"]}
+    assert swapped and not any("~swap" in r["id"] for r in data["validation"])
+    for row in swapped:
+        unit = json.loads(row["output"])["unit"]
+        source = samples[row["id"].split("~swap")[0]]
+        assert row["input"].split()[-1] == unit != json.loads(source["output"])["unit"]
+        assert row["input"].split()[:-1] == source["input"].split()[:-1]
+        assert unit in donors  # values come from training rows only, never from validation
+    stats = json.loads((run_dir.data / "stats.json").read_text())
+    assert stats["value_swaps"]["kept"] == len(swapped) and stats["value_swaps"]["per_sample"] == 2
 
 
 def test_rerun_spends_nothing_and_a_larger_target_reuses_the_cache(tmp_path, fake_teacher):

@@ -188,6 +188,10 @@ class DataConfig(StrictModel):
     train_on_seeds: bool = Field(True, description="the seeds join the training split (never validation): they "
                                                    "are the answers a person wrote and checked; seeds that overlap "
                                                    "the eval set are left out")
+    value_swaps: int = Field(0, ge=0, le=16, description="JSON answers: new training rows per sample, each with "
+                             "the values the answer copies word for word from the request (names, cities, texts, "
+                             "levels, states) exchanged for values the same field holds in other samples, so a "
+                             "small student learns to copy them instead of memorizing them; no teacher cost")
     seed: int = 0
 
 

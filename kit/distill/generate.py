@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
+from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection, build_critic
 from kit.distill.critic.base import Answer, input_text
@@ -49,7 +51,7 @@ VERIFIER_FILES = ("database", "tests_file")  # verifier settings that name a fil
 # Settings that change what is generated; others (target size, concurrency, timeouts) may change on a re-run.
 RUNTIME_ONLY = {"teacher": {"concurrency", "timeout_s", "max_retries", "n_threads", "base_url", "api_key_env",
                             "response_format"},
-                "data": {"target_samples", "batch_size", "validation_fraction", "train_on_seeds"},
+                "data": {"target_samples", "batch_size", "validation_fraction", "train_on_seeds", "value_swaps"},
                 "critic": {"max_attempts_factor"}}
 
 
@@ -113,11 +115,13 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         stats["decontamination"] = [v.rule for v in critic.verifiers if v.type == "decontaminate" and v.items]
         held_out = _write_probes(config, store.samples.rows, folder)
         stats["round"] = _round_stats(config, store.samples.rows, generation, held_out)
+        samples = generation.earlier_rows + store.samples.rows
+        swaps, stats["value_swaps"] = await swap_rows(config, critic, samples, seeds, held_out)
         atomic_write_json(folder / STATS, stats)
-        split = write_dataset(generation.earlier_rows + store.samples.rows, run_dir.dataset,
+        split = write_dataset(samples, run_dir.dataset,
                               system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
-                              extra_train=seeds, held_out=held_out)
+                              extra_train=seeds + swaps, held_out=held_out)
     finally:
         for client in {id(c): c for c in [teacher, *judges]}.values():
             await client.aclose()
@@ -369,6 +373,47 @@ async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[s
         rows.append({"id": f"seed-{number}", "input": seed.input, "output": answer.output,
                      "reasoning": answer.reasoning})
     return rows, notes
+
+
+# checks a swapped row passes: those that cost no teacher call and remember nothing (dedup would cut every swap)
+SWAP_CHECKS = {"json_schema", "grounded", "decontaminate", "sql", "python"}
+
+
+async def swap_rows(config: GenerateConfig, critic: Critic, samples: list[dict[str, Any]], seeds: list[dict[str, Any]],
+                    held_out: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`data.value_swaps` new training rows per training sample (kit.distill.augment), each passed through the
+    critic's free checks; and their figures for stats.json. Validation and probe samples are neither sources nor
+    donors, so no validation value is trained on."""
+    per_sample = config.data.value_swaps
+    figures: dict[str, Any] = {"per_sample": per_sample, "made": 0, "kept": 0, "rejected": {}}
+    if per_sample == 0:
+        return [], figures
+    if config.output.format != "json":
+        figures["note"] = "value swaps apply to JSON answers only"
+        return [], figures
+    validation = split_ids([s["id"] for s in samples], config.data.validation_fraction, config.data.seed)
+    sources = [{"id": row["id"], "input": input_text(row["input"]), "value": json.loads(row["output"])}
+               for row in [*samples, *seeds] if row["id"] not in validation and row["id"] not in held_out]
+    checks = [v for v in critic.verifiers if v.type in SWAP_CHECKS]
+    rows, rejected = [], Counter()
+    for swap in value_swaps(sources, per_sample, seed=config.data.seed):
+        answer = answer_from_value(config, swap.answer)
+        candidate = Candidate(index=-1, input=swap.input, answers=[answer], origin="value swap")
+        rejection = await first_objection(checks, candidate)
+        if rejection is not None:
+            rejected[rejection] += 1
+            continue
+        rows.append({"id": swap.id, "input": swap.input, "output": answer.output, "reasoning": ""})
+    figures |= {"made": len(rows) + sum(rejected.values()), "kept": len(rows), "rejected": dict(rejected)}
+    return rows, figures
+
+
+async def first_objection(checks: list, candidate: Candidate) -> str | None:
+    """The label of the first check that rejects the candidate, or None."""
+    for check in checks:
+        if await check.check(candidate) is not None:
+            return check.label
+    return None
 
 
 def _rejection_row(index: int, candidate: Candidate | dict[str, Any], rejection: Rejection) -> dict[str, Any]:
