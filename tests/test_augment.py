@@ -46,16 +46,31 @@ def test_a_swap_changes_a_copied_value_in_the_request_and_the_answer_together():
     assert all(s.answer["tool"] == "get_weather" for s in oslo)
 
 
-def test_a_value_derived_from_the_request_is_never_swapped():
-    assert slots("set a 5 minute timer", {"tool": "set_timer", "arguments": {"duration_seconds": 300}}) == []
+def test_a_value_derived_otherwise_than_by_a_factor_is_never_swapped():
+    assert slots("dinner at 6pm", {"time": "18:00"}) == []
+    assert slots("alarm at 6:45", {"minute": 45}) == []  # part of a clock time is not a number of its own
+    assert slots("1 hour 30 minutes", {"duration_seconds": 5400}) == []  # two numbers: no single factor
     swaps = value_swaps(SAMPLES, per_sample=3)
-    assert not any(s.source_id == "d" for s in swaps)  # 300 seconds is not in "5 minute": nothing to swap
+    assert not any(s.source_id == "d" for s in swaps)  # one sample alone does not show a factor
+
+
+def test_a_number_scaled_by_a_constant_factor_keeps_its_factor():
+    minutes = [sample(f"m{n}", f"timer for {n} minutes", "set_timer", duration_seconds=60 * n) for n in (2, 10)]
+    swaps = value_swaps(SAMPLES + minutes, per_sample=3)
+    scaled = [s for s in swaps if s.source_id.startswith("m")]
+    assert scaled
+    for swap in scaled:
+        n = int(swap.input.split()[2])
+        assert 2 <= n <= 10 and swap.answer["arguments"]["duration_seconds"] == 60 * n
+    seconds = [s for s in swaps if s.source_id in ("e", "f")]  # 45 and 90 seconds: factor 1, drawn from 45..90
+    assert seconds and all(45 <= s.answer["arguments"]["duration_seconds"] <= 90 for s in seconds)
+    assert all(str(s.answer["arguments"]["duration_seconds"]) in s.input for s in seconds)
 
 
 def test_a_value_found_twice_or_inside_another_is_left_alone():
     answer = {"recipient": "Sam", "text": "Sam is here"}
-    assert [s.value for s in slots("text Sam that Sam is here", answer)] == ["Sam is here"]  # "Sam" twice
-    assert [s.value for s in slots("weather in Oslo", {"city": "Oslo", "note": "Os"})] == ["Oslo"]  # whole words
+    assert [s.written for s in slots("text Sam that Sam is here", answer)] == ["Sam is here"]  # "Sam" twice
+    assert [s.written for s in slots("weather in Oslo", {"city": "Oslo", "note": "Os"})] == ["Oslo"]  # whole words
     assert slots("weather in Oslo", {"city": "Oslo", "query": "in Oslo"}) == []  # overlapping values
 
 

@@ -7,8 +7,11 @@ becomes "weather in Lima tomorrow" -> {"city": "Lima", ...}. A small student tra
 otherwise memorizes the values it saw ("city": "Paris" for every forecast); with swaps it has to copy them.
 
 Only values that occur exactly once in their request, as whole words, and apart from every other swapped
-value, are exchanged; values the answer derives from the request ("5 minutes" -> 300) never occur in it word
-for word, so they are left as they are. Each new row passes the recipe's checks that cost no teacher call (the
+value, are exchanged. A whole number the answer derives from the only number in the request by a constant
+factor ("5 minutes" -> 300, "2 hours" -> 7200) is exchanged with that factor kept ("8 minutes" -> 480), when at
+least two samples show the same field with the same factor; whole numbers are drawn from the range the samples
+span, so the student sees more of the pairs it has to learn. Other derived values ("6pm" -> "18:00") are left
+as they are. Each new row passes the recipe's checks that cost no teacher call (the
 schema, grounding, decontamination against the eval set, execution) before it joins the training split.
 """
 
@@ -25,19 +28,28 @@ Path_ = tuple[str, ...]  # where a value sits in the answer: keys, "[]" for any 
 SWAP_TAG = "~swap"
 
 
+# a whole number written in a request: not part of a word, a decimal, a clock time, a date or a path
+NUMBER = re.compile(r"(?<![\w.:/-])\d+(?![\w.:/]|-\d)")
+
+
 @dataclass(frozen=True)
 class Slot:
-    """One value of an answer found once, as whole words, in the request."""
+    """One value of an answer found once in the request: word for word (factor 1), or as the whole number it
+    is `factor` times."""
 
     leaf: int  # its number in `leaves` order
     path: Path_
-    value: str | int | float
+    written: str | int | float  # what the request holds
     start: int
     end: int
+    factor: int = 1
 
     @property
-    def pool_key(self) -> tuple[Path_, str]:
-        return self.path, type(self.value).__name__
+    def pool_key(self) -> tuple[Path_, str, int]:
+        return self.path, type(self.written).__name__, self.factor
+
+    def answer_for(self, written: str | int | float) -> str | int | float:
+        return written * self.factor if self.factor != 1 else written
 
 
 def leaves(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
@@ -57,15 +69,24 @@ def spelled(value: str | int | float) -> str:
 
 
 def slots(text: str, answer: Any) -> list[Slot]:
-    """The answer's values that occur exactly once in `text` as whole words and overlap no other such value."""
+    """The answer's values that occur exactly once in `text` as whole words (or whole numbers, or as a multiple
+    of the request's only number) and overlap no other such value."""
     found = []
+    numbers = [(int(m.group()), m.span()) for m in NUMBER.finditer(text)]
     for leaf, (path, value) in enumerate(leaves(answer)):
         word = spelled(value).strip()
         if not word:
             continue
-        hits = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text)]
+        if isinstance(value, str):
+            hits = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text)]
+        else:
+            hits = [span for number, span in numbers if number == value]
         if len(hits) == 1:
             found.append(Slot(leaf, path, value, *hits[0]))
+        elif not hits and isinstance(value, int) and len(numbers) == 1 and numbers[0][0] > 0 \
+                and value % numbers[0][0] == 0 and value // numbers[0][0] > 1:
+            number, span = numbers[0]
+            found.append(Slot(leaf, path, number, *span, factor=value // number))
     apart = [s for s in found if not any(o is not s and o.start < s.end and s.start < o.end for o in found)]
     return apart
 
@@ -101,6 +122,20 @@ class Swap:
         return f"{self.source_id}{SWAP_TAG}{self.number}"
 
 
+def whole_numbers(values: list[Any]) -> list[Any] | range:
+    """A field's values to draw from: whole numbers span the range between the smallest and largest seen."""
+    if len(values) > 1 and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return range(min(values), max(values) + 1)
+    return values
+
+
+def pick(rng: random.Random, values: list[Any] | range, current: Any) -> Any:
+    """Another value than `current` (the pools hold at least two)."""
+    while (choice := rng.choice(values)) == current:
+        pass
+    return choice
+
+
 def value_swaps(samples: list[dict[str, Any]], per_sample: int, seed: int = 0) -> list[Swap]:
     """Up to `per_sample` new rows for each sample (`id`, `input` text, `value`: the parsed JSON answer): every
     swappable value exchanged for another one the same field holds elsewhere. Deterministic for a seed; no two
@@ -108,11 +143,12 @@ def value_swaps(samples: list[dict[str, Any]], per_sample: int, seed: int = 0) -
     if per_sample <= 0:
         return []
     found = {s["id"]: slots(s["input"], s["value"]) for s in samples}
-    pool: dict[tuple[Path_, str], list[Any]] = defaultdict(list)
+    pool: dict[tuple[Path_, str, int], list[Any]] = defaultdict(list)
     for sample in samples:
         for slot in found[sample["id"]]:
-            if slot.value not in pool[slot.pool_key]:
-                pool[slot.pool_key].append(slot.value)
+            if slot.written not in pool[slot.pool_key]:
+                pool[slot.pool_key].append(slot.written)
+    pool = {key: whole_numbers(values) for key, values in pool.items()}
     seen = {s["input"] for s in samples}
     swaps = []
     for sample in samples:
@@ -123,8 +159,9 @@ def value_swaps(samples: list[dict[str, Any]], per_sample: int, seed: int = 0) -
             rng = random.Random(f"{seed}:{sample['id']}:{number}")
             text, new = sample["input"], {}
             for slot in sorted(usable, key=lambda s: s.start, reverse=True):  # right to left: spans stay valid
-                new[slot.leaf] = rng.choice([v for v in pool[slot.pool_key] if v != slot.value])
-                text = text[:slot.start] + spelled(new[slot.leaf]) + text[slot.end:]
+                written = pick(rng, pool[slot.pool_key], slot.written)
+                new[slot.leaf] = slot.answer_for(written)
+                text = text[:slot.start] + spelled(written) + text[slot.end:]
             answer = replace_leaves(sample["value"], new)
             if text in seen:
                 continue
