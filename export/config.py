@@ -82,6 +82,8 @@ class BundleInfo(StrictModel):
     system_prompt: str | None = None
     output_format: str = "text"
     output_schema: dict[str, Any] | None = None
+    copy_fields: list[str] = Field(default_factory=list, description="JSON keys the runtime decodes as spans of "
+                                                                     "the request (runtime.copy_fields)")
     eval: dict[str, Any] = Field(default_factory=dict)
     version: str = "0.1.0"
 

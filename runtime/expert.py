@@ -10,6 +10,7 @@ from typing import Any, Iterator
 from runtime.backends import Backend, LoadOptions, open_backend
 from runtime.bundle import resolve_bundle
 from runtime.chat_template import render_chat
+from runtime.copy_fields import copy_schema
 from runtime.errors import BundleError, OutputError
 from runtime.manifest import Manifest
 from runtime.params import GenerationParams, GenerationStats
@@ -112,7 +113,8 @@ class Expert:
         schema = self.manifest.output_schema
         constraint = {}
         if self._open_backend().constrains_json:
-            constraint = {"json_schema": schema} if schema is not None else {"json_object": True}
+            schema_here = copy_schema(schema, self.manifest.copy_fields, content)
+            constraint = {"json_schema": schema_here} if schema is not None else {"json_object": True}
         text = self.chat(messages, **{**constraint, **overrides})
         return parse_json_output(text, schema)
 

@@ -49,6 +49,7 @@ class Manifest:
     chat_template: str | None = None
     output_format: str = "text"  # text | json | sql | python
     output_schema: dict[str, Any] | None = None
+    copy_fields: list[str] = field(default_factory=list)  # JSON keys decoded as spans of the request
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     files: list[BundleFile] = field(default_factory=list)
     verification: dict[str, Any] = field(default_factory=dict)

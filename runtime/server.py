@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runtime.copy_fields import copy_schema
 from runtime.errors import BundleError, ContextLengthError
 from runtime.expert import Expert
 from runtime.params import GenerationParams, GenerationStats
@@ -137,6 +138,18 @@ class Gatekeeper:
         await self.app(scope, receive, send)
 
 
+def with_copied_fields(params: GenerationParams, manifest, messages: list) -> GenerationParams:
+    """A request for the bundle's own output schema gets its copied fields held to the last user message's words,
+    as `Expert.run` holds them; any other schema is the client's and is left as it is."""
+    if params.json_schema is None or params.json_schema != manifest.output_schema or not manifest.copy_fields:
+        return params
+    user = next((m for m in reversed(messages) if m.role == "user"), None)
+    text = user.as_template_message().get("content") if user is not None else None
+    if not isinstance(text, str):
+        return params
+    return params.updated(json_schema=copy_schema(params.json_schema, manifest.copy_fields, text))
+
+
 def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAPI:
     """The server for one expert (loaded from settings.model unless given)."""
     expert = expert or Expert.load(settings.model, backend=settings.backend, device=settings.device,
@@ -198,7 +211,7 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
     @app.post("/v1/chat/completions", max_body_size=limit)
     async def chat_completions(body: ChatCompletionRequest):
         check_model(body.model)
-        params = body.params(expert.defaults)
+        params = with_copied_fields(body.params(expert.defaults), expert.manifest, body.messages)
         if (params.json_schema is not None or params.json_object) and not expert.backend.constrains_json:
             raise APIError(400, f"this server's {expert.backend.name} backend cannot constrain output to JSON; "
                                 "serve the bundle's GGUF for response_format", param="response_format")

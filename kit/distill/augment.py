@@ -9,8 +9,8 @@ otherwise memorizes the values it saw ("city": "Paris" for every forecast); with
 Only values that occur exactly once in their request, as whole words, and apart from every other swapped
 value, are exchanged. A whole number the answer derives from the only number in the request by a constant
 factor ("5 minutes" -> 300, "2 hours" -> 7200) is exchanged with that factor kept ("8 minutes" -> 480), when at
-least two samples show the same field with the same factor; whole numbers are drawn from the range the samples
-span, so the student sees more of the pairs it has to learn. Other derived values ("6pm" -> "18:00") are left
+least two samples show the same field with the same factor; whole numbers are drawn (log-uniformly) from the range
+the samples span, so the student sees more of the pairs it has to learn. Other derived values ("6pm" -> "18:00") are left
 as they are. Each new row passes the recipe's checks that cost no teacher call (the
 schema, grounding, decontamination against the eval set, execution) before it joins the training split.
 """
@@ -18,6 +18,7 @@ schema, grounding, decontamination against the eval set, execution) before it jo
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections import defaultdict
@@ -130,10 +131,16 @@ def whole_numbers(values: list[Any]) -> list[Any] | range:
 
 
 def pick(rng: random.Random, values: list[Any] | range, current: Any) -> Any:
-    """Another value than `current` (the pools hold at least two)."""
-    while (choice := rng.choice(values)) == current:
-        pass
-    return choice
+    """Another value than `current` (the pools hold at least two). Whole numbers are drawn log-uniformly over
+    their range, as people write them: small ones often ("5 minutes"), large ones now and then."""
+    while True:
+        if isinstance(values, range):
+            low, high = math.log(values.start + 1), math.log(values.stop)
+            choice = min(values.stop - 1, max(values.start, round(math.exp(rng.uniform(low, high))) - 1))
+        else:
+            choice = rng.choice(values)
+        if choice != current:
+            return choice
 
 
 def value_swaps(samples: list[dict[str, Any]], per_sample: int, seed: int = 0) -> list[Swap]:

@@ -158,6 +158,16 @@ class CriticConfig(StrictModel):
     verifiers: list[Verifier] = Field(default_factory=_default_verifiers)
     max_attempts_factor: float = Field(4.0, ge=1.0, description="give up after target_samples x this many attempts")
 
+    @property
+    def copied_fields(self) -> list[str]:
+        """The JSON keys whose values are copied from the request as written (the case-sensitive `grounded`
+        checks): teacher, student and runtime decode them as spans of the request (runtime.copy_fields)."""
+        fields: dict[str, None] = {}
+        for verifier in self.verifiers:
+            if verifier.type == "grounded" and not verifier.ignore_case:
+                fields.update(dict.fromkeys(verifier.fields))
+        return list(fields)
+
 
 class DataConfig(StrictModel):
     target_samples: int = Field(300, ge=1)

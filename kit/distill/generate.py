@@ -220,7 +220,7 @@ class Generation:
         messages = answer_messages(config, item, task_input)
         answer_params = {} if config.teacher.answer_temperature is None else \
             {"temperature": config.teacher.answer_temperature}
-        replies = await asyncio.gather(*(teacher.complete(messages, answer_schema(config), teacher.sampling(
+        replies = await asyncio.gather(*(teacher.complete(messages, answer_schema(config, task_input), teacher.sampling(
             request_seed(config.data.seed, index, round_role(config, "answer"), k), **answer_params))
             for k in range(n)))
         answers, problems = [], []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from kit.distill.critic.base import Answer, input_text
+from runtime.copy_fields import copy_schema
 
 EVOLUTIONS = (  # each completes "Rewrite this input so that you ..."
     "add one more constraint or requirement to it",
@@ -137,10 +138,15 @@ def inputs_schema(config, count: int, with_reference: bool) -> dict[str, Any]:
                                                         "maxItems": count}}, "required": ["inputs"]}
 
 
-def answer_schema(config) -> dict[str, Any]:
+def answer_schema(config, task_input: str | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The teacher's reply: the answer (with its reasoning first). With `task_input`, the values the recipe says
+    are copied from the request (its `grounded` keys) are held to the request's own words."""
+    value = answer_value_schema(config)
+    if task_input is not None and config.output.format == "json":
+        value = copy_schema(value, config.critic.copied_fields, input_text(task_input))
     if not config.data.reasoning:
-        return {"type": "object", "properties": {"answer": answer_value_schema(config)}, "required": ["answer"]}
-    return {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": answer_value_schema(config)},
+        return {"type": "object", "properties": {"answer": value}, "required": ["answer"]}
+    return {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": value},
             "required": ["reasoning", "answer"]}
 
 

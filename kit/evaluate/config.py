@@ -21,6 +21,9 @@ class EvalConfig(StrictModel):
                                                      "model (latency, decode tok/s, peak RSS)")
     batch: int = Field(8, ge=1, description="cases a GGUF or transformers target decodes together for its "
                                             "scores (greedy either way; several times faster on a CPU)")
+    merged: bool = Field(True, description="score the merged model in transformers too; export already checks "
+                                           "every GGUF against it (KL, top-1, greedy), and off saves most of the "
+                                           "eval time of a 0.5B or larger student on a CPU")
 
 
 class Target(StrictModel):

@@ -27,6 +27,7 @@ from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
 from kit.distill.generate import PROBES
 from kit.distill.sample_store import read_jsonl
+from runtime.copy_fields import copy_schema
 from kit.evaluate.config import EvaluateConfig
 from kit.evaluate.stage import primary_metric, score
 from kit.evaluate.worker import generate_batched
@@ -153,7 +154,9 @@ def _gguf_answers(config: EvaluateConfig, base, adapter: Path, conversations: li
     try:
         params = {"temperature": 0.0, "max_tokens": config.eval.max_new_tokens}
         schema = config.output.resolved_schema() if config.output.format == "json" else None
-        futures = [engine.submit(messages, schema, params) for messages in conversations]
+        fields = config.critic.copied_fields
+        futures = [engine.submit(messages, copy_schema(schema, fields, messages[-1]["content"]), params)
+                   for messages in conversations]
         return [future.result()[0] for future in futures]
     finally:
         engine.close()

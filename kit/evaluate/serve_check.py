@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.core.errors import UserError
+from runtime.manifest import read_manifest
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ def serve_check(bundle: Path, request: str, *, max_tokens: int = 128, startup_ti
         startup = time.perf_counter() - started
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": request}],
                                 "max_tokens": max_tokens, "temperature": 0.0}
+        manifest = read_manifest(bundle)
+        if manifest.output_schema is not None and manifest.files_of_kind("gguf"):
+            # as an app asks a JSON expert: for its own schema (copied fields held to the request); GGUF serves it
+            schema = manifest.output_schema
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
         asked = time.perf_counter()
         response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=300.0)
         seconds = time.perf_counter() - asked

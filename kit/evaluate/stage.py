@@ -61,7 +61,7 @@ def default_targets(config: EvaluateConfig, run: RunDir) -> list[Target]:
     exported = read_stage_manifest(run.export)
     if exported is not None:
         for key, rel in exported.outputs.items():
-            if key == "merged":
+            if key == "merged" and config.eval.merged:
                 targets.append(Target(name="merged", kind="hf", path=str(run.export / rel)))
             elif key.startswith("gguf_"):
                 targets.append(Target(name=f"gguf-{key[5:]}", kind="gguf", path=str(run.export / rel)))

@@ -16,6 +16,7 @@ from kit.distill.teachers import make_teacher
 from runtime import Expert
 from runtime.backends.base import default_threads
 from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.copy_fields import copy_schema
 from runtime.memory import peak_rss_mb
 from runtime.params import GenerationStats
 
@@ -24,6 +25,11 @@ def _messages(spec: dict[str, Any], case_input: str) -> list[dict[str, str]]:
     """System prompt, the spec's few-shot turns (the teacher's seeds; none for students), then the input."""
     messages = [{"role": "system", "content": spec["system_prompt"]}] if spec.get("system_prompt") else []
     return messages + spec.get("fewshot", []) + [{"role": "user", "content": case_input}]
+
+
+def case_schema(spec: dict[str, Any], case_input: str) -> dict[str, Any] | None:
+    """The output schema for one case: copied fields held to the case's own words, as the runtime holds them."""
+    return copy_schema(spec.get("schema"), spec.get("copy_fields", []), case_input)
 
 
 def predict_expert(spec: dict[str, Any]) -> dict[str, Any]:
@@ -45,11 +51,10 @@ def _timed_expert(spec: dict[str, Any], inputs: list[str]) -> list[dict[str, Any
     rows = []
     with Expert.load(spec["path"], backend=spec["backend"], n_ctx=spec.get("n_ctx", 2048),
                      n_threads=spec.get("threads"), verify=False) as expert:
-        constraint = {}
-        if spec.get("schema") is not None and expert.backend.constrains_json:
-            constraint = {"json_schema": spec["schema"]}
+        constrain = spec.get("schema") is not None and expert.backend.constrains_json
         for case_input in inputs:
             stats = GenerationStats()
+            constraint = {"json_schema": case_schema(spec, case_input)} if constrain else {}
             params = expert.params(max_tokens=spec["max_new_tokens"], temperature=0.0, **constraint)
             start = time.perf_counter()
             first = None
@@ -71,7 +76,7 @@ def _batched_gguf(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
     try:
         params = {"temperature": 0.0, "max_tokens": spec["max_new_tokens"]}
-        futures = [engine.submit(_messages(spec, case_input), spec.get("schema"), params)
+        futures = [engine.submit(_messages(spec, case_input), case_schema(spec, case_input), params)
                    for case_input in spec["inputs"]]
         return [{"text": text, "completion_tokens": tokens} for text, _, tokens in (f.result() for f in futures)]
     finally:
@@ -154,7 +159,7 @@ def predict_teacher(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
         async def answer(case_input: str) -> dict[str, Any]:
             start = time.perf_counter()
-            completion = await client.complete(_messages(spec, case_input), spec.get("schema"), params)
+            completion = await client.complete(_messages(spec, case_input), case_schema(spec, case_input), params)
             return _row(completion.text, start, None, completion.completion_tokens)
 
         try:

@@ -56,7 +56,8 @@ def probe_config(recipe: Recipe, run: RunDir, number: int) -> ProbeConfig:
 def bundle_info(recipe: Recipe, evals: dict | None = None) -> BundleInfo:
     return BundleInfo(name=recipe.task.name, task=recipe.task.description,
                       system_prompt=recipe.student_system_prompt, output_format=recipe.output.format,
-                      output_schema=recipe.output.resolved_schema(), eval=evals or {})
+                      output_schema=recipe.output.resolved_schema(), eval=evals or {},
+                      copy_fields=recipe.critic.copied_fields if recipe.output.format == "json" else [])
 
 
 def export_config(recipe: Recipe, run: RunDir) -> ExportStageConfig:

@@ -1,0 +1,65 @@
+"""Copied fields: JSON string values that must be taken from the request word for word (a name, a city, a
+message text, a search query) are held to the request's own words while decoding.
+
+A bundle names such fields (`copy_fields` in its manifest, from the recipe's `grounded` check); for each
+request the output schema's string properties of those names become an `enum` of the request's word spans,
+which llama.cpp's grammar then enforces. A small model can no longer recase a city ("tokyo"), add a space
+(" Cairo"), misspell it ("Buena Aires") or invent a value the request does not hold; which span it copies is
+still its own choice. Standard library only: the runtime embeds it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+EDGE_PUNCTUATION = ".,:;!?\"'()[]{}<>"
+MAX_WORDS = 96  # longer requests keep the plain schema: the grammar would grow with the square of their length
+MAX_SPAN_WORDS = 32
+
+
+def request_spans(text: str) -> list[str]:
+    """Every run of whole words of `text` as written (inner punctuation and spacing kept), with and without the
+    punctuation at its ends; in order of first appearance, no repeats. [] for an empty or very long text."""
+    words = [m.span() for m in re.finditer(r"\S+", text)]
+    if not words or len(words) > MAX_WORDS:
+        return []
+    spans: dict[str, None] = {}
+    for first in range(len(words)):
+        for last in range(first, min(len(words), first + MAX_SPAN_WORDS)):
+            span = text[words[first][0]:words[last][1]]
+            for variant in (span, span.strip(EDGE_PUNCTUATION)):
+                if variant.strip():
+                    spans.setdefault(variant, None)
+    return list(spans)
+
+
+def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ...], text: str) -> dict[str, Any] | None:
+    """`schema` with every free string property named in `fields` restricted to the spans of `text` (the
+    schema itself when there is nothing to restrict)."""
+    if schema is None or not fields:
+        return schema
+    spans = request_spans(text)
+    if not spans:
+        return schema
+    return _restricted(schema, set(fields), spans)
+
+
+def _free_string(node: Any) -> bool:
+    return isinstance(node, dict) and node.get("type") == "string" and not any(
+        key in node for key in ("enum", "const", "pattern", "format"))
+
+
+def _restricted(node: Any, fields: set[str], spans: list[str]) -> Any:
+    if isinstance(node, list):
+        return [_restricted(item, fields, spans) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: ({**prop, "enum": spans} if name in fields and _free_string(prop)
+                               else _restricted(prop, fields, spans)) for name, prop in value.items()}
+        else:
+            out[key] = _restricted(value, fields, spans)
+    return out

@@ -1,0 +1,129 @@
+"""Copied fields (runtime/copy_fields.py): values a recipe says are copied from the request are decoded as spans
+of it, by the runtime, the eval and the teacher alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.distill.config import CriticConfig, GenerateConfig
+from kit.distill.prompts import answer_schema
+from runtime import Expert
+from runtime.copy_fields import MAX_WORDS, copy_schema, request_spans
+from runtime.manifest import GenerationDefaults
+
+ROUTER = json.loads((Path(__file__).resolve().parents[1] / "examples" / "tool-calling" / "schema.json").read_text())
+COPIED = ["recipient", "text", "name", "query", "label", "title", "city"]
+
+
+def enums(node, found=None) -> dict[str, list]:
+    """Every property that got an enum, by name."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        for name, prop in (node.get("properties") or {}).items():
+            if isinstance(prop, dict) and "enum" in prop:
+                found[name] = prop["enum"]
+        for value in node.values():
+            enums(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            enums(item, found)
+    return found
+
+
+def test_spans_are_the_requests_own_words_with_and_without_edge_punctuation():
+    spans = request_spans("message Priya: can you bring the charger?")
+    assert {"Priya", "Priya:", "can you bring the charger?", "can you bring the charger"} <= set(spans)
+    assert "priya" not in spans and " Priya" not in spans and "Priya can" not in spans
+    assert len(spans) == len(set(spans))
+    assert request_spans("") == [] and request_spans(" ".join(["word"] * (MAX_WORDS + 1))) == []
+
+
+def test_only_the_named_free_string_fields_are_restricted():
+    restricted = copy_schema(ROUTER, COPIED, "what's the weather in Buenos Aires tomorrow")
+    found = enums(restricted)
+    assert set(found) >= {"city", "recipient", "text", "query"}
+    assert "Buenos Aires" in found["city"] and "tomorrow" in found["city"]
+    assert found["day"] == ["today", "tomorrow"]  # an enum of the schema's own is left as it is
+    assert "setting" not in COPIED and found["setting"] != found["city"]
+    time = restricted["oneOf"][1]["properties"]["arguments"]["properties"]["time"]
+    assert "enum" not in time and "pattern" in time  # a patterned string is not a copied one
+    assert ROUTER["oneOf"][0]["properties"]["arguments"]["properties"]["label"] == {"type": "string"}  # not changed
+    assert copy_schema(ROUTER, [], "anything") is ROUTER and copy_schema(None, COPIED, "x") is None
+
+
+def test_copied_fields_come_from_the_case_sensitive_grounded_checks():
+    critic = CriticConfig.model_validate({"verifiers": [
+        {"type": "json_schema"}, {"type": "grounded", "fields": ["city", "name"]},
+        {"type": "grounded", "fields": ["query"], "ignore_case": True}, {"type": "grounded", "fields": ["name"]}]})
+    assert critic.copied_fields == ["city", "name"]
+
+
+def test_the_teachers_answer_schema_holds_copied_fields_to_the_input():
+    config = GenerateConfig.model_validate({
+        "task": {"name": "router", "description": "route a request"},
+        "output": {"format": "json", "schema": ROUTER},
+        "seeds": [{"input": "call mom", "output": {"tool": "call_contact", "arguments": {"name": "mom"}}}],
+        "critic": {"verifiers": [{"type": "json_schema"}, {"type": "grounded", "fields": COPIED}]},
+        "data": {"reasoning": False}})
+    schema = answer_schema(config, "call Dr. Patel now")
+    assert "Dr. Patel" in enums(schema)["name"]
+    assert "enum" not in json.dumps(answer_schema(config)["properties"]["answer"]["oneOf"][7])  # no input: free
+
+
+@pytest.mark.slow
+def test_a_copy_expert_answers_with_the_requests_words_as_written(store_gguf, write_bundle, tmp_path):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "day": {"enum": ["today", "tomorrow"]}},
+              "required": ["city", "day"]}
+    fields = dict(name="weather", output_format="json", output_schema=schema,
+                  system_prompt="Give the city and the day the user asks about as JSON.",
+                  generation=GenerationDefaults(max_tokens=32, temperature=0.0))
+    copying = write_bundle(tmp_path / "copying", [(store_gguf, "gguf", "Q4_1")], copy_fields=["city"], **fields)
+    request = "hOw Is ThE wEaThEr In bUeNoS aIrEs tomorrow"  # a base model would recase or respell the city
+    with Expert.load(copying, n_ctx=512) as expert:
+        answer = expert.run(request)
+    assert answer["city"] in request_spans(request)
+
+
+@pytest.mark.slow
+def test_the_server_holds_copied_fields_when_asked_for_the_bundles_schema(store_gguf, write_bundle, tmp_path,
+                                                                           free_port, person_schema):
+    import threading
+    import time
+
+    import httpx
+    import openai
+    import uvicorn
+
+    from runtime.server import ServerSettings, create_app
+
+    bundle = write_bundle(tmp_path / "people", [(store_gguf, "gguf", "Q4_1")], name="people", output_format="json",
+                          output_schema=person_schema, copy_fields=["name"],
+                          system_prompt="Extract the person mentioned by the user as JSON with their name and age.",
+                          generation=GenerationDefaults(max_tokens=48, temperature=0.0))
+    settings = ServerSettings(model=str(bundle), port=free_port(), n_ctx=1024)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        request = "mArIa LoPeZ-gArCiA turned 34 last week."
+        reply = client.chat.completions.create(
+            model="people", messages=[{"role": "user", "content": request}], max_tokens=48, temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person_schema}})
+        assert json.loads(reply.choices[0].message.content)["name"] in request_spans(request)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        app.state.expert.close()
