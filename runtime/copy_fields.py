@@ -2,8 +2,8 @@
 message text, a search query) are held to the request's own words while decoding.
 
 A bundle names such fields (`copy_fields` in its manifest, from the recipe's `grounded` check); for each
-request the output schema's string properties of those names become an `enum` of the request's word spans,
-which llama.cpp's grammar then enforces. A small model can no longer recase a city ("tokyo"), add a space
+request the output schema's string properties of those names become an `enum` of the request's word spans
+(those matching the property's pattern, when it has one and a span does), which llama.cpp's grammar enforces. A small model can no longer recase a city ("tokyo"), add a space
 (" Cairo"), misspell it ("Buena Aires") or invent a value the request does not hold; which span it copies is
 still its own choice. Standard library only: the runtime embeds it.
 """
@@ -45,9 +45,17 @@ def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ..
     return _restricted(schema, set(fields), spans)
 
 
-def _free_string(node: Any) -> bool:
-    return isinstance(node, dict) and node.get("type") == "string" and not any(
-        key in node for key in ("enum", "const", "pattern", "format"))
+def _copied(prop: Any, spans: list[str]) -> Any:
+    """A string property held to the spans (those matching its pattern, if it has one); as it was when it is no
+    free string or no span matches its pattern."""
+    if not isinstance(prop, dict) or prop.get("type") != "string" or any(k in prop for k in ("enum", "const", "format")):
+        return prop
+    if "pattern" in prop:
+        try:
+            spans = [s for s in spans if re.search(prop["pattern"], s)]
+        except re.error:
+            return prop
+    return {**prop, "enum": spans} if spans else prop
 
 
 def _restricted(node: Any, fields: set[str], spans: list[str]) -> Any:
@@ -58,8 +66,8 @@ def _restricted(node: Any, fields: set[str], spans: list[str]) -> Any:
     out = {}
     for key, value in node.items():
         if key == "properties" and isinstance(value, dict):
-            out[key] = {name: ({**prop, "enum": spans} if name in fields and _free_string(prop)
-                               else _restricted(prop, fields, spans)) for name, prop in value.items()}
+            out[key] = {name: (_copied(prop, spans) if name in fields else _restricted(prop, fields, spans))
+                        for name, prop in value.items()}
         else:
             out[key] = _restricted(value, fields, spans)
     return out

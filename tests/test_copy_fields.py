@@ -49,9 +49,16 @@ def test_only_the_named_free_string_fields_are_restricted():
     assert found["day"] == ["today", "tomorrow"]  # an enum of the schema's own is left as it is
     assert "setting" not in COPIED and found["setting"] != found["city"]
     time = restricted["oneOf"][1]["properties"]["arguments"]["properties"]["time"]
-    assert "enum" not in time and "pattern" in time  # a patterned string is not a copied one
+    assert "enum" not in time and "pattern" in time  # a field the recipe does not copy stays as it is
     assert ROUTER["oneOf"][0]["properties"]["arguments"]["properties"]["label"] == {"type": "string"}  # not changed
     assert copy_schema(ROUTER, [], "anything") is ROUTER and copy_schema(None, COPIED, "x") is None
+
+
+def test_a_copied_field_with_a_pattern_keeps_the_spans_that_match_it():
+    event = copy_schema(ROUTER, ["date"], "dentist on 2026-03-14 at 3pm")["oneOf"][3]["properties"]["arguments"]
+    assert event["properties"]["date"]["enum"] == ["2026-03-14"]
+    undated = copy_schema(ROUTER, ["date"], "dentist on the 14th of March")["oneOf"][3]["properties"]["arguments"]
+    assert "enum" not in undated["properties"]["date"]  # no span fits: the pattern alone, the critic judges
 
 
 def test_copied_fields_come_from_the_case_sensitive_grounded_checks():
