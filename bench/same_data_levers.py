@@ -122,7 +122,9 @@ def main() -> None:
         subprocess.run(command, check=True)
         report = json.loads((run / "eval" / "report.json").read_text())
         metric = report["primary_metric"]
-        shipped = next(t for t in report["targets"] if t.startswith("gguf-"))
+        ship = yaml.safe_load(path.read_text())["export"]["ship"][0]
+        shipped = f"gguf-{ship}" if f"gguf-{ship}" in report["targets"] else next(
+            t for t in report["targets"] if t.startswith("gguf-"))
         train = json.loads((run / "train" / "manifest.json").read_text())
         stats = json.loads((run / "data" / "stats.json").read_text())
         generate = json.loads((run / "data" / "manifest.json").read_text())
