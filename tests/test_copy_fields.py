@@ -134,3 +134,12 @@ def test_the_server_holds_copied_fields_when_asked_for_the_bundles_schema(store_
         server.should_exit = True
         thread.join(timeout=30)
         app.state.expert.close()
+
+
+def test_each_eval_case_gets_its_own_copied_spans():
+    from kit.evaluate.worker import case_schema
+
+    spec = {"schema": ROUTER, "copy_fields": ["city"]}
+    oslo, lima = (enums(case_schema(spec, f"weather in {city} today"))["city"] for city in ("Oslo", "Lima"))
+    assert "Oslo" in oslo and "Oslo" not in lima and "Lima" in lima
+    assert case_schema({"schema": ROUTER}, "weather in Oslo") is ROUTER  # a spec without copied fields: as it was
