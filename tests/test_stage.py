@@ -97,9 +97,14 @@ def test_kit_build_is_a_loop_over_the_stages_each_with_its_own_config(tmp_path):
     from kit.recipe.loader import load_recipe
     from trainers.config import TrainStageConfig
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "tool-calling" / "recipe.yaml")
-    assert recipe.data.rounds == 2
+    example = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "tool-calling" / "recipe.yaml")
+    assert example.data.rounds == 1  # the example makes one pass
     run = RunDir(tmp_path / "run")
+    one_pass = build_steps(example, run, eval_teacher=False, threads=2)
+    assert [(s.stage.name, s.stage.folder(s.run or run)) for s in one_pass] == [
+        ("generate", run.data), ("train", run.train), ("export", run.export), ("eval", run.eval)]
+    recipe = example.model_copy(update={"data": example.data.model_copy(update={"rounds": 2}),
+                                        "train": example.train.model_copy(update={"later_round_epochs": 3})})
     first = run.round(1, 2)
     steps = build_steps(recipe, run, eval_teacher=False, threads=2)
     assert [(s.stage.name, s.stage.folder(s.run or run)) for s in steps] == [
