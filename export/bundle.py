@@ -37,7 +37,8 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
         base_model={"name": base.name, "spec": base.spec, "license": base.license,
                     **({"source_gguf": base.source_gguf.name} if base.source_gguf else {})},
         system_prompt=info.system_prompt, chat_template=tokenizer.chat_template, output_format=info.output_format,
-        output_schema=info.output_schema, copy_fields=list(info.copy_fields), generation=GenerationDefaults(**config.generation.model_dump()),
+        output_schema=info.output_schema, copy_fields=list(info.copy_fields),
+        generation=GenerationDefaults(**config.generation.model_dump()),
         verification=_verification_summary(reports, ship, reference_ppl), eval=info.eval,
         microkit_version=__version__,
     )

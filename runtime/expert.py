@@ -113,8 +113,8 @@ class Expert:
         schema = self.manifest.output_schema
         constraint = {}
         if self._open_backend().constrains_json:
-            schema_here = copy_schema(schema, self.manifest.copy_fields, content)
-            constraint = {"json_schema": schema_here} if schema is not None else {"json_object": True}
+            constraint = {"json_schema": copy_schema(schema, self.manifest.copy_fields, content)} \
+                if schema is not None else {"json_object": True}
         text = self.chat(messages, **{**constraint, **overrides})
         return parse_json_output(text, schema)
 

@@ -144,9 +144,9 @@ def with_copied_fields(params: GenerationParams, manifest, messages: list) -> Ge
     if params.json_schema is None or params.json_schema != manifest.output_schema or not manifest.copy_fields:
         return params
     user = next((m for m in reversed(messages) if m.role == "user"), None)
-    text = user.as_template_message().get("content") if user is not None else None
-    if not isinstance(text, str):
+    if user is None:
         return params
+    text = user.as_template_message()["content"]
     return params.updated(json_schema=copy_schema(params.json_schema, manifest.copy_fields, text))
 
 

@@ -53,15 +53,20 @@ class Slot:
         return written * self.factor if self.factor != 1 else written
 
 
+def is_scalar(value: Any) -> bool:
+    """A string or number (booleans and nulls are not values a request spells out)."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
 def leaves(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
-    """Every scalar of a JSON value with its path (booleans and nulls are not values a request spells out)."""
+    """Every scalar of a JSON value with its path."""
     if isinstance(value, dict):
         for key, item in value.items():
             yield from leaves(item, (*path, str(key)))
     elif isinstance(value, list):
         for item in value:
             yield from leaves(item, (*path, "[]"))
-    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    elif is_scalar(value):
         yield path, value
 
 
@@ -88,8 +93,7 @@ def slots(text: str, answer: Any) -> list[Slot]:
                 and value % numbers[0][0] == 0 and value // numbers[0][0] > 1:
             number, span = numbers[0]
             found.append(Slot(leaf, path, number, *span, factor=value // number))
-    apart = [s for s in found if not any(o is not s and o.start < s.end and s.start < o.end for o in found)]
-    return apart
+    return [s for s in found if not any(o is not s and o.start < s.end and s.start < o.end for o in found)]
 
 
 def replace_leaves(value: Any, new: dict[int, Any]) -> Any:
@@ -101,9 +105,8 @@ def replace_leaves(value: Any, new: dict[int, Any]) -> Any:
             return {k: walk(v) for k, v in item.items()}
         if isinstance(item, list):
             return [walk(v) for v in item]
-        if isinstance(item, (str, int, float)) and not isinstance(item, bool):
-            number = next(counter)
-            return new.get(number, item)
+        if is_scalar(item):
+            return new.get(next(counter), item)
         return item
 
     return walk(value)
@@ -125,7 +128,7 @@ class Swap:
 
 def whole_numbers(values: list[Any]) -> list[Any] | range:
     """A field's values to draw from: whole numbers span the range between the smallest and largest seen."""
-    if len(values) > 1 and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if len(values) > 1 and all(is_scalar(v) and isinstance(v, int) for v in values):
         return range(min(values), max(values) + 1)
     return values
 

@@ -366,9 +366,8 @@ async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[s
             notes.append(f"seed {number} left out of training: {err}")
             continue
         candidate = Candidate(index=-number, input=seed.input, answers=[answer], origin="seed")
-        reasons = [reason for check in checks if (reason := await check.check(candidate)) is not None]
-        if reasons:
-            notes.append(f"seed {number} left out of training: it {reasons[0]}")
+        if (rejection := await first_objection(checks, candidate)) is not None:
+            notes.append(f"seed {number} left out of training: it {rejection.reason}")
             continue
         rows.append({"id": f"seed-{number}", "input": seed.input, "output": answer.output,
                      "reasoning": answer.reasoning})
@@ -401,18 +400,18 @@ async def swap_rows(config: GenerateConfig, critic: Critic, samples: list[dict[s
         candidate = Candidate(index=-1, input=swap.input, answers=[answer], origin="value swap")
         rejection = await first_objection(checks, candidate)
         if rejection is not None:
-            rejected[rejection] += 1
+            rejected[rejection.verifier] += 1
             continue
         rows.append({"id": swap.id, "input": swap.input, "output": answer.output, "reasoning": ""})
     figures |= {"made": len(rows) + sum(rejected.values()), "kept": len(rows), "rejected": dict(rejected)}
     return rows, figures
 
 
-async def first_objection(checks: list, candidate: Candidate) -> str | None:
-    """The label of the first check that rejects the candidate, or None."""
+async def first_objection(checks: list, candidate: Candidate) -> Rejection | None:
+    """The first of `checks` that rejects the candidate, with its reason; None when all pass."""
     for check in checks:
-        if await check.check(candidate) is not None:
-            return check.label
+        if (reason := await check.check(candidate)) is not None:
+            return Rejection(check.label, reason)
     return None
 
 

@@ -27,7 +27,6 @@ from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
 from kit.distill.generate import PROBES
 from kit.distill.sample_store import read_jsonl
-from runtime.copy_fields import copy_schema
 from kit.evaluate.config import EvaluateConfig
 from kit.evaluate.stage import primary_metric, score
 from kit.evaluate.worker import generate_batched
@@ -35,6 +34,7 @@ from kit.models.base_model import resolve_base
 from kit.models.gguf_tokenizer import read_gguf_metadata
 from runtime.backends.base import default_threads
 from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.copy_fields import copy_schema
 from trainers.model import load_tokenizer
 
 STAGE = "probe"

@@ -91,7 +91,7 @@ def predict(config: EvaluateConfig, target: Target, cases: list[dict[str, Any]],
             fewshot += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
             "system_prompt": system_prompt, "fewshot": fewshot, "schema": schema,
-            "copy_fields": config.critic.copied_fields if schema is not None else [],
+            "copy_fields": config.critic.copied_fields,
             "max_new_tokens": config.eval.max_new_tokens, "threads": threads,
             "latency_cases": config.eval.latency_cases, "batch": config.eval.batch,
             "teacher": config.teacher.model_dump(mode="json") if target.kind == "teacher" else None}

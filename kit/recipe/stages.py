@@ -57,7 +57,7 @@ def bundle_info(recipe: Recipe, evals: dict | None = None) -> BundleInfo:
     return BundleInfo(name=recipe.task.name, task=recipe.task.description,
                       system_prompt=recipe.student_system_prompt, output_format=recipe.output.format,
                       output_schema=recipe.output.resolved_schema(), eval=evals or {},
-                      copy_fields=recipe.critic.copied_fields if recipe.output.format == "json" else [])
+                      copy_fields=recipe.critic.copied_fields)
 
 
 def export_config(recipe: Recipe, run: RunDir) -> ExportStageConfig:
