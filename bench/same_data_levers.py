@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "swaps-4": {"data": {"value_swaps": 4}, "train": {"epochs": 1}},
     "swaps-2-long": {"data": {"value_swaps": 2}},
     "full": {"train": {"method": "full", "learning_rate": 5e-5}},
+    "full-1e-4": {"train": {"method": "full", "learning_rate": 1e-4}},
+    "full-2e-5": {"train": {"method": "full", "learning_rate": 2e-5}},
     "system-prompt": {"student": {"system_prompt": None}},
 }
 

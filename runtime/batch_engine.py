@@ -6,11 +6,14 @@ sequences cost little more than one: the 0.5B and 1.5B teachers write about 2x t
 at 4 sequences. Prompts share their cached prefix across slots (`llama_memory_seq_cp` on a unified KV
 cache): a request whose few-shot system prompt any slot has already read only reads its new tail.
 
-One thread owns the llama.cpp context; `submit` hands it a request and returns a future.
+One thread owns the llama.cpp context; `submit` (chat messages) and `submit_tokens` (a rendered prompt, with
+streaming, stop strings and cancellation: what the server and `Expert` use) hand it a request and return a
+future.
 """
 
 from __future__ import annotations
 
+import codecs
 import concurrent.futures
 import queue
 import threading
@@ -38,6 +41,43 @@ class _Request:
     max_tokens: int
     future: concurrent.futures.Future
     generated: list[int] = field(default_factory=list)
+    stop: tuple[str, ...] = ()
+    events: queue.Queue | None = None  # text pieces as they are decoded, then a `Finished`
+    cancelled: bool = False
+    text: str = ""  # decoded so far (stop strings are looked for here)
+    sent: int = 0  # characters of `text` already handed out as pieces
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a streamed request."""
+
+    reason: str  # "stop" (end of generation or a stop string) | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class StreamHandle:
+    """A request submitted with `submit_tokens(..., stream=True)`: iterate it for text pieces; `finished` holds
+    the `Finished` event once the iteration ends; `cancel()` frees its slot at the next decode step."""
+
+    def __init__(self, request: _Request):
+        self._request = request
+        self.finished: Finished | None = None
+
+    def __iter__(self):
+        while self.finished is None:
+            item = self._request.events.get()
+            if isinstance(item, Finished):
+                self.finished = item
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    def cancel(self) -> None:
+        self._request.cancelled = True
 
 
 @dataclass
@@ -51,20 +91,23 @@ class _Slot:
 class BatchEngine:
     """`parallel` sequences of up to `n_ctx` tokens each, decoded in shared batches of `n_batch` tokens."""
 
-    def __init__(self, model_path: str, *, parallel: int, n_ctx: int, n_threads: int, n_batch: int = 512):
+    def __init__(self, model_path: str, *, parallel: int, n_ctx: int, n_threads: int, n_batch: int = 512,
+                 n_gpu_layers: int = 0, require_chat_template: bool = True):
         import llama_cpp
 
         self._lib = llama_cpp
-        self.llama = llama_cpp.Llama(model_path=model_path, n_ctx=256, n_batch=64, n_threads=n_threads, verbose=False)
+        self.llama = llama_cpp.Llama(model_path=model_path, n_ctx=256, n_batch=64, n_threads=n_threads,
+                                     n_gpu_layers=n_gpu_layers, verbose=False)
         template = self.llama.metadata.get("tokenizer.chat_template")
-        if not template:
+        if not template and require_chat_template:
             self.llama.close()
             raise BatchingUnsupported(model_path)
         model = self.llama._model
         eos, bos = model.token_eos(), model.token_bos()
         self.formatter = llama_cpp.llama_chat_format.Jinja2ChatFormatter(
             template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
-            bos_token=model.token_get_text(bos) if bos != -1 else "")
+            bos_token=model.token_get_text(bos) if bos != -1 else "") if template else None
+        self.parallel = parallel
         self.vocab = model.vocab
         self.n_ctx, self.n_batch = n_ctx, n_batch
         params = llama_cpp.llama_context_default_params()
@@ -86,6 +129,8 @@ class BatchEngine:
         self._pending: list[_Request] = []
         self._closed = False
         self.reused_tokens = 0  # prompt tokens taken from a cached prefix instead of being read again
+        self.prompt_tokens = 0  # prompt tokens of every request started (read or reused)
+        self.generated_tokens = 0
         self.decoded_tokens = 0  # tokens run through the model (prompt tails and generated tokens)
         self.decode_calls = 0
         self._thread = threading.Thread(target=self._loop, name="teacher-batch", daemon=True)
@@ -97,18 +142,36 @@ class BatchEngine:
         """Queue one chat request; the future gives (text, prompt_tokens, completion_tokens)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
+            if self.formatter is None:
+                raise BatchingUnsupported("this model carries no chat template")
             prompt = self.formatter(messages=messages)
             tokens = self.llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True)
             max_tokens = int(params.get("max_tokens") or 256)
-            if len(tokens) + max_tokens > self.n_ctx:
-                raise ContextLengthError(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the "
-                                         f"context of {self.n_ctx} tokens per sequence")
+            self._check_length(tokens, max_tokens)
             sampler = self._sampler(schema, params)
         except Exception as err:  # noqa: BLE001 - handed to the caller
             future.set_exception(err)
             return future
         self._queue.put(_Request(tokens, sampler, max_tokens, future))
         return future
+
+    def submit_tokens(self, tokens: list[int], params: GenerationParams) -> StreamHandle:
+        """Queue a rendered prompt with the runtime's generation parameters (sampling, JSON schema, stop
+        strings, max_tokens); iterate the handle for its text as it is decoded."""
+        self._check_length(tokens, 1)
+        max_tokens = min(params.max_tokens, self.n_ctx - len(tokens))
+        request = _Request(list(tokens), self._params_sampler(params), max_tokens, concurrent.futures.Future(),
+                           stop=tuple(s for s in params.stop if s), events=queue.Queue())
+        if self._closed:
+            request.sampler.close()
+            raise RuntimeError("the engine was closed")
+        self._queue.put(request)
+        return StreamHandle(request)
+
+    def _check_length(self, tokens: list[int], max_tokens: int) -> None:
+        if len(tokens) + max_tokens > self.n_ctx:
+            raise ContextLengthError(f"the prompt has {len(tokens)} tokens; with max_tokens {max_tokens} it exceeds "
+                                     f"the context of {self.n_ctx} tokens per sequence")
 
     def close(self) -> None:
         if self._closed:
@@ -146,6 +209,29 @@ class BatchEngine:
         return _OwnedGrammarSampler(lib, chain, GrammarLastSampler(self.llama._model, SimpleNamespace(sampler=chain),
                                                                      grammar))
 
+    def _params_sampler(self, params: GenerationParams):
+        """The chain llama-cpp-python's `create_completion` builds for these parameters (penalties, then greedy
+        at temperature 0, else top-k, top-p, temperature and a seeded draw), the JSON schema grammar-last."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.repeat_penalty != 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(
+                lib.llama_vocab_n_tokens(self.vocab), 64, float(params.repeat_penalty), 0.0, 0.0))
+        if params.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(int(params.top_k)))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(float(params.top_p), 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(float(params.temperature)))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
+                (int(params.seed) & 0xFFFFFFFF) if params.seed is not None else lib.LLAMA_DEFAULT_SEED))
+        grammar = grammar_for(params)
+        if grammar is None:
+            return _ChainSampler(lib, chain)
+        return _OwnedGrammarSampler(lib, chain, GrammarLastSampler(self.llama._model, SimpleNamespace(sampler=chain),
+                                                                     grammar))
+
     # -- the decode thread ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -154,6 +240,7 @@ class BatchEngine:
             if not self._take_new(block=not busy and not self._pending):
                 self._fail_all(RuntimeError("the teacher was closed"))
                 return
+            self._drop_cancelled()
             self._assign()
             if not any(slot.request for slot in self.slots):
                 continue
@@ -173,6 +260,16 @@ class BatchEngine:
         except queue.Empty:
             return True
 
+    def _drop_cancelled(self) -> None:
+        """A cancelled request (its client left) frees its slot before the next decode step."""
+        for slot in self.slots:
+            if slot.request is not None and slot.request.cancelled:
+                self._finish(slot, "cancelled")
+        for request in [r for r in self._pending if r.cancelled]:
+            self._pending.remove(request)
+            request.sampler.close()
+            self._settle(request, "cancelled")
+
     def _assign(self) -> None:
         """Free slots take waiting requests; each starts from the longest cached prefix any slot holds.
 
@@ -189,6 +286,7 @@ class BatchEngine:
             request, source, shared = found
             shared = min(shared, len(request.tokens) - 1)  # feed at least one token, for its logits
             self.reused_tokens += shared
+            self.prompt_tokens += len(request.tokens)
             if source is slot:
                 lib.llama_memory_seq_rm(self.memory, slot.seq, shared, -1)
                 slot.cached = slot.cached[:shared]
@@ -252,18 +350,47 @@ class BatchEngine:
             request = slot.request
             token = request.sampler.sample(self._sampling_ctx, index)
             if lib.llama_vocab_is_eog(self.vocab, token):
-                self._finish(slot)
+                self._finish(slot, "stop")
                 continue
             request.generated.append(token)
-            if len(request.generated) >= request.max_tokens:
-                self._finish(slot)
+            self.generated_tokens += 1
+            if request.events is not None and self._stream(request, token):
+                self._finish(slot, "stop")
+            elif len(request.generated) >= request.max_tokens:
+                self._finish(slot, "length")
             else:
                 slot.todo = [token]
 
-    def _finish(self, slot: _Slot) -> None:
+    def _stream(self, request: _Request, token: int) -> bool:
+        """Hand out the new text, holding back what may be the start of a stop string; True at a stop string."""
+        request.text += request.decoder.decode(self.llama.detokenize([token]))
+        if request.stop:
+            start = max(0, request.sent - max(len(s) for s in request.stop))
+            hits = [i for i in (request.text.find(s, start) for s in request.stop) if i >= 0]
+            if hits:
+                request.text = request.text[:min(hits)]
+                return True
+        end = len(request.text) - _held_back(request.text, request.stop)
+        if end > request.sent:
+            request.events.put(request.text[request.sent:end])
+            request.sent = end
+        return False
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
         request, slot.request, slot.todo = slot.request, None, []
         request.sampler.close()
-        text = self.llama.detokenize(request.generated).decode("utf-8", errors="ignore")
+        self._settle(request, reason)
+
+    def _settle(self, request: _Request, reason: str) -> None:
+        if request.events is not None:
+            request.text += request.decoder.decode(b"", final=True)
+            if len(request.text) > request.sent:
+                request.events.put(request.text[request.sent:])
+                request.sent = len(request.text)
+            request.events.put(Finished(reason, len(request.tokens), len(request.generated)))
+            text = request.text
+        else:
+            text = self.llama.detokenize(request.generated).decode("utf-8", errors="ignore")
         if not request.future.done():
             request.future.set_result((text, len(request.tokens), len(request.generated)))
 
@@ -277,14 +404,13 @@ class BatchEngine:
         for slot in self.slots:
             if slot.request is not None:
                 slot.request.sampler.close()
-                if not slot.request.future.done():
-                    slot.request.future.set_exception(err)
+                _fail(slot.request, err)
                 slot.request, slot.todo = None, []
             self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
             slot.cached = []
         for request in self._pending:
             request.sampler.close()
-            request.future.set_exception(err)
+            _fail(request, err)
         self._pending.clear()
 
 
@@ -312,6 +438,24 @@ class _OwnedGrammarSampler(_ChainSampler):
     def close(self) -> None:
         self.grammar_sampler.close()
         super().close()
+
+
+def _fail(request: _Request, err: Exception) -> None:
+    if not request.future.done():
+        request.future.set_exception(err)
+    if request.events is not None:
+        request.events.put(err)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` could be the beginning of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +21,9 @@ Message = dict[str, Any]
 
 
 class Expert:
-    """One model behind a lock: calls from several threads run one after another."""
+    """One loaded model, safe to share between threads. With `parallel` 1 calls run one after another; with
+    `parallel` N (GGUF) up to N calls from different threads decode together, and `run_many` / `chat_many`
+    answer a batch that way."""
 
     def __init__(self, backend: Backend, manifest: Manifest, path: Path):
         self.backend = backend
@@ -31,19 +35,29 @@ class Expert:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", *, n_ctx: int = 2048,
-             n_threads: int | None = None, verify: bool = True) -> "Expert":
+             n_threads: int | None = None, verify: bool = True, parallel: int = 1) -> "Expert":
         """Load a bundle folder, a bare .gguf or a bare ONNX folder.
 
         backend: auto (GGUF if the bundle has one, else ONNX) | gguf | onnx.
         device: auto (GPU when the build / execution provider supports it) | cpu | gpu.
+        n_ctx: context tokens per request (prompt + answer).
         verify: check the manifest's sha256 of every bundle file first.
+        parallel: requests decoded together (GGUF; ONNX runs one at a time), like llama-server's --parallel.
         """
         if device not in ("auto", "cpu", "gpu"):
             raise BundleError(f"unknown device {device!r}; use auto, cpu or gpu")
+        if parallel < 1:
+            raise BundleError(f"parallel must be at least 1, not {parallel}")
         bundle = resolve_bundle(path, verify=verify)
         name = backend if backend != "auto" else ("gguf" if bundle.gguf is not None else "onnx")
         model = bundle.model_for(name)
-        return cls(open_backend(name, model, LoadOptions(device, n_ctx, n_threads)), bundle.manifest, Path(path))
+        return cls(open_backend(name, model, LoadOptions(device, n_ctx, n_threads, parallel)), bundle.manifest,
+                   Path(path))
+
+    @property
+    def parallel(self) -> int:
+        """Generations this expert runs at once."""
+        return getattr(self.backend, "parallel", 1) if self.backend is not None else 1
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -78,7 +92,7 @@ class Expert:
         """Stream the completion of a raw prompt; the model is held from the first piece until the iterator ends
         or is closed (close it if you stop early)."""
         stats = stats if stats is not None else GenerationStats()
-        with self._lock:
+        with self._lock if self.parallel == 1 else nullcontext():
             backend = self._open_backend()
             pieces = backend.generate(prompt, params, stats)
             try:
@@ -117,6 +131,29 @@ class Expert:
                 if schema is not None else {"json_object": True}
         text = self.chat(messages, **{**constraint, **overrides})
         return parse_json_output(text, schema)
+
+    def run_many(self, inputs: list[Any], *, return_exceptions: bool = False, **overrides: Any) -> list[Any]:
+        """`run` for every input, up to `parallel` decoded together; answers in input order. An input whose answer
+        fails (OutputError...) raises, or with return_exceptions=True takes the exception's place in the list."""
+        return self._many(lambda item: self.run(item, **overrides), inputs, return_exceptions)
+
+    def chat_many(self, conversations: list[list[Message]], **overrides: Any) -> list[str]:
+        """`chat` for every conversation, up to `parallel` decoded together; replies in order."""
+        return self._many(lambda messages: self.chat(messages, **overrides), conversations, False)
+
+    def _many(self, call, items: list[Any], return_exceptions: bool) -> list[Any]:
+        def guarded(item: Any) -> Any:
+            try:
+                return call(item)
+            except Exception as err:  # noqa: BLE001 - returned in the item's place when asked
+                if not return_exceptions:
+                    raise
+                return err
+
+        if self.parallel == 1 or len(items) < 2:
+            return [guarded(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(items)), thread_name_prefix="expert") as pool:
+            return list(pool.map(guarded, items))
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

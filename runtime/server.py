@@ -7,6 +7,7 @@ import hmac
 import json
 import threading
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -41,9 +42,10 @@ class ServerSettings:
     device: str = "auto"
     n_ctx: int = 2048
     n_threads: int | None = None
+    parallel: int = 1  # requests decoded together (GGUF: continuous batching, like llama-server --parallel)
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 1024  # a request asking for more is refused (400)
-    max_queue: int = 16  # requests waiting for the model beyond the running one; more get 503
+    max_queue: int = 16  # requests waiting for a slot beyond the `parallel` running ones; more get 503
     queue_timeout_s: float = 120.0  # a queued request waiting longer gets 503
 
 
@@ -53,7 +55,8 @@ _END = object()
 class Generation:
     """One generation in a worker thread, handing its text pieces to the event loop; cancel() stops it."""
 
-    def __init__(self, expert: Expert, prompt: str, params: GenerationParams, on_done: Callable[["Generation"], None]):
+    def __init__(self, expert: Expert, prompt: str, params: GenerationParams, on_done: Callable[["Generation"], None],
+                 executor: Executor | None = None):
         self.stats = GenerationStats()
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
@@ -62,7 +65,7 @@ class Generation:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._first: Any = None
         loop = asyncio.get_running_loop()
-        self._done = loop.run_in_executor(None, self._produce, loop, expert, prompt, params)
+        self._done = loop.run_in_executor(executor, self._produce, loop, expert, prompt, params)
         self._done.add_done_callback(lambda _: on_done(self))
 
     def _produce(self, loop: asyncio.AbstractEventLoop, expert: Expert, prompt: str, params: GenerationParams) -> None:
@@ -153,10 +156,12 @@ def with_copied_fields(params: GenerationParams, manifest, messages: list) -> Ge
 def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAPI:
     """The server for one expert (loaded from settings.model unless given)."""
     expert = expert or Expert.load(settings.model, backend=settings.backend, device=settings.device,
-                                   n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+                                   n_ctx=settings.n_ctx, n_threads=settings.n_threads, parallel=settings.parallel)
     model_id = settings.model_id or expert.name
-    slots = Slots(running=1, queue=settings.max_queue, timeout_s=settings.queue_timeout_s)
-    metrics = Metrics()
+    slots = Slots(running=expert.parallel, queue=settings.max_queue, timeout_s=settings.queue_timeout_s)
+    metrics = Metrics(cache_stats=getattr(expert.backend, "cache_stats", None))
+    # one thread per running generation (each hands its pieces to the event loop)
+    executor = ThreadPoolExecutor(max_workers=expert.parallel, thread_name_prefix="generation")
     app = FastAPI(title="microkit", docs_url=None, redoc_url=None)
     limit = settings.max_body_bytes
     app.state.expert, app.state.settings, app.state.metrics, app.state.slots = expert, settings, metrics, slots
@@ -170,6 +175,7 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
         metrics.generation_seconds += time.perf_counter() - generation.started
         metrics.prompt_tokens += generation.stats.prompt_tokens
         metrics.completion_tokens += generation.stats.completion_tokens
+        metrics.note_tokens(generation.stats.completion_tokens)
         if generation.first_token_s is not None:
             metrics.first_tokens += 1
             metrics.first_token_seconds += generation.first_token_s
@@ -180,7 +186,7 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
                                 f"{settings.max_tokens_limit} completion tokens", param="max_tokens", code="invalid_value")
         await slots.acquire()
         try:
-            generation = Generation(expert, prompt, params, on_done=finished)
+            generation = Generation(expert, prompt, params, on_done=finished, executor=executor)
         except BaseException:
             slots.release()
             raise

@@ -143,6 +143,8 @@ def serve(
     device: Optional[str] = typer.Option(None, help="auto | cpu | gpu"),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="context window in tokens"),
     threads: Optional[int] = typer.Option(None, help="CPU threads"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", "-np", min=1,
+                                           help="requests decoded together (GGUF continuous batching; default 1)"),
     max_tokens_limit: Optional[int] = typer.Option(None, "--max-tokens-limit", help="largest max_tokens accepted"),
     max_queue: Optional[int] = typer.Option(None, "--max-queue", help="requests queued before 503"),
     max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="largest request body accepted"),
@@ -158,6 +160,6 @@ def serve(
             raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set; export it first")
     settings = ServerSettings(model=str(bundle), **_options(
         host=host, port=port, api_key=api_key, model_id=model_id, backend=backend, device=device, n_ctx=n_ctx,
-        n_threads=threads, max_tokens_limit=max_tokens_limit, max_queue=max_queue, max_body_bytes=max_body_bytes))
+        n_threads=threads, parallel=parallel, max_tokens_limit=max_tokens_limit, max_queue=max_queue, max_body_bytes=max_body_bytes))
     with _user_errors():
         serve_forever(settings)

@@ -168,7 +168,10 @@ class Generation:
             critic.admit(row["id"], Candidate(row["index"], row["input"], [Answer(None, row["output"])]))
 
     async def fill(self) -> None:
-        workers = self.config.teacher.concurrency + 1
+        # Enough workers to keep every teacher slot busy: `inputs_per_request` workers wait on one shared input
+        # list, so `concurrency + 1` workers kept only about 2 of 8 slots decoding (lists are written one
+        # token at a time while their answers wait); the teacher client's semaphore still bounds requests.
+        workers = self.config.teacher.concurrency * self.config.data.inputs_per_request + 1
         tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
         try:
             await asyncio.gather(*tasks)

@@ -29,6 +29,7 @@ class LoadOptions:
     device: str = "auto"  # auto | cpu | gpu
     n_ctx: int = 2048
     n_threads: int | None = None  # None: the backend's own default
+    parallel: int = 1  # requests decoded together (GGUF: continuous batching in one llama.cpp context)
 
 
 class Backend(Protocol):
@@ -38,6 +39,7 @@ class Backend(Protocol):
     eos_token: str
     chat_template: str | None  # the model's own template, if it carries one
     constrains_json: bool  # honours GenerationParams.json_schema / json_object while sampling
+    parallel: int  # generations it runs at once; above 1, `generate` may be called from several threads
 
     def generate(self, prompt: str, params: GenerationParams, stats: GenerationStats) -> Iterator[str]:
         """Yield the completion of `prompt` as text pieces; fill `stats` as it goes."""

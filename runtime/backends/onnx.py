@@ -38,6 +38,7 @@ def _ids(value: Any) -> set[int]:
 
 class ONNXBackend:
     name = "onnx"
+    parallel = 1
     constrains_json = False  # no grammar sampler here: run() still validates, the server refuses response_format
 
     def __init__(self, model_path: Path, options: LoadOptions):
