@@ -33,7 +33,7 @@ from kit.evaluate.worker import generate_batched
 from kit.models.base_model import resolve_base
 from kit.models.gguf_tokenizer import read_gguf_metadata
 from runtime.backends.base import default_threads
-from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.backends.batch_engine import BatchEngine, BatchingUnsupported
 from runtime.copy_fields import copy_schema
 from trainers.model import load_tokenizer
 

@@ -15,7 +15,7 @@ from kit.distill.config import TeacherConfig
 from kit.distill.teachers import make_teacher
 from runtime import Expert
 from runtime.backends.base import default_threads
-from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.backends.batch_engine import BatchEngine, BatchingUnsupported
 from runtime.copy_fields import copy_schema
 from runtime.memory import peak_rss_mb
 from runtime.params import GenerationStats

@@ -3,43 +3,15 @@
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 from runtime.backends.base import LoadOptions, default_threads
+from runtime.backends.grammar import grammar_for, json_schema_gbnf  # noqa: F401 - json_schema_gbnf re-exported
 from runtime.backends.llama_sampling import lazy_grammar_llama_class
 from runtime.errors import ContextLengthError
 from runtime.manifest import BundleError
 from runtime.params import GenerationParams, GenerationStats
-
-# llama-cpp-python's schema converter lets a JSON string hold raw control characters (a newline), which no
-# JSON parser accepts; llama.cpp's own converter and its json.gbnf exclude them.
-_LOOSE_CHAR = r'char ::= [^"\\] |'
-_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
-
-
-def json_schema_gbnf(schema_json: str) -> str:
-    """GBNF for a JSON schema (properties in the schema's key order), strings without control characters."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
-
-
-@lru_cache(maxsize=32)
-def _grammar(schema_json: str | None):
-    from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    return LlamaGrammar.from_string(JSON_GBNF if schema_json is None else json_schema_gbnf(schema_json), verbose=False)
-
-
-def grammar_for(params: GenerationParams):
-    """The llama.cpp grammar that constrains output to the params' JSON schema (or any JSON), else None."""
-    if params.json_schema is not None:
-        return _grammar(json.dumps(params.json_schema))  # key order is the grammar's property order: keep it
-    return _grammar(None) if params.json_object else None
 
 
 class GGUFBackend:
@@ -52,7 +24,6 @@ class GGUFBackend:
     def __init__(self, model_path: Path, options: LoadOptions):
         import llama_cpp
 
-
         gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
         if options.device == "gpu" and not gpu_build:
             raise BundleError("device='gpu' but this llama-cpp-python build has no GPU offload: rebuild it with "
@@ -64,7 +35,7 @@ class GGUFBackend:
         gpu_layers = -1 if self.device == "gpu" else 0
         try:
             if self.parallel > 1:
-                from runtime.batch_engine import BatchEngine
+                from runtime.backends.batch_engine import BatchEngine
 
                 self.engine = BatchEngine(str(model_path), parallel=self.parallel, n_ctx=options.n_ctx,
                                           n_threads=threads, n_gpu_layers=gpu_layers, require_chat_template=False)

@@ -22,9 +22,9 @@ from kit.core.errors import UserError
 from kit.distill.teachers.base import Completion, Messages, TeacherBackend
 from kit.models.reference import resolve_model
 from runtime.backends.base import default_threads
-from runtime.backends.gguf import grammar_for
+from runtime.backends.grammar import grammar_for
 from runtime.backends.llama_sampling import lazy_grammar_llama_class
-from runtime.batch_engine import BatchEngine, BatchingUnsupported
+from runtime.backends.batch_engine import BatchEngine, BatchingUnsupported
 from runtime.errors import ContextLengthError
 from runtime.params import GenerationParams
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from runtime.backends.gguf import grammar_for
+from runtime.backends.grammar import grammar_for
 from runtime.backends.llama_sampling import GrammarLastSampler
 from runtime.errors import ContextLengthError
 from runtime.params import GenerationParams
