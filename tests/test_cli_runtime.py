@@ -32,6 +32,20 @@ def test_kit_run_answers_a_json_lines_batch_line_by_line(task_bundle, person_sch
         jsonschema.validate(answer, person_schema)
 
 
+def test_kit_run_parallel_answers_a_batch_together_in_input_order(task_bundle, person_schema):
+    people = ["Tom is 40.", "Ann is 3.", "Raj is 57.", "Eve is 21.", "Bo is 66."]
+    batch = "".join(f'"{p}"\n' for p in people)
+    one = kit("run", str(task_bundle), "--n-ctx", "1024", stdin=batch)
+    together = kit("run", str(task_bundle), "--n-ctx", "1024", "--parallel", "3", stdin=batch)
+    assert together.returncode == 0, together.stderr
+    answers = [json.loads(line) for line in together.stdout.splitlines()]
+    assert len(answers) == len(people)
+    for answer in answers:
+        jsonschema.validate(answer, person_schema)
+    # in order: each line's answer names that line's person, as the one-at-a-time run does
+    assert [a.get("age") for a in answers] == [json.loads(l).get("age") for l in one.stdout.splitlines()]
+
+
 def test_kit_run_on_a_missing_bundle_says_what_to_pass(tmp_path):
     result = kit("run", str(tmp_path / "nope"), "x")
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr

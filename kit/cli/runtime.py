@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -45,10 +46,11 @@ def _user_errors() -> Iterator[None]:
         raise UserError(str(err)) from None
 
 
-def _load(bundle: Path, backend: str, device: str, n_ctx: Optional[int], threads: Optional[int]):
+def _load(bundle: Path, backend: str, device: str, n_ctx: Optional[int], threads: Optional[int], parallel: int = 1):
 
     with _user_errors():
-        return Expert.load(bundle, backend=backend, device=device, **_options(n_ctx=n_ctx, n_threads=threads))
+        return Expert.load(bundle, backend=backend, device=device, parallel=parallel,
+                           **_options(n_ctx=n_ctx, n_threads=threads))
 
 
 def chat(
@@ -115,22 +117,26 @@ def run(
     max_tokens: MaxTokens = None,
     temperature: Temperature = None,
     seed: Optional[int] = typer.Option(None, help="sampling seed"),
+    parallel: int = typer.Option(1, "--parallel", "-np", min=1,
+                                 help="stdin lines answered together (GGUF continuous batching); output keeps their order"),
 ) -> None:
     """Answer one input (or a JSON-lines batch on stdin); task experts print schema-valid JSON."""
     overrides = _options(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    with _load(bundle, backend, device, n_ctx, threads) as expert:
+    with _load(bundle, backend, device, n_ctx, threads, parallel) as expert:
         if input is not None:
             with _user_errors():
                 answer = expert.run(input, **overrides)
             typer.echo(json.dumps(answer, ensure_ascii=False) if expert.is_task_expert else answer)
             return
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            with _user_errors():
-                answer = expert.run(_task_input(line), **overrides)
-            # One JSON line per input line, so batches stay machine-readable for text experts too.
-            typer.echo(json.dumps(answer, ensure_ascii=False))
+        lines = (line for line in sys.stdin if line.strip())
+        while batch := list(itertools.islice(lines, 4 * expert.parallel)):
+            answers = expert.run_many([_task_input(line) for line in batch], return_exceptions=True, **overrides)
+            for answer in answers:
+                if isinstance(answer, Exception):  # the answers before it are printed; this one ends the run
+                    with _user_errors():
+                        raise answer
+                # One JSON line per input line, so batches stay machine-readable for text experts too.
+                typer.echo(json.dumps(answer, ensure_ascii=False))
 
 
 def serve(
