@@ -92,7 +92,7 @@ class BatchEngine:
     """`parallel` sequences of up to `n_ctx` tokens each, decoded in shared batches of `n_batch` tokens."""
 
     def __init__(self, model_path: str, *, parallel: int, n_ctx: int, n_threads: int, n_batch: int = 512,
-                 n_gpu_layers: int = 0, require_chat_template: bool = True):
+                 n_gpu_layers: int = 0, require_chat_template: bool = True, reuse_prefix: bool = True):
         import llama_cpp
 
         self._lib = llama_cpp
@@ -108,6 +108,9 @@ class BatchEngine:
             template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "") if template else None
         self.parallel = parallel
+        # False: every prompt is read from its first token, so a greedy answer never depends on the requests
+        # before it (a reused prefix changes the batch shapes, and with them the float rounding)
+        self.reuse_prefix = reuse_prefix
         self.vocab = model.vocab
         self.n_ctx, self.n_batch = n_ctx, n_batch
         params = llama_cpp.llama_context_default_params()
@@ -299,6 +302,8 @@ class BatchEngine:
     def _next_ready(self, free: _Slot) -> tuple[_Request, _Slot, int] | None:
         """The first waiting request not held back by a read in progress, the slot holding its longest
         cached prefix (the free slot itself on a tie) and that prefix's length."""
+        if not self.reuse_prefix:
+            return (self._pending.pop(0), free, 0) if self._pending else None
         for position, request in enumerate(self._pending):
             source, shared = free, _common_prefix(free.cached, request.tokens)
             for other in self.slots:
