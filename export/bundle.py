@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from export.config import BundleInfo, ExportConfig
+from export.lora_gguf import link_or_copy
 from export.modelfile import modelfile_text
 from export.verify import ArtifactReport
 from kit.core.files import atomic_output
@@ -28,9 +30,19 @@ def shipped(reports: list[ArtifactReport], config: ExportConfig) -> list[Artifac
     return sorted(chosen, key=lambda r: order.index((r.kind, r.quant)))
 
 
+@dataclass
+class LoraParts:
+    """What `export.lora_adapter` adds: the shared base GGUF (in microkit's cache), the adapter GGUF, their check."""
+
+    base: Path
+    adapter: Path
+    summary: dict
+
+
 def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: ExportConfig, tokenizer,
-                 reports: list[ArtifactReport], reference_ppl: float) -> Manifest:
-    """Copy the shipped artifacts and write manifest.json, README.md and (with a GGUF) the Modelfile."""
+                 reports: list[ArtifactReport], reference_ppl: float, lora: LoraParts | None = None) -> Manifest:
+    """Copy the shipped artifacts and write manifest.json, README.md and (with a GGUF) the Modelfile; with `lora`,
+    the adapter GGUF and (hard-linked where it can be) the base it applies to."""
     ship = shipped(reports, config)
     manifest = Manifest(
         name=info.name, version=info.version, task=info.task,
@@ -45,6 +57,13 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
     with atomic_output(bundle_dir) as partial:
         partial.mkdir(parents=True)
         files = _copy_artifacts(ship, partial)
+        if lora is not None:
+            shutil.copy2(lora.adapter, partial / lora.adapter.name)
+            base_name = f"base-{lora.summary['base_quant']}.gguf"
+            link_or_copy(lora.base, partial / base_name)
+            files += [(partial / lora.adapter.name, "gguf-adapter", "F16"),
+                      (partial / base_name, "gguf-base", lora.summary["base_quant"])]
+            manifest.lora_adapter = {"adapter": lora.adapter.name, "base": base_name, **lora.summary}
         ggufs = [r for r in ship if r.kind == "gguf"]
         if ggufs:
             modelfile = partial / "Modelfile"

@@ -56,6 +56,9 @@ class ExportConfig(StrictModel):
                           "scripts/setup.sh; without them the export says so and quantizes without one)")
     imatrix_rows: int = Field(512, ge=1, description="training rows the importance matrix is computed on")
     verify_tokens: int = Field(32, ge=1, description="greedy tokens compared against the merged model")
+    lora_adapter: bool = Field(False, description="also ship the LoRA adapter as a GGUF (llama.cpp's "
+                               "convert_lora_to_gguf.py) with the unmerged base at the first shipped type, so that "
+                               "`kit serve A B` serves experts of one student on one shared base")
     generation: GenerationDefaults = GenerationDefaults()
     gguf_pre_tokenizer: str | None = Field(
         None, description="llama.cpp pre-tokenizer name (e.g. gpt-2) written when llama.cpp's converter does not "

@@ -11,7 +11,7 @@ from kit.core import settings
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
 
-CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 
 def llama_cpp_version() -> str:
@@ -25,7 +25,7 @@ def converter_root(version: str | None = None) -> Path:
     """Folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/ (extracted once from the sdist)."""
     version = version or llama_cpp_version()
     out = settings.sources_dir() / f"llama.cpp-{version}"
-    if (out / "convert_hf_to_gguf.py").is_file():
+    if (out / "convert_hf_to_gguf.py").is_file() and (out / "convert_lora_to_gguf.py").is_file():
         return out
     sdist = settings.sources_dir() / f"llama_cpp_python-{version}.tar.gz"
     if not sdist.is_file():

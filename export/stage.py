@@ -8,16 +8,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from export.bundle import shipped, write_bundle
+from export.bundle import LoraParts, shipped, write_bundle
 from export.config import ExportStageConfig
 from export.gguf import make_ggufs, uses_imatrix
 from export.llama_cpp_tools import tool
+from export.lora_gguf import ADAPTER_FILE, adapter_agreement, adapter_gguf, base_gguf
 from export.merge import adapter_base, merge_adapter
 from export.onnx_export import make_onnx
 from export.verify import (
+    PROMPTS,
     ArtifactReport,
     build_probe,
+    chat_prompt,
     reference_outputs,
+    validation_prompts,
     validation_texts,
     verify_gguf,
     verify_onnx,
@@ -102,6 +106,25 @@ def _calibration(config, dataset: Path | None, tokenizer, system: str | None) ->
     return texts or None
 
 
+def _lora_parts(config, base: BaseModel, adapter: Path | None, workdir: Path, ggufs: dict[str, Path],
+                pre_tokenizer: str | None, prompts: list[str]) -> LoraParts:
+    """The adapter GGUF, the shared base GGUF at the first shipped type, and how often base + adapter answers
+    greedily as the merged GGUF of that type does."""
+    if adapter is None or not (adapter / "adapter_config.json").is_file():
+        raise UserError("export.lora_adapter needs a LoRA adapter (train.method lora or qlora); a fully fine-tuned "
+                        "student has no adapter to ship: set export.lora_adapter to false")
+    quant = config.ship[0]
+    base_file = base_gguf(base, quant, pre_tokenizer, config.threads)
+    adapter_file = adapter_gguf(adapter, base, workdir / ADAPTER_FILE)
+    summary = adapter_agreement(base_file, adapter_file, ggufs[quant], prompts, config.verify_tokens,
+                                config.threads)
+    summary |= {"base_quant": quant, "adapter_bytes": adapter_file.stat().st_size,
+                "base_bytes": base_file.stat().st_size, "merged_bytes": ggufs[quant].stat().st_size}
+    console.print(f"[bold]export[/bold] LoRA adapter {adapter_file.stat().st_size / 1e6:.1f} MB on a shared {quant} base: "
+                  f"{summary['identical']}/{summary['prompts']} greedy answers identical to the merged {quant}")
+    return LoraParts(base_file, adapter_file, summary)
+
+
 def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageManifest:
     config, info, adapter, dataset = job.export, job.bundle, job.adapter, job.dataset
     workdir, bundle_dir, resolved = run_dir.export, run_dir.bundle, plan.context["base"]
@@ -141,8 +164,14 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
     if not shipped(reports, config):
         raise UserError(f"no artifact the recipe ships passed verification (see {workdir / 'verify.json'}); "
                         "ship another quantization or loosen export.max_perplexity_ratio / min_top1_agreement")
+    lora = None
+    if config.lora_adapter:
+        step("lora adapter")
+        lora = _lora_parts(config, resolved, Path(adapter) if adapter else None, workdir, ggufs, pre_tokenizer,
+                           validation_prompts(dataset, tokenizer, info.system_prompt, config.verify_rows)
+                           or [chat_prompt(tokenizer, p, info.system_prompt) for p in PROMPTS])
     step("bundle")
-    manifest = write_bundle(bundle_dir, info, resolved, config, tokenizer, reports, reference.perplexity)
+    manifest = write_bundle(bundle_dir, info, resolved, config, tokenizer, reports, reference.perplexity, lora)
     finished = time.time()
     marks = sorted(timings.items(), key=lambda kv: kv[1]) + [("end", finished)]
     figures = {
@@ -153,6 +182,7 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
                                "perplexity_ratio": r.perplexity_ratio, "greedy_identical": r.greedy_identical,
                                "tokenization_identical": r.tokenization_identical} for r in reports},
         "shipped": [f.path for f in manifest.files],
+        "lora_adapter": lora.summary if lora else None,
         "failed": [r.name for r in reports if r.status != "ok"],
         "seconds": {name: round(marks[i + 1][1] - at, 2) for i, (name, at) in enumerate(marks[:-1])},
     }

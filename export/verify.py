@@ -125,6 +125,24 @@ def validation_texts(dataset_dir: Path | None, tokenizer, system: str | None, li
     return texts
 
 
+def validation_prompts(dataset_dir: Path | None, tokenizer, system: str | None, limit: int) -> list[str]:
+    """Up to `limit` validation rows rendered as prompts (every turn but the answer, then the generation prompt)."""
+    if dataset_dir is None or limit == 0 or not Path(dataset_dir).is_dir() or tokenizer.chat_template is None:
+        return []
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(dataset_dir))
+    split = data["validation"] if "validation" in data else None
+    if split is None:
+        return []
+    prompts = []
+    for row in split.select(range(min(limit, len(split)))):
+        messages = _row_messages(row, system)
+        if messages and messages[-1]["role"] == "assistant":
+            prompts.append(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+    return prompts
+
+
 def _row_messages(row: dict[str, Any], system: str | None) -> list[dict[str, str]] | None:
     def text(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

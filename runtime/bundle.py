@@ -16,6 +16,9 @@ class ResolvedBundle:
     manifest: Manifest
     gguf: Path | None  # the GGUF the llama.cpp backend loads
     onnx: Path | None  # the .onnx file the onnxruntime backend loads (tokenizer etc. beside it)
+    lora_base: Path | None = None  # the unmerged base GGUF a shipped LoRA adapter applies to
+    lora_adapter: Path | None = None  # that adapter (GGUF)
+    lora_base_sha256: str | None = None  # experts whose bases hash alike share one loaded base
 
     def model_for(self, backend: str) -> Path:
         path = {"gguf": self.gguf, "onnx": self.onnx}.get(backend)
@@ -57,5 +60,10 @@ def _from_manifest(root: Path, verify: bool) -> ResolvedBundle:
     if not ggufs and not onnx:
         raise BundleError(f"{root / MANIFEST_NAME} lists no gguf or onnx model file; re-export the bundle")
     # The manifest lists shipped files in order of preference: the first of each kind is loaded.
+    bases, adapters = manifest.files_of_kind("gguf-base"), manifest.files_of_kind("gguf-adapter")
+    lora = bases and adapters
     return ResolvedBundle(root, manifest, gguf=root / ggufs[0].path if ggufs else None,
-                          onnx=root / onnx[0].path if onnx else None)
+                          onnx=root / onnx[0].path if onnx else None,
+                          lora_base=root / bases[0].path if lora else None,
+                          lora_adapter=root / adapters[0].path if lora else None,
+                          lora_base_sha256=bases[0].sha256 if lora else None)

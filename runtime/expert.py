@@ -54,6 +54,43 @@ class Expert:
         return cls(open_backend(name, model, LoadOptions(device, n_ctx, n_threads, parallel)), bundle.manifest,
                    Path(path))
 
+    @classmethod
+    def load_many(cls, paths: list[str | Path], backend: str = "auto", device: str = "auto", *, n_ctx: int = 2048,
+                  n_threads: int | None = None, verify: bool = True, parallel: int = 1) -> list["Expert"]:
+        """Load several experts; those whose bundles ship a LoRA adapter on the same base GGUF (`export.lora_adapter`)
+        share one loaded base and one batch engine of `parallel` slots, each request decoded with its expert's
+        adapter. The others load on their own, as `Expert.load` does."""
+        from runtime.backends.gguf import AdapterView, GGUFBackend
+
+        bundles = [resolve_bundle(path, verify=verify) for path in paths]
+        shared_bases: dict[str, tuple[GGUFBackend, list]] = {}
+        counts: dict[str, int] = {}
+        for bundle in bundles:
+            if bundle.lora_base_sha256 and backend in ("auto", "gguf"):
+                counts[bundle.lora_base_sha256] = counts.get(bundle.lora_base_sha256, 0) + 1
+        experts = []
+        try:
+            for path, bundle in zip(paths, bundles):
+                key = bundle.lora_base_sha256
+                if key is None or counts.get(key, 0) < 2:
+                    experts.append(cls.load(path, backend, device, n_ctx=n_ctx, n_threads=n_threads, verify=False,
+                                            parallel=parallel))
+                    continue
+                if key not in shared_bases:
+                    shared = open_backend("gguf", bundle.lora_base, LoadOptions(device, n_ctx, n_threads, parallel))
+                    shared_bases[key] = (shared, [])
+                shared, users = shared_bases[key]
+                view = AdapterView(shared, f"{len(users)}:{bundle.manifest.name}", bundle.lora_adapter, users)
+                experts.append(cls(view, bundle.manifest, Path(path)))
+        except BaseException:
+            for expert in experts:
+                expert.close()
+            for shared, users in shared_bases.values():
+                if not users:
+                    shared.close()
+            raise
+        return experts
+
     @property
     def parallel(self) -> int:
         """Generations this expert runs at once."""

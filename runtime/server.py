@@ -34,6 +34,7 @@ class ServerSettings:
     """Everything `kit serve` can set; the CLI maps its flags onto these fields."""
 
     model: str  # a bundle folder, a .gguf file or an ONNX folder
+    more_models: tuple[str, ...] = ()  # more experts served by the same process, routed by the request's `model`
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
@@ -153,18 +154,47 @@ def with_copied_fields(params: GenerationParams, manifest, messages: list) -> Ge
     return params.updated(json_schema=copy_schema(params.json_schema, manifest.copy_fields, text))
 
 
+def load_experts(settings: ServerSettings) -> dict[str, Expert]:
+    """The experts to serve by the name clients pass as `model`; bundles that ship LoRA adapters on one base share
+    that base (Expert.load_many)."""
+    paths = [settings.model, *settings.more_models]
+    if settings.model_id and len(paths) > 1:
+        raise BundleError("--model-id names a single served model; with several bundles each is served by its own name")
+    experts = Expert.load_many(paths, backend=settings.backend, device=settings.device, n_ctx=settings.n_ctx,
+                               n_threads=settings.n_threads, parallel=settings.parallel)
+    named: dict[str, Expert] = {}
+    for expert in experts:
+        name = settings.model_id or expert.name
+        if name in named:
+            for loaded in experts:
+                loaded.close()
+            raise BundleError(f"two of the served bundles are both named '{name}'; serve them from separate processes")
+        named[name] = expert
+    return named
+
+
 def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAPI:
-    """The server for one expert (loaded from settings.model unless given)."""
-    expert = expert or Expert.load(settings.model, backend=settings.backend, device=settings.device,
-                                   n_ctx=settings.n_ctx, n_threads=settings.n_threads, parallel=settings.parallel)
-    model_id = settings.model_id or expert.name
-    slots = Slots(running=expert.parallel, queue=settings.max_queue, timeout_s=settings.queue_timeout_s)
-    metrics = Metrics(cache_stats=getattr(expert.backend, "cache_stats", None))
+    """The server for the experts in settings (or the one given), each under its own `model` name."""
+    experts = {settings.model_id or expert.name: expert} if expert is not None else load_experts(settings)
+    expert = next(iter(experts.values()))
+    # experts on one shared base (LoRA adapters) share its backend and its slots
+    loaded = (getattr(e.backend, "shared", e.backend) for e in experts.values())
+    backends = list({id(backend): backend for backend in loaded}.values())
+    capacity = sum(getattr(backend, "parallel", 1) for backend in backends)
+    slots = Slots(running=capacity, queue=settings.max_queue, timeout_s=settings.queue_timeout_s)
+    with_cache = [b for b in backends if hasattr(b, "cache_stats")]
+
+    def cache_stats() -> dict[str, int]:
+        totals = [b.cache_stats() for b in with_cache]
+        return {key: sum(t[key] for t in totals) for key in ("prompt_tokens", "reused_tokens")}
+
+    metrics = Metrics(cache_stats=cache_stats if with_cache else None)
     # one thread per running generation (each hands its pieces to the event loop)
-    executor = ThreadPoolExecutor(max_workers=expert.parallel, thread_name_prefix="generation")
+    executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="generation")
     app = FastAPI(title="microkit", docs_url=None, redoc_url=None)
     limit = settings.max_body_bytes
     app.state.expert, app.state.settings, app.state.metrics, app.state.slots = expert, settings, metrics, slots
+    app.state.experts = experts
     app.add_middleware(Gatekeeper, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(CountResponses, metrics=metrics, known_paths=ROUTES)
     _add_error_handlers(app)
@@ -180,7 +210,7 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
             metrics.first_tokens += 1
             metrics.first_token_seconds += generation.first_token_s
 
-    async def start(prompt: str, params: GenerationParams) -> Generation:
+    async def start(expert: Expert, prompt: str, params: GenerationParams) -> Generation:
         if params.max_tokens > settings.max_tokens_limit:
             raise APIError(400, f"max_tokens is too large: {params.max_tokens}. This server allows at most "
                                 f"{settings.max_tokens_limit} completion tokens", param="max_tokens", code="invalid_value")
@@ -197,14 +227,16 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
             raise
         return generation
 
-    def check_model(name: str) -> None:
-        if name != model_id:
-            raise APIError(404, f"The model '{name}' does not exist; this server serves '{model_id}'",
-                           param="model", code="model_not_found")
+    def pick(name: str) -> Expert:
+        if name not in experts:
+            raise APIError(404, f"The model '{name}' does not exist; this server serves "
+                                f"{', '.join(repr(n) for n in experts)}", param="model", code="model_not_found")
+        return experts[name]
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "backend": expert.backend.name, "device": expert.backend.device}
+        return {"status": "ok", "model": next(iter(experts)), "models": list(experts), "backend": expert.backend.name,
+                "device": expert.backend.device}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> PlainTextResponse:
@@ -212,11 +244,12 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "microkit"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "microkit"}
+                                           for name in experts]}
 
     @app.post("/v1/chat/completions", max_body_size=limit)
     async def chat_completions(body: ChatCompletionRequest):
-        check_model(body.model)
+        expert = pick(body.model)
         params = with_copied_fields(body.params(expert.defaults), expert.manifest, body.messages)
         if (params.json_schema is not None or params.json_object) and not expert.backend.constrains_json:
             raise APIError(400, f"this server's {expert.backend.name} backend cannot constrain output to JSON; "
@@ -225,8 +258,8 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
             prompt = expert.render([m.as_template_message() for m in body.messages])
         except (ValueError, BundleError) as err:
             raise APIError(400, f"cannot apply the chat template: {err}", param="messages") from None
-        generation = await start(prompt, params)
-        reply = _Reply(completion_id("chatcmpl"), "chat.completion", model_id, generation)
+        generation = await start(expert, prompt, params)
+        reply = _Reply(completion_id("chatcmpl"), "chat.completion", body.model, generation)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventSourceResponse(reply.chat_events(include_usage, metrics), ping=15)
@@ -234,9 +267,9 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
 
     @app.post("/v1/completions", max_body_size=limit)
     async def completions(body: CompletionRequest):
-        check_model(body.model)
-        generation = await start(body.prompt_text(), body.params(expert.defaults))
-        reply = _Reply(completion_id("cmpl"), "text_completion", model_id, generation)
+        expert = pick(body.model)
+        generation = await start(expert, body.prompt_text(), body.params(expert.defaults))
+        reply = _Reply(completion_id("cmpl"), "text_completion", body.model, generation)
         if body.stream:
             return EventSourceResponse(reply.text_events(metrics), ping=15)
         return reply.text_body(await generation.text())
@@ -340,10 +373,11 @@ def serve(settings: ServerSettings) -> None:
 
     started = time.perf_counter()
     app = create_app(settings)
-    print(f"microkit: serving '{app.state.expert.name}' ({app.state.expert.backend.name} on "
+    print(f"microkit: serving {', '.join(repr(n) for n in app.state.experts)} ({app.state.expert.backend.name} on "
           f"{app.state.expert.backend.device}, loaded in {time.perf_counter() - started:.2f}s) at "
           f"http://{settings.host}:{settings.port}/v1", flush=True)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
-        app.state.expert.close()
+        for expert in app.state.experts.values():
+            expert.close()

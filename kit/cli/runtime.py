@@ -140,7 +140,8 @@ def run(
 
 
 def serve(
-    bundle: Path = typer.Argument(..., help=BUNDLE_HELP),
+    bundles: list[Path] = typer.Argument(..., help=BUNDLE_HELP + "; several are served by one process, each under its "
+                                         "own name (bundles with LoRA adapters on one base share it)"),
     host: Optional[str] = typer.Option(None, help="address to bind (default 127.0.0.1: this machine only)"),
     port: Optional[int] = typer.Option(None, help="port (default 8000)"),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key"),
@@ -164,7 +165,7 @@ def serve(
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set; export it first")
-    settings = ServerSettings(model=str(bundle), **_options(
+    settings = ServerSettings(model=str(bundles[0]), more_models=tuple(str(b) for b in bundles[1:]), **_options(
         host=host, port=port, api_key=api_key, model_id=model_id, backend=backend, device=device, n_ctx=n_ctx,
         n_threads=threads, parallel=parallel, max_tokens_limit=max_tokens_limit, max_queue=max_queue, max_body_bytes=max_body_bytes))
     with _user_errors():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import concurrent.futures
+import ctypes
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class _Request:
     text: str = ""  # decoded so far (stop strings are looked for here)
     sent: int = 0  # characters of `text` already handed out as pieces
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
+    adapter: str | None = None  # the LoRA adapter (by name) decoded with; None: the base model alone
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class StreamHandle:
 class _Slot:
     seq: int
     cached: list[int] = field(default_factory=list)  # tokens this sequence holds in the KV cache
+    cached_adapter: str | None = None  # the adapter those tokens were read with (a prefix is shared only within one)
     request: _Request | None = None
     todo: list[int] = field(default_factory=list)  # tokens still to feed before the next sample
 
@@ -131,6 +134,9 @@ class BatchEngine:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending: list[_Request] = []
         self._closed = False
+        self.adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
+        self._applied: str | None = None  # the adapter set on the context now
+        self._turn = 0  # which adapter group decodes next, when slots hold requests of several
         self.reused_tokens = 0  # prompt tokens taken from a cached prefix instead of being read again
         self.prompt_tokens = 0  # prompt tokens of every request started (read or reused)
         self.generated_tokens = 0
@@ -158,13 +164,25 @@ class BatchEngine:
         self._queue.put(_Request(tokens, sampler, max_tokens, future))
         return future
 
-    def submit_tokens(self, tokens: list[int], params: GenerationParams) -> StreamHandle:
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter GGUF (llama.cpp's convert_lora_to_gguf.py) for this engine's model; requests
+        that name it decode with it, others with the base alone. Call before submitting requests for it."""
+        if name in self.adapters:
+            return
+        pointer = self._lib.llama_adapter_lora_init(self.llama._model.model, str(path).encode())
+        if not pointer:
+            raise ValueError(f"llama.cpp cannot load the LoRA adapter {path} for this base model")
+        self.adapters[name] = pointer
+
+    def submit_tokens(self, tokens: list[int], params: GenerationParams, adapter: str | None = None) -> StreamHandle:
         """Queue a rendered prompt with the runtime's generation parameters (sampling, JSON schema, stop
-        strings, max_tokens); iterate the handle for its text as it is decoded."""
+        strings, max_tokens) and optionally a loaded LoRA adapter; iterate the handle for its text."""
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"no LoRA adapter named {adapter!r} is loaded")
         self._check_length(tokens, 1)
         max_tokens = min(params.max_tokens, self.n_ctx - len(tokens))
         request = _Request(list(tokens), self._params_sampler(params), max_tokens, concurrent.futures.Future(),
-                           stop=tuple(s for s in params.stop if s), events=queue.Queue())
+                           stop=tuple(s for s in params.stop if s), events=queue.Queue(), adapter=adapter)
         if self._closed:
             request.sampler.close()
             raise RuntimeError("the engine was closed")
@@ -185,6 +203,9 @@ class BatchEngine:
         lib = self._lib
         lib.llama_batch_free(self.batch)
         lib.llama_free(self.ctx)
+        for pointer in self.adapters.values():
+            lib.llama_adapter_lora_free(pointer)
+        self.adapters.clear()
         self.llama.close()
 
     # -- sampling ------------------------------------------------------------------------------------------
@@ -297,6 +318,7 @@ class BatchEngine:
                 lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
                 lib.llama_memory_seq_cp(self.memory, source.seq, slot.seq, 0, shared)
                 slot.cached = source.cached[:shared]
+            slot.cached_adapter = request.adapter
             slot.request, slot.todo = request, request.tokens[shared:]
 
     def _next_ready(self, free: _Slot) -> tuple[_Request, _Slot, int] | None:
@@ -305,13 +327,14 @@ class BatchEngine:
         if not self.reuse_prefix:
             return (self._pending.pop(0), free, 0) if self._pending else None
         for position, request in enumerate(self._pending):
-            source, shared = free, _common_prefix(free.cached, request.tokens)
-            for other in self.slots:
+            same = [s for s in self.slots if s.cached_adapter == request.adapter]
+            source, shared = free, _common_prefix(free.cached, request.tokens) if free in same else 0
+            for other in same:
                 if (n := _common_prefix(other.cached, request.tokens)) > shared:
                     source, shared = other, n
             reading = max((_common_prefix(other.request.tokens, request.tokens) for other in self.slots
-                           if other.request is not None and other.todo and not other.request.generated),
-                          default=0)
+                           if other.request is not None and other.todo and not other.request.generated
+                           and other.request.adapter == request.adapter), default=0)
             if reading - shared >= PREFIX_WAIT_TOKENS:
                 continue
             del self._pending[position]
@@ -322,6 +345,13 @@ class BatchEngine:
         """One llama_decode: a token for every generating slot, then prompt chunks in the room left."""
         lib, batch = self._lib, self.batch
         active = sorted((s for s in self.slots if s.request), key=lambda s: len(s.todo))
+        groups = sorted({s.request.adapter or "" for s in active})
+        if len(groups) > 1 or (groups and (groups[0] or None) != self._applied):
+            # a context decodes with one adapter set at a time: the groups take turns, step by step
+            self._turn = (self._turn + 1) % len(groups)
+            adapter = groups[self._turn] or None
+            active = [s for s in active if s.request.adapter == adapter]
+            self._apply_adapter(adapter)
         batch.n_tokens = 0
         fed: list[tuple[_Slot, int, int]] = []  # slot, tokens fed, batch index of its logits (-1: none)
         for slot in active:
@@ -365,6 +395,19 @@ class BatchEngine:
                 self._finish(slot, "length")
             else:
                 slot.todo = [token]
+
+    def _apply_adapter(self, adapter: str | None) -> None:
+        if adapter == self._applied:
+            return
+        lib = self._lib
+        if adapter is None:
+            lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            pointers = (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            if lib.llama_set_adapters_lora(self.ctx, pointers, 1, scales) != 0:
+                raise RuntimeError(f"llama.cpp could not apply the LoRA adapter {adapter!r}")
+        self._applied = adapter
 
     def _stream(self, request: _Request, token: int) -> bool:
         """Hand out the new text, holding back what may be the start of a stop string; True at a stop string."""

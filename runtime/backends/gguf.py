@@ -56,14 +56,15 @@ class GGUFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
 
-    def generate(self, prompt: str, params: GenerationParams, stats: GenerationStats) -> Iterator[str]:
-        """Decoded together with the other requests in flight; closing the iterator frees the slot at the next
-        decode step."""
+    def generate(self, prompt: str, params: GenerationParams, stats: GenerationStats,
+                 adapter: str | None = None) -> Iterator[str]:
+        """Decoded together with the other requests in flight (with a loaded LoRA `adapter`, or the base alone);
+        closing the iterator frees the slot at the next decode step."""
         tokens = self.tokenize(prompt)
         if len(tokens) >= self.n_ctx:
             raise ContextLengthError(f"the prompt has {len(tokens)} tokens; this model's context holds {self.n_ctx}")
         stats.prompt_tokens = len(tokens)
-        handle = self.engine.submit_tokens(tokens, params)
+        handle = self.engine.submit_tokens(tokens, params, adapter)
         try:
             yield from handle
         finally:
@@ -80,3 +81,31 @@ class GGUFBackend:
         engine, self.engine, self.llm = getattr(self, "engine", None), None, None
         if engine is not None:
             engine.close()  # closes its tokenizer's Llama too
+
+
+class AdapterView:
+    """One expert served as a LoRA adapter on a `GGUFBackend` that several experts share: the same backend
+    interface, every generation decoded with this expert's adapter. The shared backend closes with its last view."""
+
+    def __init__(self, shared: GGUFBackend, adapter: str, path: Path, users: list):
+        shared.engine.load_adapter(adapter, str(path))
+        self.shared, self.adapter, self._users = shared, adapter, users
+        users.append(self)
+        self.name, self.constrains_json, self.device = shared.name, shared.constrains_json, shared.device
+        self.parallel, self.bos_token, self.eos_token = shared.parallel, shared.bos_token, shared.eos_token
+        self.chat_template = shared.chat_template
+
+    def generate(self, prompt: str, params: GenerationParams, stats: GenerationStats) -> Iterator[str]:
+        return self.shared.generate(prompt, params, stats, adapter=self.adapter)
+
+    def count_tokens(self, text: str) -> int:
+        return self.shared.count_tokens(text)
+
+    def cache_stats(self) -> dict[str, int]:
+        return self.shared.cache_stats()
+
+    def close(self) -> None:
+        if self in self._users:
+            self._users.remove(self)
+            if not self._users:
+                self.shared.close()
