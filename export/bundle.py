@@ -24,8 +24,9 @@ def shipped(reports: list[ArtifactReport], config: ExportConfig) -> list[Artifac
     """The verified artifacts the config ships (a failed artifact never is)."""
     wanted = {("gguf", q) for q in config.ship}
     if config.onnx.enabled:
-        wanted |= {("onnx", q) for q in config.onnx.ship}
-    order = [("gguf", q) for q in config.ship] + [("onnx", q) for q in config.onnx.ship]  # runtime loads the first
+        wanted |= {("onnx", q) for q in config.onnx.ship} | {("onnx-genai", v) for v in config.onnx.genai_ship}
+    order = ([("gguf", q) for q in config.ship] + [("onnx-genai", v) for v in config.onnx.genai_ship]
+             + [("onnx", q) for q in config.onnx.ship])  # the runtime loads the first of each kind
     chosen = [r for r in reports if r.status == "ok" and (r.kind, r.quant) in wanted]
     return sorted(chosen, key=lambda r: order.index((r.kind, r.quant)))
 
@@ -64,6 +65,10 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
             files += [(partial / lora.adapter.name, "gguf-adapter", "F16"),
                       (partial / base_name, "gguf-base", lora.summary["base_quant"])]
             manifest.lora_adapter = {"adapter": lora.adapter.name, "base": base_name, **lora.summary}
+            adapter_modelfile = partial / "Modelfile.adapter"  # Ollama: the shared base plus this expert's adapter
+            adapter_modelfile.write_text(modelfile_text(base_name, tokenizer, info.system_prompt, config.generation,
+                                                        adapter_name=lora.adapter.name), encoding="utf-8")
+            files.append((adapter_modelfile, "other", None))
         ggufs = [r for r in ship if r.kind == "gguf"]
         if ggufs:
             modelfile = partial / "Modelfile"
@@ -86,6 +91,12 @@ def _copy_artifacts(ship: list[ArtifactReport], folder: Path) -> list[tuple[Path
         if report.kind == "gguf":
             shutil.copy2(source, folder / source.name)
             files.append((folder / source.name, "gguf", report.quant))
+        elif report.kind == "onnx-genai":  # the builder's whole folder: model, genai_config.json, tokenizer
+            target = folder / source.name
+            shutil.copytree(source, target)
+            for part in sorted(p for p in target.iterdir() if p.is_file()):
+                kind = "onnx-genai" if part.name == "model.onnx" else "onnx-genai-data"
+                files.append((part, kind, report.quant))
         else:
             (folder / "onnx").mkdir(exist_ok=True)
             for part in sorted(source.parent.glob(f"{source.name}*")):  # model*.onnx and its external data

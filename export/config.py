@@ -23,16 +23,25 @@ def check_shipped_are_made(ship: list[str], made: list[str], always_made: str, s
         raise ValueError(f"{ship_key} names {missing}, which {made_key} does not make; add them to {made_key}")
 
 
+GenaiVariant = Literal["int4", "int4-mixed", "fp32"]
+
+
 class OnnxSettings(StrictModel):
     enabled: bool = True
     quantize: list[OnnxQuant] = Field(default_factory=lambda: ["int8"])
     ship: list[OnnxVariant] = Field(default_factory=lambda: ["int8"], description="ONNX variants copied into the bundle")
+    genai: list[GenaiVariant] = Field(default_factory=list, description="onnxruntime-genai models made by its model "
+                                      "builder (int4: MatMulNBits with int8 activations on CPU; int4-mixed: k-quant "
+                                      "int4 with int8 where it matters); served with JSON-schema guidance")
+    genai_ship: list[GenaiVariant] = Field(default_factory=list, description="onnxruntime-genai variants copied into "
+                                           "the bundle (loaded before optimum's ONNX when the bundle has no GGUF)")
     int8_keep_float: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "dense_4h_to_h"],
                                        description="MatMuls whose node name contains one of these stay float in int8")
 
     @model_validator(mode="after")
     def _shipped_are_made(self) -> "OnnxSettings":
         check_shipped_are_made(self.ship, self.quantize, "fp32", "onnx.ship", "onnx.quantize")
+        check_shipped_are_made(self.genai_ship, self.genai, "", "onnx.genai_ship", "onnx.genai")
         return self
 
 

@@ -40,14 +40,15 @@ def base_gguf(base: BaseModel, quant: str, pre_tokenizer: str | None = None, thr
 def adapter_gguf(adapter: Path, base: BaseModel, out: Path) -> Path:
     """The peft adapter converted by llama.cpp's convert_lora_to_gguf.py (F16), for llama.cpp to apply at run time."""
     root = converter_root()
-    with atomic_output(out) as partial:
-        command = [sys.executable, str(root / "convert_lora_to_gguf.py"), "--base", str(base.hf_path),
-                   "--outfile", str(partial), "--outtype", "f16", str(adapter)]
+    with atomic_output(Path(out).resolve()) as partial:  # the converter runs in its own folder: absolute paths
+        base_path = Path(base.hf_path).resolve() if Path(base.hf_path).exists() else base.hf_path
+        command = [sys.executable, str(root / "convert_lora_to_gguf.py"), "--base", str(base_path),
+                   "--outfile", str(partial), "--outtype", "f16", str(Path(adapter).resolve())]
         done = subprocess.run(command, capture_output=True, text=True, cwd=root)
         if done.returncode != 0 or not partial.is_file():
             tail = "\n".join(done.stderr.strip().splitlines()[-3:])
             raise UserError(f"llama.cpp's LoRA converter failed on {adapter}:\n{tail}")
-    return out
+    return Path(out).resolve()
 
 
 def adapter_agreement(base: Path, adapter: Path, merged: Path, prompts: list[str], max_tokens: int,

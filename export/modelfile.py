@@ -79,9 +79,11 @@ def stop_strings(tokenizer, parts: TemplateParts, extra: list[str]) -> list[str]
     return list(dict.fromkeys([*filter(None, [tokenizer.eos_token]), *found, *extra]))
 
 
-def modelfile_text(gguf_name: str, tokenizer, system_prompt: str | None, generation) -> str:
-    """Modelfile contents: FROM the GGUF (relative to the bundle), TEMPLATE, SYSTEM, PARAMETERs."""
-    lines = [f"FROM ./{gguf_name}"]
+def modelfile_text(gguf_name: str, tokenizer, system_prompt: str | None, generation,
+                   adapter_name: str | None = None) -> str:
+    """Modelfile contents: FROM the GGUF (relative to the bundle; with `adapter_name`, the base it applies to and
+    an ADAPTER line), TEMPLATE, SYSTEM, PARAMETERs."""
+    lines = [f"FROM ./{gguf_name}"] + ([f"ADAPTER ./{adapter_name}"] if adapter_name else [])
     stops = list(generation.stop)
     if tokenizer.chat_template is not None:
         parts = template_parts(tokenizer)

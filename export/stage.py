@@ -15,6 +15,7 @@ from export.llama_cpp_tools import tool
 from export.lora_gguf import ADAPTER_FILE, adapter_agreement, adapter_gguf, base_gguf
 from export.merge import adapter_base, merge_adapter
 from export.onnx_export import make_onnx
+from export.onnx_genai import make_genai
 from export.verify import (
     PROMPTS,
     ArtifactReport,
@@ -23,6 +24,7 @@ from export.verify import (
     reference_outputs,
     validation_prompts,
     validation_texts,
+    verify_genai,
     verify_gguf,
     verify_onnx,
     verify_table,
@@ -148,10 +150,13 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
     calibration = _calibration(config, dataset, tokenizer, info.system_prompt)
     ggufs = make_ggufs(merged, workdir, list(config.gguf_types), pre_tokenizer, resolved.source_gguf, config.threads,
                        calibration)
-    onnx = {}
+    onnx, genai = {}, {}
     if config.onnx.enabled:
         step("onnx")
         onnx = make_onnx(merged, workdir / "onnx", list(config.onnx.quantize), config.onnx.int8_keep_float)
+        if config.onnx.genai:
+            step("onnxruntime-genai")
+            genai = make_genai(merged, workdir, list(config.onnx.genai))
     step("verify")
     validation = validation_texts(dataset, tokenizer, info.system_prompt, config.verify_rows)
     probe = build_probe(tokenizer, info.system_prompt, validation, config.verify_tokens)
@@ -159,6 +164,7 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
     gates = (config.max_perplexity_ratio, config.min_top1_agreement, config.threads)
     reports: list[ArtifactReport] = [verify_gguf(path, quant, probe, reference, *gates) for quant, path in ggufs.items()]
     reports += [verify_onnx(path, quant, probe, reference, *gates) for quant, path in onnx.items()]
+    reports += [verify_genai(path, variant, probe, reference, *gates) for variant, path in genai.items()]
     write_verify_json(workdir / "verify.json", reference, probe, reports)
     console.print(verify_table(reports, reference.perplexity))
     if not shipped(reports, config):
@@ -189,7 +195,8 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
     outputs = {"merged": "merged", "verify": "verify.json", "bundle": os.path.relpath(bundle_dir, workdir),
                "bundle_manifest": os.path.relpath(bundle_dir / MANIFEST_NAME, workdir),
                **{f"gguf_{q}": p.name for q, p in ggufs.items()},
-               **{f"onnx_{q}": str(p.relative_to(workdir)) for q, p in onnx.items()}}
+               **{f"onnx_{q}": str(p.relative_to(workdir)) for q, p in onnx.items()},
+               **{f"genai_{v}": str(p.relative_to(workdir)) for v, p in genai.items()}}
     stage = plan.manifest(STAGE, outputs=outputs, figures=figures, started=started, finished=finished)
     write_stage_manifest(workdir, stage)
     return stage

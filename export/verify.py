@@ -69,7 +69,7 @@ class Reference:
 @dataclass
 class ArtifactReport:
     name: str
-    kind: str  # gguf | onnx
+    kind: str  # gguf | onnx | onnx-genai
     quant: str
     path: str
     bytes: int
@@ -287,6 +287,34 @@ def verify_onnx(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ra
     nll, argmax, kl = [], [], []
     for number, ids in enumerate(probe.score_ids):
         logits = model.logits(ids)[:-1].astype(np.float64)
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        nll.append((-logp[np.arange(len(ids) - 1), ids[1:]]).tolist())
+        argmax.append(logits.argmax(axis=-1).tolist())
+        if ref.top_ids:
+            kl += kl_rows(ref.top_ids[number], ref.top_logp[number], logp)
+    return _compare(report, probe, ref, tokens, greedy, nll, argmax, max_ppl_ratio, min_top1, kl)
+
+
+def verify_genai(folder: Path, variant: str, probe: Probe, ref: Reference, max_ppl_ratio: float,
+                 min_top1: float, threads: int | None = None) -> ArtifactReport:
+    """An onnxruntime-genai model folder, through onnxruntime-genai itself (its tokenizer, its generator)."""
+    import numpy as np
+
+    from export.onnx_genai import GenaiCausalLM
+
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    report = ArtifactReport(name=f"{folder.name}", kind="onnx-genai", quant=variant, path=str(folder), bytes=size)
+    try:
+        model = GenaiCausalLM(folder)
+    except Exception as err:  # an unloadable artifact is a verification result, not a crash
+        report.fail(f"onnxruntime-genai could not load it: {err}")
+        return report
+    tokens = [model.encode(t) for t in probe.texts]
+    greedy = [model.greedy(ids, probe.verify_tokens) for ids in probe.prompt_ids] if variant in EXACT_TYPES else None
+    nll, argmax, kl = [], [], []
+    for number, ids in enumerate(probe.score_ids):
+        logits = model.logits(ids)[:-1]
         shifted = logits - logits.max(axis=-1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         nll.append((-logp[np.arange(len(ids) - 1), ids[1:]]).tolist())

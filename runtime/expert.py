@@ -38,7 +38,8 @@ class Expert:
              n_threads: int | None = None, verify: bool = True, parallel: int = 1) -> "Expert":
         """Load a bundle folder, a bare .gguf or a bare ONNX folder.
 
-        backend: auto (GGUF if the bundle has one, else ONNX) | gguf | onnx.
+        backend: auto (GGUF if the bundle has one, else onnxruntime-genai ONNX, else plain ONNX) | gguf | onnx-genai
+            | onnx.
         device: auto (GPU when the build / execution provider supports it) | cpu | gpu.
         n_ctx: context tokens per request (prompt + answer).
         verify: check the manifest's sha256 of every bundle file first.
@@ -49,7 +50,8 @@ class Expert:
         if parallel < 1:
             raise BundleError(f"parallel must be at least 1, not {parallel}")
         bundle = resolve_bundle(path, verify=verify)
-        name = backend if backend != "auto" else ("gguf" if bundle.gguf is not None else "onnx")
+        name = backend if backend != "auto" else (
+            "gguf" if bundle.gguf is not None else "onnx-genai" if bundle.onnx_genai is not None else "onnx")
         model = bundle.model_for(name)
         return cls(open_backend(name, model, LoadOptions(device, n_ctx, n_threads, parallel)), bundle.manifest,
                    Path(path))

@@ -46,6 +46,8 @@ def test_bundles_ship_a_small_adapter_beside_the_shared_base(two_experts):
         assert lora["prompts"] > 0 and 0.0 <= lora["greedy_agreement"] <= 1.0
         kinds = {f.kind for f in manifest.files}
         assert {"gguf", "gguf-adapter", "gguf-base"} <= kinds
+        modelfile = (bundle / "Modelfile.adapter").read_text()
+        assert f"FROM ./{lora['base']}\nADAPTER ./{lora['adapter']}\n" in modelfile
     bases = [next(f for f in m.files if f.kind == "gguf-base") for m in manifests]
     assert bases[0].sha256 == bases[1].sha256  # one base file for every expert of this student
 

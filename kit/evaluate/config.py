@@ -30,7 +30,7 @@ class Target(StrictModel):
     """One model the eval stage scores."""
 
     name: str  # e.g. "base", "teacher", "merged", "gguf-Q4_K_M", "onnx-int8"
-    kind: Literal["hf", "gguf", "onnx", "teacher"]
+    kind: Literal["hf", "gguf", "onnx", "onnx-genai", "teacher"]
     path: str = ""
 
 

@@ -67,6 +67,8 @@ def default_targets(config: EvaluateConfig, run: RunDir) -> list[Target]:
                 targets.append(Target(name=f"gguf-{key[5:]}", kind="gguf", path=str(run.export / rel)))
             elif key.startswith("onnx_") and _scored_onnx(config, key[5:], exported.outputs):
                 targets.append(Target(name=f"onnx-{key[5:]}", kind="onnx", path=str(run.export / rel)))
+            elif key.startswith("genai_"):  # onnxruntime-genai, JSON through its guidance
+                targets.append(Target(name=f"onnx-genai-{key[6:]}", kind="onnx-genai", path=str(run.export / rel)))
     return targets
 
 

@@ -177,7 +177,8 @@ def _row(text: str, start: float, first: float | None, tokens: int) -> dict[str,
             "completion_tokens": tokens}
 
 
-PREDICTORS = {"gguf": predict_expert, "onnx": predict_expert, "hf": predict_hf, "teacher": predict_teacher}
+PREDICTORS = {"gguf": predict_expert, "onnx": predict_expert, "onnx-genai": predict_expert, "hf": predict_hf,
+              "teacher": predict_teacher}
 
 
 def main(spec_path: str, out_path: str) -> None:

@@ -12,6 +12,7 @@ from runtime.manifest import BundleError
 BACKENDS = {
     "gguf": "runtime.backends.gguf:GGUFBackend",
     "onnx": "runtime.backends.onnx:ONNXBackend",
+    "onnx-genai": "runtime.backends.onnx_genai:GenaiBackend",
 }
 
 
