@@ -3,13 +3,14 @@
     .venv/bin/python bench/runtime_throughput.py [--threads N] [--max-tokens 64] [--rounds 3]
 
 Same GGUF (the store SmolLM2-135M, as a bundle with a manifest) / same HF weights, same chat prompts, greedy,
-the same thread count everywhere. Decode speed is measured A/B in one process: for every prompt and round the
-modes run back to back in rotating order (the server as `kit serve` in its own process, fed by a streaming HTTP
-client), so load from other work on the machine hits all modes alike. Each generation evaluates its prompt
+the same thread count everywhere. Each mode decodes in a fresh process of its own, one after another (the server
+as `kit serve`, fed by a streaming HTTP client): llama.cpp's and torch's OpenMP thread teams slow each other
+down when two modes share a process; a ratio is the median of the per-turn ratios. Each generation evaluates its prompt
 from scratch (bare llama.cpp is reset too, as Expert does). Decode tokens/s = (completion tokens - 1) / (time
 from first to last token), median over runs; a ratio is the median of the back-to-back pairs' ratios.
 Start-up, first-token latency and peak RSS come from a fresh process per mode. The ONNX modes run the
-export stage's shipped variants of the same weights: fp32, int8 (dynamic, down_proj kept float), int4.
+export stage's shipped variants of the same weights: fp32, int8 (dynamic, down_proj kept float), int4; the genai
+modes run onnxruntime-genai models of the same weights made by its model builder (fp32, int4).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ PROMPTS = [
     "Describe a walk through a busy market in the morning, with many details.",
 ]
 RATIOS = [("expert", "bare", 0.97), ("server", "bare", 0.90), ("onnx-fp32", "torch", 2.0), ("onnx-int8", "torch", 2.0),
-          ("onnx-int4", "torch", 2.0)]
+          ("onnx-int4", "torch", 2.0), ("genai-fp32", "torch", 2.0), ("genai-int4", "torch", 2.0),
+          ("genai-int4", "bare", 0.0)]
 
 
 def messages(prompt: str) -> list[dict[str, str]]:
@@ -172,6 +174,14 @@ def mode_onnx_int4(args):
     return _mode_onnx(args, args.onnx / "model_int4.onnx")
 
 
+def mode_genai_fp32(args):
+    return _mode_onnx(args, args.genai / "genai-fp32")
+
+
+def mode_genai_int4(args):
+    return _mode_onnx(args, args.genai / "genai-int4")
+
+
 def mode_torch(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -194,8 +204,11 @@ def mode_torch(args):
 
 
 MODES = {"bare": mode_bare, "expert": mode_expert, "server": mode_server, "onnx-fp32": mode_onnx_fp32,
-         "onnx-int8": mode_onnx_int8, "onnx-int4": mode_onnx_int4, "torch": mode_torch}
-AB_GROUPS = [("bare", "expert", "server"), ("torch", "onnx-fp32", "onnx-int8", "onnx-int4")]
+         "onnx-int8": mode_onnx_int8, "onnx-int4": mode_onnx_int4, "genai-fp32": mode_genai_fp32,
+         "genai-int4": mode_genai_int4, "torch": mode_torch}
+# Each mode decodes in a process of its own: llama.cpp's OpenMP threads (the runtime's engine thread, bare
+# llama-cpp-python on the main thread) and torch's slow each other down threefold when two share one process.
+AB_GROUPS = [(mode,) for mode in MODES]
 
 
 # -- workers (each in its own process) -----------------------------------------------------------------------
@@ -241,7 +254,7 @@ def worker_ab(args) -> dict:
 
 
 def paired_ratio(speeds: dict, a: str, b: str) -> float:
-    """Median over turns of a/b, each pair measured back to back (robust to load that comes and goes)."""
+    """Median over turns (prompt x round, in the same order in both processes) of a/b."""
     return statistics.median(x / y for x, y in zip(speeds[a]["turns"], speeds[b]["turns"]))
 
 
@@ -276,7 +289,12 @@ def prepare(workdir: Path) -> dict[str, Path]:
 
         print("quantizing the ONNX export to int4 (once) ...", file=sys.stderr, flush=True)
         quantize_int4(onnx / "model.onnx")
-    return {"bundle": bundle, "gguf": gguf, "hf": hf, "onnx": onnx}
+    from export.onnx_genai import make_genai
+
+    genai = settings.microkit_home() / "bench" / f"{STORE_MODEL}-genai"
+    print("building onnxruntime-genai models with its model builder (once) ...", file=sys.stderr, flush=True)
+    make_genai(hf, genai, ["fp32", "int4"])
+    return {"bundle": bundle, "gguf": gguf, "hf": hf, "onnx": onnx, "genai": genai}
 
 
 def run_worker(kind: str, mode: str, paths: dict[str, Path], args) -> dict:
@@ -296,7 +314,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", choices=["footprint", "ab"])
     parser.add_argument("--mode")
-    for name in ("bundle", "gguf", "hf", "onnx"):
+    for name in ("bundle", "gguf", "hf", "onnx", "genai"):
         parser.add_argument(f"--{name}", type=Path)
     args = parser.parse_args()
     if args.worker:

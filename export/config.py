@@ -29,7 +29,8 @@ GenaiVariant = Literal["int4", "int4-mixed", "fp32"]
 class OnnxSettings(StrictModel):
     enabled: bool = True
     quantize: list[OnnxQuant] = Field(default_factory=lambda: ["int8"])
-    ship: list[OnnxVariant] = Field(default_factory=lambda: ["int8"], description="ONNX variants copied into the bundle")
+    ship: list[OnnxVariant] = Field(default_factory=lambda: ["int8"], description="ONNX variants copied into the bundle "
+                                    "(with `quantize` also empty, optimum's export is skipped: onnxruntime-genai only)")
     genai: list[GenaiVariant] = Field(default_factory=list, description="onnxruntime-genai models made by its model "
                                       "builder (int4: MatMulNBits with int8 activations on CPU; int4-mixed: k-quant "
                                       "int4 with int8 where it matters); served with JSON-schema guidance")

@@ -152,8 +152,9 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
                        calibration)
     onnx, genai = {}, {}
     if config.onnx.enabled:
-        step("onnx")
-        onnx = make_onnx(merged, workdir / "onnx", list(config.onnx.quantize), config.onnx.int8_keep_float)
+        if config.onnx.quantize or config.onnx.ship:  # optimum's export (nothing to make when both are empty)
+            step("onnx")
+            onnx = make_onnx(merged, workdir / "onnx", list(config.onnx.quantize), config.onnx.int8_keep_float)
         if config.onnx.genai:
             step("onnxruntime-genai")
             genai = make_genai(merged, workdir, list(config.onnx.genai))
