@@ -271,7 +271,6 @@ def verify_gguf(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ra
 
 def verify_onnx(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ratio: float,
                 min_top1: float, threads: int | None = None) -> ArtifactReport:
-    import numpy as np
     from tokenizers import Tokenizer
 
     size = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*"))
@@ -284,23 +283,29 @@ def verify_onnx(path: Path, quant: str, probe: Probe, ref: Reference, max_ppl_ra
         return report
     tokens = [tokenizer.encode(t).ids for t in probe.texts]
     greedy = [model.greedy(ids, probe.verify_tokens) for ids in probe.prompt_ids] if quant in EXACT_TYPES else None
+    nll, argmax, kl = _score_sequences(model.logits, probe, ref)
+    return _compare(report, probe, ref, tokens, greedy, nll, argmax, max_ppl_ratio, min_top1, kl)
+
+
+def _score_sequences(logits_of, probe: Probe, ref: Reference) -> tuple[list, list, list]:
+    """Per scored sequence: the next-token NLL and argmax at each position, and the KL rows against the reference."""
+    import numpy as np
+
     nll, argmax, kl = [], [], []
     for number, ids in enumerate(probe.score_ids):
-        logits = model.logits(ids)[:-1].astype(np.float64)
+        logits = np.asarray(logits_of(ids)[:-1], dtype=np.float64)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         nll.append((-logp[np.arange(len(ids) - 1), ids[1:]]).tolist())
         argmax.append(logits.argmax(axis=-1).tolist())
         if ref.top_ids:
             kl += kl_rows(ref.top_ids[number], ref.top_logp[number], logp)
-    return _compare(report, probe, ref, tokens, greedy, nll, argmax, max_ppl_ratio, min_top1, kl)
+    return nll, argmax, kl
 
 
 def verify_genai(folder: Path, variant: str, probe: Probe, ref: Reference, max_ppl_ratio: float,
                  min_top1: float, threads: int | None = None) -> ArtifactReport:
     """An onnxruntime-genai model folder, through onnxruntime-genai itself (its tokenizer, its generator)."""
-    import numpy as np
-
     from export.onnx_genai import GenaiCausalLM
 
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
@@ -312,15 +317,7 @@ def verify_genai(folder: Path, variant: str, probe: Probe, ref: Reference, max_p
         return report
     tokens = [model.encode(t) for t in probe.texts]
     greedy = [model.greedy(ids, probe.verify_tokens) for ids in probe.prompt_ids] if variant in EXACT_TYPES else None
-    nll, argmax, kl = [], [], []
-    for number, ids in enumerate(probe.score_ids):
-        logits = model.logits(ids)[:-1]
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-        nll.append((-logp[np.arange(len(ids) - 1), ids[1:]]).tolist())
-        argmax.append(logits.argmax(axis=-1).tolist())
-        if ref.top_ids:
-            kl += kl_rows(ref.top_ids[number], ref.top_logp[number], logp)
+    nll, argmax, kl = _score_sequences(model.logits, probe, ref)
     return _compare(report, probe, ref, tokens, greedy, nll, argmax, max_ppl_ratio, min_top1, kl)
 
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,30 @@ def tiny_exports(tiny_llama, tmp_path_factory) -> dict[str, Path]:
     main_export(str(trained), str(root / "onnx"), task="text-generation-with-past")
     gguf = _convert_to_gguf(trained, root / "model-F32.gguf", "f32")
     return {"hf": trained, "onnx": root / "onnx", "gguf": gguf}
+
+
+@contextmanager
+def serving(app, port: int):
+    """`app` served by uvicorn in a thread on 127.0.0.1:`port` for the block; yields its URL once /health answers."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -97,14 +97,10 @@ def test_a_copy_expert_answers_with_the_requests_words_as_written(store_gguf, wr
 @pytest.mark.slow
 def test_the_server_holds_copied_fields_when_asked_for_the_bundles_schema(store_gguf, write_bundle, tmp_path,
                                                                            free_port, person_schema):
-    import threading
-    import time
-
-    import httpx
     import openai
-    import uvicorn
 
     from runtime.server import ServerSettings, create_app
+    from tests.conftest import serving
 
     bundle = write_bundle(tmp_path / "people", [(store_gguf, "gguf", "Q4_1")], name="people", output_format="json",
                           output_schema=person_schema, copy_fields=["name"],
@@ -112,28 +108,14 @@ def test_the_server_holds_copied_fields_when_asked_for_the_bundles_schema(store_
                           generation=GenerationDefaults(max_tokens=48, temperature=0.0))
     settings = ServerSettings(model=str(bundle), port=free_port(), n_ctx=1024)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with serving(app, settings.port) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
         request = "mArIa LoPeZ-gArCiA turned 34 last week."
         reply = client.chat.completions.create(
             model="people", messages=[{"role": "user", "content": request}], max_tokens=48, temperature=0,
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person_schema}})
         assert json.loads(reply.choices[0].message.content)["name"] in request_spans(request)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        app.state.expert.close()
+    app.state.expert.close()
 
 
 def test_each_eval_case_gets_its_own_copied_spans():

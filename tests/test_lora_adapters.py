@@ -4,16 +4,13 @@ decode each request with its expert's adapter, answering as each merged model do
 
 from __future__ import annotations
 
-import threading
-import time
-
-import httpx
 import openai
 import pytest
 
 from export.config import BundleInfo, ExportConfig, ExportStageConfig
 from kit.core.run_dir import RunDir
 from runtime.manifest import read_manifest
+from tests.conftest import serving
 from tests.test_export import PROMPT, make_adapter
 
 pytestmark = pytest.mark.slow
@@ -75,8 +72,6 @@ def test_load_many_shares_one_base_and_answers_as_each_merged_model(two_experts)
 
 
 def test_one_server_routes_two_experts_by_model_name(two_experts, free_port):
-    import uvicorn
-
     from runtime.expert import Expert
     from runtime.server import ServerSettings, create_app
 
@@ -87,17 +82,7 @@ def test_one_server_routes_two_experts_by_model_name(two_experts, free_port):
     settings = ServerSettings(model=str(two_experts[0]), more_models=(str(two_experts[1]),), port=free_port(),
                               parallel=2, n_ctx=512)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with serving(app, settings.port) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
         assert sorted(m.id for m in client.models.list().data) == sorted(expected)
         for name, answer in expected.items():
@@ -105,8 +90,5 @@ def test_one_server_routes_two_experts_by_model_name(two_experts, free_port):
             assert reply.model == name and reply.choices[0].text == answer
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="tiny-c", prompt=PROMPT, max_tokens=4)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        for expert in app.state.experts.values():
-            expert.close()
+    for expert in app.state.experts.values():
+        expert.close()

@@ -5,7 +5,6 @@ stream; a client that leaves frees its slot; a shared prompt prefix is read once
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +12,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
+
+from tests.conftest import serving
 
 pytestmark = pytest.mark.slow
 MODEL = "person-extractor"
@@ -82,26 +83,12 @@ def test_run_many_can_return_exceptions_in_place(parallel_expert):
 # -- a real server with 4 slots: 16 concurrent openai-client streams, mixed response_format, two disconnects ----
 @pytest.fixture(scope="module")
 def parallel_server(task_bundle, free_port):
-    import uvicorn
-
     from runtime.server import ServerSettings, create_app
 
     settings = ServerSettings(model=str(task_bundle), port=free_port(), parallel=4, max_queue=16, n_ctx=1024)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app, settings.port) as url:
+        yield url
     app.state.expert.close()
 
 
