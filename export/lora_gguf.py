@@ -10,14 +10,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from export.gguf import convert_to_gguf, quantize_gguf
+from export.gguf import CONVERTER_OUTTYPES, convert_to_gguf, quantize_gguf
 from export.llama_cpp_source import converter_root
 from kit.core import settings
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
 from kit.models.base_model import BaseModel
 
-ADAPTER_FILE = "adapter-F16.gguf"
+
+
+def adapter_file_name(base_quant: str) -> str:
+    """F32 beside an F32 base (the pair then decodes as the merged F32 model does), else F16."""
+    return "adapter-F32.gguf" if base_quant == "F32" else "adapter-F16.gguf"
 
 
 def base_gguf(base: BaseModel, quant: str, pre_tokenizer: str | None = None, threads: int | None = None) -> Path:
@@ -27,23 +31,22 @@ def base_gguf(base: BaseModel, quant: str, pre_tokenizer: str | None = None, thr
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    if quant in CONVERTER_OUTTYPES:  # float types come straight from the converter
+        return convert_to_gguf(Path(base.hf_path), out, quant, pre_tokenizer, base.source_gguf)
     with tempfile.TemporaryDirectory(prefix="microkit-base-", dir=out.parent) as tmp:
         f16 = convert_to_gguf(Path(base.hf_path), Path(tmp) / "base-F16.gguf", "F16", pre_tokenizer, base.source_gguf)
-        if quant == "F16":
-            with atomic_output(out) as partial:
-                shutil.move(str(f16), partial)
-        else:
-            quantize_gguf(f16, out, quant, threads)
+        quantize_gguf(f16, out, quant, threads)
     return out
 
 
-def adapter_gguf(adapter: Path, base: BaseModel, out: Path) -> Path:
-    """The peft adapter converted by llama.cpp's convert_lora_to_gguf.py (F16), for llama.cpp to apply at run time."""
+def adapter_gguf(adapter: Path, base: BaseModel, out: Path, outtype: str = "f16") -> Path:
+    """The peft adapter converted by llama.cpp's convert_lora_to_gguf.py (f16 or f32), for llama.cpp to apply at run
+    time."""
     root = converter_root()
     with atomic_output(Path(out).resolve()) as partial:  # the converter runs in its own folder: absolute paths
         base_path = Path(base.hf_path).resolve() if Path(base.hf_path).exists() else base.hf_path
         command = [sys.executable, str(root / "convert_lora_to_gguf.py"), "--base", str(base_path),
-                   "--outfile", str(partial), "--outtype", "f16", str(Path(adapter).resolve())]
+                   "--outfile", str(partial), "--outtype", outtype, str(Path(adapter).resolve())]
         done = subprocess.run(command, capture_output=True, text=True, cwd=root)
         if done.returncode != 0 or not partial.is_file():
             tail = "\n".join(done.stderr.strip().splitlines()[-3:])

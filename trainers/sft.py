@@ -103,6 +103,7 @@ class TrainStage:
         summary = _fit(trainer, paths, resume_from)
         trainer.save_model(str(paths.adapter))
         if not processes.is_main_process:
+            _leave_process_group(processes)
             return plan.manifest(STAGE)
         atomic_write_json(paths.adapter / BASE_MODEL_FILE, base.identity())
         metrics = _metrics(trainer, progress, summary, base, train_config, device, threads, processes.num_processes)
@@ -113,7 +114,18 @@ class TrainStage:
                                               "config.json" if train_config.method == "full" else "adapter_config.json"),
                                           "loss_png": "loss.png", "metrics": "metrics.json"})
         write_stage_manifest(paths.folder, manifest)
+        _leave_process_group(processes)
         return manifest
+
+
+def _leave_process_group(processes) -> None:
+    """With several processes: once every rank is done, destroy the gloo / NCCL group before the interpreter exits
+    (left to exit, its threads can abort a rank: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if processes.num_processes > 1 and dist.is_available() and dist.is_initialized():
+        processes.wait_for_everyone()
+        dist.destroy_process_group()
 
 
 TRAIN = TrainStage()
