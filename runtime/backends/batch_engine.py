@@ -26,6 +26,7 @@ from runtime.backends.grammar import grammar_for
 from runtime.backends.llama_sampling import GrammarLastSampler
 from runtime.errors import ContextLengthError
 from runtime.params import GenerationParams
+from runtime.sampling import StopStrings
 
 Messages = list[dict[str, str]]
 PREFIX_WAIT_TOKENS = 64  # a request waits for a slot reading at least this many tokens of its prefix
@@ -42,11 +43,10 @@ class _Request:
     max_tokens: int
     future: concurrent.futures.Future
     generated: list[int] = field(default_factory=list)
-    stop: tuple[str, ...] = ()
+    stops: StopStrings | None = None  # streamed requests: holds back what may begin a stop string
     events: queue.Queue | None = None  # text pieces as they are decoded, then a `Finished`
     cancelled: bool = False
-    text: str = ""  # decoded so far (stop strings are looked for here)
-    sent: int = 0  # characters of `text` already handed out as pieces
+    text: str = ""  # handed out so far
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
     adapter: str | None = None  # the LoRA adapter (by name) decoded with; None: the base model alone
 
@@ -182,7 +182,7 @@ class BatchEngine:
         self._check_length(tokens, 1)
         max_tokens = min(params.max_tokens, self.n_ctx - len(tokens))
         request = _Request(list(tokens), self._params_sampler(params), max_tokens, concurrent.futures.Future(),
-                           stop=tuple(s for s in params.stop if s), events=queue.Queue(), adapter=adapter)
+                           stops=StopStrings(params.stop), events=queue.Queue(), adapter=adapter)
         if self._closed:
             request.sampler.close()
             raise RuntimeError("the engine was closed")
@@ -226,12 +226,8 @@ class BatchEngine:
             seed = params.get("seed")
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
                 (int(seed) & 0xFFFFFFFF) if seed is not None else lib.LLAMA_DEFAULT_SEED))
-        if schema is None:
-            return _ChainSampler(lib, chain)
-
-        grammar = grammar_for(GenerationParams(json_schema=schema))
-        return _OwnedGrammarSampler(lib, chain, GrammarLastSampler(self.llama._model, SimpleNamespace(sampler=chain),
-                                                                     grammar))
+        grammar = grammar_for(GenerationParams(json_schema=schema)) if schema is not None else None
+        return self._with_grammar(chain, grammar)
 
     def _params_sampler(self, params: GenerationParams):
         """The chain llama-cpp-python's `create_completion` builds for these parameters (penalties, then greedy
@@ -250,11 +246,14 @@ class BatchEngine:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(float(params.temperature)))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
                 (int(params.seed) & 0xFFFFFFFF) if params.seed is not None else lib.LLAMA_DEFAULT_SEED))
-        grammar = grammar_for(params)
+        return self._with_grammar(chain, grammar_for(params))
+
+    def _with_grammar(self, chain, grammar):
+        """The chain as a sampler; with a grammar, applied the way llama.cpp's common sampler does (grammar-last)."""
         if grammar is None:
-            return _ChainSampler(lib, chain)
-        return _OwnedGrammarSampler(lib, chain, GrammarLastSampler(self.llama._model, SimpleNamespace(sampler=chain),
-                                                                     grammar))
+            return _ChainSampler(self._lib, chain)
+        return _OwnedGrammarSampler(self._lib, chain, GrammarLastSampler(self.llama._model,
+                                                                           SimpleNamespace(sampler=chain), grammar))
 
     # -- the decode thread ---------------------------------------------------------------------------------
 
@@ -411,18 +410,14 @@ class BatchEngine:
 
     def _stream(self, request: _Request, token: int) -> bool:
         """Hand out the new text, holding back what may be the start of a stop string; True at a stop string."""
-        request.text += request.decoder.decode(self.llama.detokenize([token]))
-        if request.stop:
-            start = max(0, request.sent - max(len(s) for s in request.stop))
-            hits = [i for i in (request.text.find(s, start) for s in request.stop) if i >= 0]
-            if hits:
-                request.text = request.text[:min(hits)]
-                return True
-        end = len(request.text) - _held_back(request.text, request.stop)
-        if end > request.sent:
-            request.events.put(request.text[request.sent:end])
-            request.sent = end
-        return False
+        self._hand_out(request, request.stops.feed(request.decoder.decode(self.llama.detokenize([token]))))
+        return request.stops.stopped
+
+    @staticmethod
+    def _hand_out(request: _Request, piece: str) -> None:
+        if piece:
+            request.text += piece
+            request.events.put(piece)
 
     def _finish(self, slot: _Slot, reason: str) -> None:
         request, slot.request, slot.todo = slot.request, None, []
@@ -431,10 +426,9 @@ class BatchEngine:
 
     def _settle(self, request: _Request, reason: str) -> None:
         if request.events is not None:
-            request.text += request.decoder.decode(b"", final=True)
-            if len(request.text) > request.sent:
-                request.events.put(request.text[request.sent:])
-                request.sent = len(request.text)
+            if not request.stops.stopped:
+                self._hand_out(request, request.stops.feed(request.decoder.decode(b"", final=True))
+                               + request.stops.flush())
             request.events.put(Finished(reason, len(request.tokens), len(request.generated)))
             text = request.text
         else:
@@ -493,17 +487,6 @@ def _fail(request: _Request, err: Exception) -> None:
         request.future.set_exception(err)
     if request.events is not None:
         request.events.put(err)
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of `text` could be the beginning of a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from runtime.backends.base import LoadOptions
+from runtime.backends.tokenizer_files import read_json, tokenizer_side
 from runtime.errors import ContextLengthError
 from runtime.manifest import BundleError
 from runtime.params import GenerationParams, GenerationStats
@@ -17,17 +17,6 @@ from runtime.sampling import StopStrings, next_token
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _token_text(value: Any) -> str:
-    """tokenizer_config.json writes special tokens as a string or as {"content": ...}."""
-    if isinstance(value, dict):
-        return value.get("content", "")
-    return value or ""
 
 
 def _ids(value: Any) -> set[int]:
@@ -54,15 +43,11 @@ class ONNXBackend:
         self.n_ctx = options.n_ctx
         self._read_inputs()
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        tokenizer_config = _json(folder / "tokenizer_config.json")
-        self.bos_token = _token_text(tokenizer_config.get("bos_token"))
-        self.eos_token = _token_text(tokenizer_config.get("eos_token"))
-        template_file = folder / "chat_template.jinja"
-        self.chat_template = tokenizer_config.get("chat_template") or (
-            template_file.read_text(encoding="utf-8") if template_file.is_file() else None)
+        side = tokenizer_side(folder)
+        self.bos_token, self.eos_token, self.chat_template = side.bos_token, side.eos_token, side.chat_template
         eos_id = self.tokenizer.token_to_id(self.eos_token) if self.eos_token else None
-        self.eos_ids = (_ids(_json(folder / "generation_config.json").get("eos_token_id"))
-                        | _ids(_json(folder / "config.json").get("eos_token_id")) | _ids(eos_id))
+        self.eos_ids = (_ids(read_json(folder / "generation_config.json").get("eos_token_id"))
+                        | _ids(read_json(folder / "config.json").get("eos_token_id")) | _ids(eos_id))
 
     @staticmethod
     def _session_options(ort, options: LoadOptions):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from runtime.backends.base import LoadOptions
+from runtime.backends.tokenizer_files import read_json, tokenizer_side
 from runtime.errors import ContextLengthError
 from runtime.manifest import BundleError
 from runtime.params import GenerationParams, GenerationStats
@@ -15,12 +16,6 @@ from runtime.sampling import StopStrings
 
 GENAI_CONFIG = "genai_config.json"
 ANY_JSON = {"type": "object"}  # json_object: any JSON object, as OpenAI's json_object mode asks
-
-
-def _token_text(value: Any) -> str:
-    if isinstance(value, dict):
-        return value.get("content", "")
-    return value or ""
 
 
 class GenaiBackend:
@@ -48,16 +43,10 @@ class GenaiBackend:
         except Exception as err:  # noqa: BLE001 - onnxruntime-genai raises plain RuntimeErrors
             raise BundleError(f"onnxruntime-genai cannot load {folder} ({err})") from None
         self.tokenizer = og.Tokenizer(self.model)
-        genai = json.loads((folder / GENAI_CONFIG).read_text(encoding="utf-8"))
+        genai = read_json(folder / GENAI_CONFIG)
         self.n_ctx = min(options.n_ctx, int(genai.get("model", {}).get("context_length") or options.n_ctx))
-        tokenizer_config = {}
-        if (folder / "tokenizer_config.json").is_file():
-            tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        self.bos_token = _token_text(tokenizer_config.get("bos_token"))
-        self.eos_token = _token_text(tokenizer_config.get("eos_token"))
-        template = folder / "chat_template.jinja"
-        self.chat_template = tokenizer_config.get("chat_template") or (
-            template.read_text(encoding="utf-8") if template.is_file() else None)
+        side = tokenizer_side(folder)
+        self.bos_token, self.eos_token, self.chat_template = side.bos_token, side.eos_token, side.chat_template
 
     def tokenize(self, prompt: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(prompt)]
