@@ -86,14 +86,14 @@ def load(url: str, clients: int, texts: list[str], max_tokens: int) -> dict[str,
     """`clients` threads share the requests; returns tokens/s over the whole run and latency percentiles."""
     latencies: list[float] = []
     tokens = 0
-    queue = list(enumerate(texts))
+    queue = list(texts)
 
     def client() -> None:
         nonlocal tokens
         with httpx.Client(timeout=600) as http:
             while queue:
                 try:
-                    _, text = queue.pop()
+                    text = queue.pop()  # atomic: the clients share the list
                 except IndexError:
                     return
                 began = time.perf_counter()

@@ -62,7 +62,7 @@ def in_process(mode: str, bundles: list[str], cases: list[list[str]], parallel: 
 def lora_bundle(run: Path, quant: str, out: Path) -> Path:
     """A bundle folder for the run's expert served from its adapter: the run's bundle manifest, the merged GGUF,
     the adapter GGUF and the shared base (hard-linked from the cache)."""
-    from export.lora_gguf import adapter_gguf, base_gguf, link_or_copy
+    from export.lora_gguf import adapter_gguf, adapter_type, base_gguf, link_or_copy
     from export.merge import adapter_base
     from kit.models.base_model import resolve_base
     from runtime.manifest import describe_file, read_manifest, write_manifest
@@ -72,14 +72,14 @@ def lora_bundle(run: Path, quant: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     merged = run / "export" / f"model-{quant}.gguf"
     base_file = base_gguf(base, quant)
-    adapter_file = adapter_gguf(adapter, base, out / "adapter-F16.gguf")
-    link_or_copy(merged, out / merged.name) if not (out / merged.name).exists() else None
-    if not (out / f"base-{quant}.gguf").exists():
-        link_or_copy(base_file, out / f"base-{quant}.gguf")
+    adapter_file = adapter_gguf(adapter, base, out, quant)
+    for source, target in ((merged, out / merged.name), (base_file, out / f"base-{quant}.gguf")):
+        if not target.exists():
+            link_or_copy(source, target)
     manifest = read_manifest(run / "bundle")
     manifest.name = f"{manifest.name}-{run.parent.name}-{run.name}"
     manifest.files = [describe_file(out, out / merged.name, "gguf", quant),
-                      describe_file(out, adapter_file, "gguf-adapter", "F16"),
+                      describe_file(out, adapter_file, "gguf-adapter", adapter_type(quant)),
                       describe_file(out, out / f"base-{quant}.gguf", "gguf-base", quant)]
     manifest.lora_adapter = {"adapter": adapter_file.name, "base": f"base-{quant}.gguf"}
     write_manifest(out, manifest)
@@ -101,7 +101,7 @@ def main() -> None:
     shared = in_process("shared", bundles, cases, args.parallel)
     same = [sum(a == b for a, b in zip(x, y)) for x, y in zip(merged["answers"], shared["answers"])]
     merged_disk = sum(Path(b, f"model-{args.quant}.gguf").stat().st_size for b in bundles)
-    adapters_disk = sum(Path(b, "adapter-F16.gguf").stat().st_size for b in bundles)
+    adapters_disk = sum(next(Path(b).glob("adapter-*.gguf")).stat().st_size for b in bundles)
     base_disk = Path(bundles[0], f"base-{args.quant}.gguf").stat().st_size
     n = len(bundles)
     print(f"\n{n} experts ({', '.join(str(r) for r in args.runs)}), {args.quant}, parallel {args.parallel}, "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.config import BundleInfo, ExportConfig
-from export.lora_gguf import link_or_copy
+from export.lora_gguf import adapter_type, link_or_copy
 from export.modelfile import modelfile_text
 from export.verify import ArtifactReport
 from kit.core.files import atomic_output
@@ -62,7 +62,7 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
             shutil.copy2(lora.adapter, partial / lora.adapter.name)
             base_name = f"base-{lora.summary['base_quant']}.gguf"
             link_or_copy(lora.base, partial / base_name)
-            files += [(partial / lora.adapter.name, "gguf-adapter", lora.adapter.stem.split("-")[-1]),
+            files += [(partial / lora.adapter.name, "gguf-adapter", adapter_type(lora.summary["base_quant"])),
                       (partial / base_name, "gguf-base", lora.summary["base_quant"])]
             manifest.lora_adapter = {"adapter": lora.adapter.name, "base": base_name, **lora.summary}
             adapter_modelfile = partial / "Modelfile.adapter"  # Ollama: the shared base plus this expert's adapter

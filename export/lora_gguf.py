@@ -18,10 +18,9 @@ from kit.core.files import atomic_output
 from kit.models.base_model import BaseModel
 
 
-
-def adapter_file_name(base_quant: str) -> str:
+def adapter_type(base_quant: str) -> str:
     """F32 beside an F32 base (the pair then decodes as the merged F32 model does), else F16."""
-    return "adapter-F32.gguf" if base_quant == "F32" else "adapter-F16.gguf"
+    return "F32" if base_quant == "F32" else "F16"
 
 
 def base_gguf(base: BaseModel, quant: str, pre_tokenizer: str | None = None, threads: int | None = None) -> Path:
@@ -39,19 +38,21 @@ def base_gguf(base: BaseModel, quant: str, pre_tokenizer: str | None = None, thr
     return out
 
 
-def adapter_gguf(adapter: Path, base: BaseModel, out: Path, outtype: str = "f16") -> Path:
-    """The peft adapter converted by llama.cpp's convert_lora_to_gguf.py (f16 or f32), for llama.cpp to apply at run
-    time."""
+def adapter_gguf(adapter: Path, base: BaseModel, folder: Path, base_quant: str) -> Path:
+    """The peft adapter converted by llama.cpp's convert_lora_to_gguf.py into folder/adapter-<type>.gguf (type:
+    `adapter_type(base_quant)`), for llama.cpp to apply at run time."""
     root = converter_root()
-    with atomic_output(Path(out).resolve()) as partial:  # the converter runs in its own folder: absolute paths
+    kind = adapter_type(base_quant)
+    out = (Path(folder) / f"adapter-{kind}.gguf").resolve()  # the converter runs in its own folder: absolute paths
+    with atomic_output(out) as partial:
         base_path = Path(base.hf_path).resolve() if Path(base.hf_path).exists() else base.hf_path
         command = [sys.executable, str(root / "convert_lora_to_gguf.py"), "--base", str(base_path),
-                   "--outfile", str(partial), "--outtype", outtype, str(Path(adapter).resolve())]
+                   "--outfile", str(partial), "--outtype", kind.lower(), str(Path(adapter).resolve())]
         done = subprocess.run(command, capture_output=True, text=True, cwd=root)
         if done.returncode != 0 or not partial.is_file():
             tail = "\n".join(done.stderr.strip().splitlines()[-3:])
             raise UserError(f"llama.cpp's LoRA converter failed on {adapter}:\n{tail}")
-    return Path(out).resolve()
+    return out
 
 
 def adapter_agreement(base: Path, adapter: Path, merged: Path, prompts: list[str], max_tokens: int,

@@ -53,9 +53,9 @@ class GenaiCausalLM:
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)]
 
-    def _generator(self, length: int, sample: bool = False):
+    def _generator(self, length: int):
         params = self._og.GeneratorParams(self.model)
-        params.set_search_options(max_length=length, do_sample=sample)
+        params.set_search_options(max_length=length, do_sample=False)
         return self._og.Generator(self.model, params)
 
     def greedy(self, ids: list[int], count: int) -> list[int]:

@@ -12,7 +12,7 @@ from export.bundle import LoraParts, shipped, write_bundle
 from export.config import ExportStageConfig
 from export.gguf import make_ggufs, uses_imatrix
 from export.llama_cpp_tools import tool
-from export.lora_gguf import adapter_agreement, adapter_file_name, adapter_gguf, base_gguf
+from export.lora_gguf import adapter_agreement, adapter_gguf, base_gguf
 from export.merge import adapter_base, merge_adapter
 from export.onnx_export import make_onnx
 from export.onnx_genai import make_genai
@@ -117,8 +117,7 @@ def _lora_parts(config, base: BaseModel, adapter: Path | None, workdir: Path, gg
                         "student has no adapter to ship: set export.lora_adapter to false")
     quant = config.ship[0]
     base_file = base_gguf(base, quant, pre_tokenizer, config.threads)
-    name = adapter_file_name(quant)
-    adapter_file = adapter_gguf(adapter, base, workdir / name, "f32" if quant == "F32" else "f16")
+    adapter_file = adapter_gguf(adapter, base, workdir, quant)
     summary = adapter_agreement(base_file, adapter_file, ggufs[quant], prompts, config.verify_tokens,
                                 config.threads)
     summary |= {"base_quant": quant, "adapter_bytes": adapter_file.stat().st_size,
