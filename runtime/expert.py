@@ -12,10 +12,11 @@ from typing import Any, Iterator
 from runtime.backends import Backend, LoadOptions, open_backend
 from runtime.bundle import resolve_bundle
 from runtime.chat_template import render_chat
-from runtime.copy_fields import copy_schema
+from runtime.derived_numbers import resolve
 from runtime.errors import BundleError, OutputError
 from runtime.manifest import Manifest
 from runtime.params import GenerationParams, GenerationStats
+from runtime.request_schema import schema_for_request
 
 Message = dict[str, Any]
 
@@ -166,10 +167,18 @@ class Expert:
         schema = self.manifest.output_schema
         constraint = {}
         if self._open_backend().constrains_json:
-            constraint = {"json_schema": copy_schema(schema, self.manifest.copy_fields, content)} \
-                if schema is not None else {"json_object": True}
+            constraint = {"json_schema": self.request_schema(content)} if schema is not None else {"json_object": True}
         text = self.chat(messages, **{**constraint, **overrides})
-        return parse_json_output(text, schema)
+        return parse_json_output(self.finish(text), schema)
+
+    def finish(self, text: str) -> str:
+        """A task answer as apps get it: derived numbers the model wrote as arithmetic worked out."""
+        return resolve(text, self.manifest.derived_numbers)
+
+    def request_schema(self, content: str) -> dict[str, Any] | None:
+        """The bundle's output schema as one request with this text is decoded with (runtime.request_schema)."""
+        return schema_for_request(self.manifest.output_schema, content, self.manifest.copy_fields,
+                              self.manifest.derived_numbers)
 
     def run_many(self, inputs: list[Any], *, return_exceptions: bool = False, **overrides: Any) -> list[Any]:
         """`run` for every input, up to `parallel` decoded together; answers in input order. An input whose answer

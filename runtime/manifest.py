@@ -50,6 +50,8 @@ class Manifest:
     output_format: str = "text"  # text | json | sql | python
     output_schema: dict[str, Any] | None = None
     copy_fields: list[str] = field(default_factory=list)  # JSON keys decoded as spans of the request
+    # {JSON key: factors}: numbers the model writes as arithmetic over the request's numbers (derived_numbers)
+    derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
     # {"adapter": file, "base": file, ...}: a LoRA adapter GGUF and the unmerged base it applies to (served
     # several experts to one base by `Expert.load_many` / `kit serve A B`); empty when the bundle has none
     lora_adapter: dict[str, Any] = field(default_factory=dict)

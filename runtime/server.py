@@ -19,11 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.copy_fields import copy_schema
+from runtime.derived_numbers import resolve
 from runtime.errors import BundleError, ContextLengthError
 from runtime.expert import Expert
 from runtime.params import GenerationParams, GenerationStats
 from runtime.server_api import APIError, ChatCompletionRequest, CompletionRequest, completion_id, error_response, now
+from runtime.request_schema import schema_for_request
 from runtime.server_limits import CountResponses, Metrics, QueueFull, Slots
 
 ROUTES = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics"}
@@ -142,16 +143,22 @@ class Gatekeeper:
         await self.app(scope, receive, send)
 
 
-def with_copied_fields(params: GenerationParams, manifest, messages: list) -> GenerationParams:
-    """A request for the bundle's own output schema gets its copied fields held to the last user message's words,
-    as `Expert.run` holds them; any other schema is the client's and is left as it is."""
-    if params.json_schema is None or params.json_schema != manifest.output_schema or not manifest.copy_fields:
-        return params
+def for_bundle_schema(params: GenerationParams, manifest,
+                      messages: list) -> tuple[GenerationParams, Callable[[str], str] | None]:
+    """A request for the bundle's own output schema is decoded as `Expert.run` decodes it: copied fields held to
+    the last user message's words, derived numbers offered as arithmetic over its numbers, which the returned
+    `finish` works out in the reply (None when there is nothing to work out). Any other schema is the client's
+    and is left as it is."""
+    if params.json_schema is None or params.json_schema != manifest.output_schema or not (
+            manifest.copy_fields or manifest.derived_numbers):
+        return params, None
     user = next((m for m in reversed(messages) if m.role == "user"), None)
     if user is None:
-        return params
+        return params, None
     text = user.as_template_message()["content"]
-    return params.updated(json_schema=copy_schema(params.json_schema, manifest.copy_fields, text))
+    schema = schema_for_request(params.json_schema, text, manifest.copy_fields, manifest.derived_numbers)
+    derived = manifest.derived_numbers
+    return params.updated(json_schema=schema), ((lambda reply: resolve(reply, derived)) if derived else None)
 
 
 def load_experts(settings: ServerSettings) -> dict[str, Expert]:
@@ -250,7 +257,7 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
     @app.post("/v1/chat/completions", max_body_size=limit)
     async def chat_completions(body: ChatCompletionRequest):
         expert = pick(body.model)
-        params = with_copied_fields(body.params(expert.defaults), expert.manifest, body.messages)
+        params, finish = for_bundle_schema(body.params(expert.defaults), expert.manifest, body.messages)
         if (params.json_schema is not None or params.json_object) and not expert.backend.constrains_json:
             raise APIError(400, f"this server's {expert.backend.name} backend cannot constrain output to JSON; "
                                 "serve the bundle's GGUF for response_format", param="response_format")
@@ -259,7 +266,7 @@ def create_app(settings: ServerSettings, expert: Expert | None = None) -> FastAP
         except (ValueError, BundleError) as err:
             raise APIError(400, f"cannot apply the chat template: {err}", param="messages") from None
         generation = await start(expert, prompt, params)
-        reply = _Reply(completion_id("chatcmpl"), "chat.completion", body.model, generation)
+        reply = _Reply(completion_id("chatcmpl"), "chat.completion", body.model, generation, finish)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventSourceResponse(reply.chat_events(include_usage, metrics), ping=15)
@@ -285,6 +292,7 @@ class _Reply:
     object: str
     model: str
     generation: Generation
+    finish: Callable[[str], str] | None = None  # works out the whole reply (derived numbers): streamed as one piece
 
     def _usage(self) -> dict[str, int]:
         stats = self.generation.stats
@@ -295,6 +303,7 @@ class _Reply:
         return {"id": self.id, "object": object, "created": now(), "model": self.model, "choices": choices, **extra}
 
     def chat_body(self, text: str) -> dict[str, Any]:
+        text = self.finish(text) if self.finish is not None else text
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                   "finish_reason": self.generation.stats.finish_reason or "stop"}
         return self._envelope("chat.completion", [choice], usage=self._usage())
@@ -310,8 +319,11 @@ class _Reply:
     async def chat_events(self, include_usage: bool, metrics: Metrics) -> AsyncIterator[str]:
         try:
             yield self._chat_chunk({"role": "assistant", "content": ""})
-            async for piece in self.generation.pieces():
-                yield self._chat_chunk({"content": piece})
+            if self.finish is not None:
+                yield self._chat_chunk({"content": self.finish(await self.generation.text())})
+            else:
+                async for piece in self.generation.pieces():
+                    yield self._chat_chunk({"content": piece})
             yield self._chat_chunk({}, self.generation.stats.finish_reason or "stop")
             if include_usage:
                 yield json.dumps(self._envelope("chat.completion.chunk", [], usage=self._usage()))

@@ -33,9 +33,10 @@ class FakeTeacher:
     plan keyed by the number of the /chat/completions request (1-based)."""
 
     def __init__(self, faults: dict[int, str] | None = None, delay_s: float = 0.0, hang_s: float = 3.0,
-                 unit_from_input: bool = False):
+                 unit_from_input: bool = False, minutes: bool = False):
         self.faults = dict(faults or {})
         self.unit_from_input = unit_from_input  # answers copy the request's last word as their unit
+        self.minutes = minutes  # inputs end "N minutes", answers give N * 60 seconds
         self.delay_s = delay_s
         self.hang_s = hang_s
         self.count = 0
@@ -56,11 +57,18 @@ class FakeTeacher:
             (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
         props = schema.get("properties", {})
         rng = random.Random(body.get("seed", 0))
+        def words() -> str:
+            return " ".join(rng.choice(VOCAB) for _ in range(8)) + (
+                f" {rng.randrange(2, 90)} minutes" if self.minutes else "")
+
         if "input" in props:
-            content = {"input": " ".join(rng.choice(VOCAB) for _ in range(8))}
+            content = {"input": words()}
         elif "inputs" in props:  # a list of inputs, as many as the schema asks
-            content = {"inputs": [" ".join(rng.choice(VOCAB) for _ in range(8))
-                                  for _ in range(props["inputs"]["minItems"])]}
+            content = {"inputs": [words() for _ in range(props["inputs"]["minItems"])]}
+        elif "answer" in props and self.minutes:
+            question = body["messages"][-1]["content"]
+            content = {"reasoning": "minutes to seconds", "answer": {"value": int(question.split()[-2]) * 60,
+                                                                       "unit": "s"}}
         elif "answer" in props:
             question = body["messages"][-1]["content"]
             stable = int(hashlib.sha256(question.encode()).hexdigest()[:6], 16) % 1000
@@ -245,6 +253,35 @@ def test_value_swaps_add_training_rows_without_asking_the_teacher(tmp_path, fake
         assert unit in donors  # values come from training rows only, never from validation
     stats = json.loads((run_dir.data / "stats.json").read_text())
     assert stats["value_swaps"]["kept"] == len(swapped) and stats["value_swaps"]["per_sample"] == 2
+
+
+def test_numbers_derived_by_a_factor_are_trained_as_arithmetic_and_can_be_turned_off(tmp_path, fake_teacher):
+    from datasets import load_from_disk
+
+    from runtime.derived_numbers import resolve
+
+    teacher = fake_teacher(minutes=True)
+    recipe_path = write_recipe(tmp_path, teacher.url, target=8)
+    run_dir = RunDir(tmp_path / "run")
+    manifest = run(generate_config(load_recipe(recipe_path)), run_dir)
+    fields = json.loads((run_dir.data / "derived_numbers.json").read_text())
+    assert fields["value"][0] == 60 and manifest.outputs["derived_numbers"] == "derived_numbers.json"
+    assert json.loads((run_dir.data / "stats.json").read_text())["derived_numbers"] == fields
+    data = load_from_disk(str(run_dir.dataset))
+    generated = [r for split in ("train", "validation") for r in data[split] if not r["id"].startswith("seed-")]
+    for row in generated:
+        trained = json.loads(row["messages"][-1]["content"])
+        minutes = row["input"].split()[-2]
+        assert trained["value"] == f"{minutes} * 60" and json.loads(row["output"])["value"] == int(minutes) * 60
+        assert json.loads(resolve(row["messages"][-1]["content"], fields)) == json.loads(row["output"])
+    sent = teacher.count
+    recipe_path.write_text(recipe_path.read_text().replace("validation_fraction: 0.2",
+                                                           "validation_fraction: 0.2, derived_numbers: false"))
+    run(generate_config(load_recipe(recipe_path)), run_dir)
+    assert teacher.count == sent  # the same samples, trained as plain numbers: nothing new asked
+    assert json.loads((run_dir.data / "derived_numbers.json").read_text()) == {}
+    plain = load_from_disk(str(run_dir.dataset))["train"]
+    assert all(r["messages"][-1]["content"] == r["output"] for r in plain)
 
 
 def test_rerun_spends_nothing_and_a_larger_target_reuses_the_cache(tmp_path, fake_teacher):

@@ -90,11 +90,20 @@ def chat(
                 continue
             history.append({"role": "user", "content": line})
             reply = []
+            # a JSON task expert answers each turn as `kit run` would: held to its schema for this request, its
+            # derived numbers worked out (then the reply is printed whole)
+            turn = {"json_schema": expert.request_schema(line)} if expert.is_task_expert and \
+                expert.manifest.output_schema is not None and expert.backend.constrains_json else {}
+            whole = bool(turn) and bool(expert.manifest.derived_numbers)
             with _user_errors():
-                for piece in expert.stream(system + history, **overrides):
+                for piece in expert.stream(system + history, **{**turn, **overrides}):
                     reply.append(piece)
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
+                    if not whole:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+            if whole:
+                reply = [expert.finish("".join(reply))]
+                sys.stdout.write(reply[0])
             sys.stdout.write("\n")
             history.append({"role": "assistant", "content": "".join(reply)})
 

@@ -8,7 +8,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kit.core.files import atomic_output
 
@@ -87,11 +87,13 @@ class SampleStore:
         self.rejected.close()
 
 
-def dataset_row(sample: dict[str, Any], system_prompt: str) -> dict[str, Any]:
-    """The row format the trainer reads: the assistant message holds the final answer only."""
+def dataset_row(sample: dict[str, Any], system_prompt: str,
+                answer: Callable[[str, str], str] | None = None) -> dict[str, Any]:
+    """The row format the trainer reads: the assistant message holds the final answer only, as `answer(input,
+    output)` writes it for the student when given (derived numbers as arithmetic); `output` stays the label."""
     text = sample["input"] if isinstance(sample["input"], str) else json.dumps(sample["input"], ensure_ascii=False)
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": text},
-                {"role": "assistant", "content": sample["output"]}]
+                {"role": "assistant", "content": answer(text, sample["output"]) if answer else sample["output"]}]
     return {"id": sample["id"], "input": text, "output": sample["output"], "reasoning": sample.get("reasoning") or "",
             "messages": messages}
 
@@ -119,17 +121,19 @@ def probe_ids(ids: list[str], validation_fraction: float, probe_fraction: float,
 
 
 def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: str, validation_fraction: float,
-                  seed: int, extra_train: list[dict[str, Any]] = (), held_out: set[str] = frozenset()) -> dict[str, int]:
+                  seed: int, extra_train: list[dict[str, Any]] = (), held_out: set[str] = frozenset(),
+                  answer: Callable[[str, str], str] | None = None) -> dict[str, int]:
     """Save a DatasetDict with `train` and `validation` to `out` (replacing it whole). `extra_train` rows (the
-    recipe's seeds) join the training split only; `held_out` ids (a round's probe pool) join neither."""
+    recipe's seeds) join the training split only; `held_out` ids (a round's probe pool) join neither; `answer`
+    writes each row's training answer (dataset_row)."""
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     features = Features({"id": Value("string"), "input": Value("string"), "output": Value("string"),
                          "reasoning": Value("string"),
                          "messages": List({"role": Value("string"), "content": Value("string")})})
-    rows = [dataset_row(s, system_prompt) for s in samples if s["id"] not in held_out]
+    rows = [dataset_row(s, system_prompt, answer) for s in samples if s["id"] not in held_out]
     validation = split_ids([s["id"] for s in samples], validation_fraction, seed)
-    seeds = [dataset_row(s, system_prompt) for s in extra_train]
+    seeds = [dataset_row(s, system_prompt, answer) for s in extra_train]
     parts = {"train": [r for r in rows if r["id"] not in validation] + seeds,
              "validation": [r for r in rows if r["id"] in validation]}
     dataset = DatasetDict({name: Dataset.from_list(part, features=features) for name, part in parts.items()})

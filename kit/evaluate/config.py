@@ -32,6 +32,8 @@ class Target(StrictModel):
     name: str  # e.g. "base", "teacher", "merged", "gguf-Q4_K_M", "onnx-int8"
     kind: Literal["hf", "gguf", "onnx", "onnx-genai", "teacher"]
     path: str = ""
+    # number fields a trained student writes as arithmetic, worked out before scoring (runtime.derived_numbers)
+    derived_numbers: dict[str, list[int | float]] = Field(default_factory=dict)
 
 
 class EvaluateConfig(StrictModel):

@@ -22,6 +22,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
+from kit.distill import derived_numbers
 from kit.distill.config import PythonVerifier, SqlVerifier
 from kit.distill.critic.sql import SqlError, run_query
 from kit.distill.sandbox import run_python
@@ -59,16 +60,18 @@ def default_targets(config: EvaluateConfig, run: RunDir) -> list[Target]:
     if config.include_teacher:
         targets.append(Target(name="teacher", kind="teacher"))
     exported = read_stage_manifest(run.export)
+    trained = {"derived_numbers": derived_numbers.read(run.data)}  # answers as the student learned to write them
     if exported is not None:
         for key, rel in exported.outputs.items():
             if key == "merged" and config.eval.merged:
-                targets.append(Target(name="merged", kind="hf", path=str(run.export / rel)))
+                targets.append(Target(name="merged", kind="hf", path=str(run.export / rel), **trained))
             elif key.startswith("gguf_"):
-                targets.append(Target(name=f"gguf-{key[5:]}", kind="gguf", path=str(run.export / rel)))
+                targets.append(Target(name=f"gguf-{key[5:]}", kind="gguf", path=str(run.export / rel), **trained))
             elif key.startswith("onnx_") and _scored_onnx(config, key[5:], exported.outputs):
-                targets.append(Target(name=f"onnx-{key[5:]}", kind="onnx", path=str(run.export / rel)))
+                targets.append(Target(name=f"onnx-{key[5:]}", kind="onnx", path=str(run.export / rel), **trained))
             elif key.startswith("genai_"):  # onnxruntime-genai, JSON through its guidance
-                targets.append(Target(name=f"onnx-genai-{key[6:]}", kind="onnx-genai", path=str(run.export / rel)))
+                targets.append(Target(name=f"onnx-genai-{key[6:]}", kind="onnx-genai", path=str(run.export / rel),
+                                      **trained))
     return targets
 
 
@@ -93,7 +96,7 @@ def predict(config: EvaluateConfig, target: Target, cases: list[dict[str, Any]],
             fewshot += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
             "system_prompt": system_prompt, "fewshot": fewshot, "schema": schema,
-            "copy_fields": config.critic.copied_fields,
+            "copy_fields": config.critic.copied_fields, "derived_numbers": target.derived_numbers,
             "max_new_tokens": config.eval.max_new_tokens, "threads": threads,
             "latency_cases": config.eval.latency_cases, "batch": config.eval.batch,
             "teacher": config.teacher.model_dump(mode="json") if target.kind == "teacher" else None}

@@ -1,0 +1,140 @@
+"""Derived numbers: a JSON number the answer computes from a number in the request by a constant factor
+("a 5 minute timer" -> 300 seconds, "1 hour 30 minutes" -> 5400) is written by the model as the arithmetic,
+not the result, and the runtime does the arithmetic.
+
+A small model learns "minutes" -> "* 60" from a handful of examples; it does not learn 25 x 60 = 1500. So a
+bundle may name such fields with the factors its training data showed (`derived_numbers` in its manifest:
+{"duration_seconds": [60, 3600, 1]}), learned when the dataset is written (kit.distill.derived_numbers). For
+each request the output schema's number property of that name may then also be a string from an `enum` of
+expressions over the request's own numbers ("5 * 60", "5 * 3600", "1 * 3600 + 30 * 60"), which llama.cpp's
+grammar enforces; `resolve` turns every such string back into the number the schema asks for, so apps,
+the server and the eval see plain JSON. Which number and which factor is still the model's choice.
+Standard library only: the runtime embeds it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import combinations
+from typing import Any
+
+MAX_NUMBERS = 6  # request numbers offered to the expressions (the first ones, in order)
+MAX_EXPRESSIONS = 400  # above this, sums of two terms are left out of the enum
+
+# a number written in a request: not part of a longer word or number, a clock time, a date or a path
+# ("5", "1.5", "5min" and "5-minute" count; "10:45", "2026-05-04", "v2" do not)
+_NUMBER = re.compile(r"(?<![\w.:/-])(\d+(?:\.\d+)?)(?![.:/]\d|-\d|\d)")
+_WORDS = {word: value for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {
+    "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+_WORD = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
+_TERM = r"\d+(?:\.\d+)?(?:\s*\*\s*\d+(?:\.\d+)?)?"
+EXPRESSION = re.compile(rf"^\s*{_TERM}(?:\s*\+\s*{_TERM})*\s*$")
+
+
+def request_numbers(text: str) -> list[int | float]:
+    """The numbers a request writes, as digits or as words (one .. ninety), in order, each once."""
+    found: list[tuple[int, int | float]] = []
+    for match in _NUMBER.finditer(text):
+        found.append((match.start(), _number(match.group(1))))
+    for match in _WORD.finditer(text):
+        found.append((match.start(), _WORDS[match.group(1).lower()]))
+    out: list[int | float] = []
+    for _, value in sorted(found, key=lambda item: item[0]):
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _fmt(value: int | float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def term(number: int | float, factor: int | float) -> str:
+    """One term as the model writes it: "5 * 60", or "45" for a factor of 1."""
+    return _fmt(number) if factor == 1 else f"{_fmt(number)} * {_fmt(factor)}"
+
+
+def expressions(numbers: list[int | float], factors: list[int | float]) -> list[str]:
+    """Every expression over `numbers` (in request order) and `factors`: one term each, then sums of two terms
+    over two different numbers in their request order (left out when there would be too many)."""
+    numbers = numbers[:MAX_NUMBERS]
+    singles = [term(n, f) for n in numbers for f in factors]
+    pairs = [f"{term(a, fa)} + {term(b, fb)}" for a, b in combinations(numbers, 2) for fa in factors for fb in factors
+             if not (fa == 1 and fb == 1)]
+    out = list(dict.fromkeys(singles + (pairs if len(singles) + len(pairs) <= MAX_EXPRESSIONS else [])))
+    return out
+
+
+def evaluate(expression: str) -> int | float:
+    """The value of an expression `EXPRESSION` accepts (whole when it is whole)."""
+    total = 0.0
+    for part in expression.split("+"):
+        value = 1.0
+        for factor in part.split("*"):
+            value *= float(factor)
+        total += value
+    return int(total) if total.is_integer() else total
+
+
+def derived_schema(schema: dict[str, Any] | None, fields: dict[str, list[int | float]] | None,
+                   text: str) -> dict[str, Any] | None:
+    """`schema` where each number property named in `fields` may also be one of the expressions over the
+    numbers of `text` with that field's factors (the schema itself when there is nothing to offer)."""
+    if schema is None or not fields:
+        return schema
+    numbers = request_numbers(text)
+    if not numbers:
+        return schema
+    return _offered(schema, fields, numbers)
+
+
+def _with_expressions(prop: Any, factors: list[int | float], numbers: list[int | float]) -> Any:
+    if not isinstance(prop, dict) or prop.get("type") not in ("integer", "number") or "enum" in prop or "const" in prop:
+        return prop
+    return {"anyOf": [{"type": "string", "enum": expressions(numbers, factors)}, prop]}
+
+
+def _offered(node: Any, fields: dict[str, list[int | float]], numbers: list[int | float]) -> Any:
+    if isinstance(node, list):
+        return [_offered(item, fields, numbers) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: (_with_expressions(prop, fields[name], numbers) if name in fields
+                               else _offered(prop, fields, numbers)) for name, prop in value.items()}
+        else:
+            out[key] = _offered(value, fields, numbers)
+    return out
+
+
+def resolve_value(value: Any, fields: dict[str, list[int | float]] | list[str]) -> Any:
+    """`value` (parsed JSON) with every expression string under a field of `fields` replaced by its number."""
+    if isinstance(value, list):
+        return [resolve_value(item, fields) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {key: (evaluate(item) if key in fields and isinstance(item, str) and EXPRESSION.match(item)
+                  else resolve_value(item, fields)) for key, item in value.items()}
+
+
+def resolve(text: str, fields: dict[str, list[int | float]] | None) -> str:
+    """The model's JSON answer with its expressions worked out (compact JSON); `text` itself when there is no
+    derived field or it is no JSON."""
+    if not fields:
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    resolved = resolve_value(value, fields)
+    return text if resolved == value else json.dumps(resolved, ensure_ascii=False, separators=(",", ":"))

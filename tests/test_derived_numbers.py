@@ -1,0 +1,160 @@
+"""Derived numbers (runtime/derived_numbers.py, kit/distill/derived_numbers.py): a number the answer computes from
+a request number by a constant factor is trained and decoded as the arithmetic, and worked out by the runtime."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from kit.distill import derived_numbers as learned
+from kit.distill.sample_store import write_dataset
+from runtime import Expert
+from runtime.derived_numbers import derived_schema, evaluate, expressions, request_numbers, resolve
+from runtime.manifest import GenerationDefaults
+
+TIMER = {"type": "object", "properties": {
+    "tool": {"enum": ["set_timer", "set_volume"]},
+    "arguments": {"type": "object", "properties": {"duration_seconds": {"type": "integer", "minimum": 1},
+                                                   "level": {"type": "integer"}}}},
+    "required": ["tool", "arguments"]}
+
+
+def sample(text: str, answer: dict) -> dict:
+    return {"id": text, "input": text, "output": json.dumps(answer)}
+
+
+def timer(text: str, seconds: int) -> dict:
+    return sample(text, {"tool": "set_timer", "arguments": {"duration_seconds": seconds}})
+
+
+SAMPLES = [timer("set a timer for 5 minutes", 300), timer("timer 12 minutes for tea", 720),
+           timer("countdown 45 seconds", 45), timer("a 2 hour timer", 7200), timer("timer 90 seconds", 90),
+           sample("volume to 30", {"tool": "set_volume", "arguments": {"level": 30}}),
+           sample("volume 70 please", {"tool": "set_volume", "arguments": {"level": 70}})]
+
+
+def test_request_numbers_are_digits_and_words_but_not_times_dates_or_parts_of_words():
+    assert request_numbers("timer 1 hour 30 minutes, one more, 5min, 1.5 hours") == [1, 30, 5, 1.5]
+    assert request_numbers("alarm at 10:45 on 2026-05-04 for v2") == []
+    assert request_numbers("a 10-minute timer and twenty seconds") == [10, 20]
+
+
+def test_expressions_cover_one_term_and_ordered_sums_and_evaluate_back():
+    offered = expressions([1, 30], [3600, 60, 1])
+    assert {"1 * 3600", "30 * 60", "30", "1 * 3600 + 30 * 60"} <= set(offered)
+    assert "30 * 60 + 1 * 3600" not in offered and "1 + 30" not in offered  # request order; a plain sum is no derivation
+    assert evaluate("1 * 3600 + 30 * 60") == 5400 and evaluate("1.5 * 60") == 90 and evaluate("45") == 45
+
+
+def test_fields_and_factors_are_learned_from_the_samples_only_where_a_factor_repeats():
+    fields = learned.learn(SAMPLES)
+    assert set(fields) == {"duration_seconds"}  # the volume level is copied (factor 1 only): not derived
+    assert fields["duration_seconds"][0] == 60 and set(fields["duration_seconds"]) == {60, 1, 3600}
+    assert learned.learn([timer("set a timer for 5 minutes", 300)]) == {}  # one sample shows no rule
+
+
+def test_training_answers_write_the_arithmetic_and_keep_everything_else():
+    fields = learned.learn(SAMPLES)
+    rewritten = {s["input"]: json.loads(learned.student_answer(s["input"], s["output"], fields)) for s in SAMPLES}
+    assert rewritten["set a timer for 5 minutes"]["arguments"]["duration_seconds"] == "5 * 60"
+    assert rewritten["a 2 hour timer"]["arguments"]["duration_seconds"] == "2 * 3600"
+    assert rewritten["countdown 45 seconds"]["arguments"]["duration_seconds"] == "45"
+    assert rewritten["volume to 30"] == {"tool": "set_volume", "arguments": {"level": 30}}
+    both = timer("timer 1 hour 30 minutes", 5400)
+    assert json.loads(learned.student_answer(both["input"], both["output"], fields))["arguments"] == \
+        {"duration_seconds": "1 * 3600 + 30 * 60"}
+    odd = timer("timer for a while", 600)  # no number in the request to derive it from: the number stays
+    assert learned.student_answer(odd["input"], odd["output"], fields) == odd["output"]
+    for s in SAMPLES:  # and the runtime works every training answer back to the teacher's label
+        assert json.loads(resolve(learned.student_answer(s["input"], s["output"], fields), fields)) == \
+            json.loads(s["output"])
+
+
+def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
+    from datasets import load_from_disk
+
+    fields = learned.learn(SAMPLES)
+    write_dataset(SAMPLES, tmp_path / "dataset", system_prompt="route", validation_fraction=0.2, seed=0,
+                  answer=lambda text, output: learned.student_answer(text, output, fields))
+    data = load_from_disk(str(tmp_path / "dataset"))
+    row = next(r for split in ("train", "validation") for r in data[split] if r["input"] == "timer 12 minutes for tea")
+    assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
+    assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
+    learned.write(tmp_path, fields)
+    assert learned.read(tmp_path) == fields and learned.read(tmp_path / "nothing") == {}
+
+
+def test_the_request_schema_offers_expressions_over_its_own_numbers():
+    fields = {"duration_seconds": [60, 1]}
+    prop = derived_schema(TIMER, fields, "timer 7 minutes")["properties"]["arguments"]["properties"]
+    options, plain = prop["duration_seconds"]["anyOf"]
+    assert options == {"type": "string", "enum": ["7 * 60", "7"]} and plain == {"type": "integer", "minimum": 1}
+    assert prop["level"] == {"type": "integer"}
+    assert derived_schema(TIMER, fields, "timer please") is TIMER and derived_schema(TIMER, {}, "7 minutes") is TIMER
+
+
+def test_resolve_works_out_only_the_derived_fields():
+    fields = {"duration_seconds": [60]}
+    text = '{"tool":"set_timer","arguments":{"duration_seconds":"25 * 60","label":"3 * 4"}}'
+    assert json.loads(resolve(text, fields)) == {"tool": "set_timer",
+                                                 "arguments": {"duration_seconds": 1500, "label": "3 * 4"}}
+    assert resolve('{"duration_seconds": 300}', fields) == '{"duration_seconds": 300}'  # nothing to do: as written
+    assert resolve("not json", fields) == "not json" and resolve(text, {}) == text
+
+
+def test_each_eval_case_is_decoded_with_its_own_expressions():
+    from kit.evaluate.worker import case_schema
+
+    spec = {"schema": TIMER, "derived_numbers": {"duration_seconds": [60]}}
+    enum = case_schema(spec, "timer 9 minutes")["properties"]["arguments"]["properties"]["duration_seconds"]["anyOf"][0]
+    assert enum["enum"] == ["9 * 60"]
+    assert case_schema({"schema": TIMER}, "timer 9 minutes") is TIMER  # the base student and the teacher: plain
+
+
+def _timer_bundle(write_bundle, store_gguf, folder):
+    return write_bundle(folder, [(store_gguf, "gguf", "Q4_1")], name="timer", output_format="json",
+                        output_schema=TIMER, derived_numbers={"duration_seconds": [60, 1]},
+                        system_prompt="Set a timer: answer JSON with the tool and the duration in seconds.",
+                        generation=GenerationDefaults(max_tokens=48, temperature=0.0))
+
+
+def test_an_expert_answers_plain_numbers_whichever_way_the_model_writes_them(store_gguf, write_bundle, tmp_path):
+    bundle = _timer_bundle(write_bundle, store_gguf, tmp_path / "timer")
+    with Expert.load(bundle, n_ctx=512) as expert:
+        answer = expert.run("set a timer for 7 minutes")
+        jsonschema.validate(answer, TIMER)  # the grammar's anyOf decoded and worked out: a number again
+        seconds = answer["arguments"].get("duration_seconds")
+        assert seconds is None or isinstance(seconds, int)
+        # held to the expression branch alone, the model must write one of the request's expressions
+        only = {**TIMER, "properties": {**TIMER["properties"], "arguments": {
+            "type": "object", "properties": {"duration_seconds": {"type": "string", "enum": ["7 * 60", "7"]}},
+            "required": ["duration_seconds"]}}}
+        text = expert.chat([{"role": "user", "content": "set a timer for 7 minutes"}], json_schema=only)
+        assert json.loads(expert.finish(text))["arguments"]["duration_seconds"] in (420, 7)
+
+
+@pytest.mark.slow
+def test_the_server_works_out_derived_numbers_in_plain_and_streamed_replies(store_gguf, write_bundle, tmp_path,
+                                                                           free_port):
+    import openai
+
+    from runtime.server import ServerSettings, create_app
+    from tests.conftest import serving
+
+    bundle = _timer_bundle(write_bundle, store_gguf, tmp_path / "timer")
+    settings = ServerSettings(model=str(bundle), port=free_port(), n_ctx=1024)
+    app = create_app(settings)
+    request = dict(model="timer", messages=[{"role": "user", "content": "timer 3 minutes"}], max_tokens=48,
+                   temperature=0, response_format={"type": "json_schema",
+                                                   "json_schema": {"name": "timer", "schema": TIMER}})
+    with serving(app, settings.port) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        plain = client.chat.completions.create(**request).choices[0].message.content
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                           client.chat.completions.create(**request, stream=True) if chunk.choices)
+    app.state.expert.close()
+    assert json.loads(plain) == json.loads(streamed)
+    jsonschema.validate(json.loads(plain), TIMER)
+    assert not isinstance(json.loads(plain)["arguments"].get("duration_seconds", 0), str)
