@@ -37,7 +37,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "full-1e-4": {"train": {"method": "full", "learning_rate": 1e-4}},
     "full-2e-5": {"train": {"method": "full", "learning_rate": 2e-5}},
     "system-prompt": {"student": {"system_prompt": None}},
-    "no-derived": {"data": {"derived_numbers": False}},
+    "no-derived": {"data": {"derived_values": False}},
 }
 
 

@@ -100,6 +100,8 @@ class BundleInfo(StrictModel):
     derived_numbers: dict[str, list[int | float]] = Field(
         default_factory=dict, description="JSON number fields the student writes as arithmetic over the request's "
                                           "numbers, with their factors (runtime.derived_numbers)")
+    clock_fields: list[str] = Field(default_factory=list, description="24-hour time keys the student copies as the "
+                                                                      "request writes them (runtime.clock_times)")
     eval: dict[str, Any] = Field(default_factory=dict)
     version: str = "0.1.0"
 

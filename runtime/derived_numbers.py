@@ -7,14 +7,13 @@ bundle may name such fields with the factors its training data showed (`derived_
 {"duration_seconds": [60, 3600, 1]}), learned when the dataset is written (kit.distill.derived_numbers). For
 each request the output schema's number property of that name may then also be a string from an `enum` of
 expressions over the request's own numbers ("5 * 60", "5 * 3600", "1 * 3600 + 30 * 60"), which llama.cpp's
-grammar enforces; `resolve` turns every such string back into the number the schema asks for, so apps,
+grammar enforces; `resolve_value` turns every such string back into the number the schema asks for, so apps,
 the server and the eval see plain JSON. Which number and which factor is still the model's choice.
 Standard library only: the runtime embeds it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from itertools import combinations
 from typing import Any
@@ -125,16 +124,3 @@ def resolve_value(value: Any, fields: dict[str, list[int | float]] | list[str]) 
         return value
     return {key: (evaluate(item) if key in fields and isinstance(item, str) and EXPRESSION.match(item)
                   else resolve_value(item, fields)) for key, item in value.items()}
-
-
-def resolve(text: str, fields: dict[str, list[int | float]] | None) -> str:
-    """The model's JSON answer with its expressions worked out (compact JSON); `text` itself when there is no
-    derived field or it is no JSON."""
-    if not fields:
-        return text
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    resolved = resolve_value(value, fields)
-    return text if resolved == value else json.dumps(resolved, ensure_ascii=False, separators=(",", ":"))

@@ -9,14 +9,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
+from runtime.answer_rules import AnswerRules
 from runtime.backends import Backend, LoadOptions, open_backend
 from runtime.bundle import resolve_bundle
 from runtime.chat_template import render_chat
-from runtime.derived_numbers import resolve
 from runtime.errors import BundleError, OutputError
 from runtime.manifest import Manifest
 from runtime.params import GenerationParams, GenerationStats
-from runtime.request_schema import schema_for_request
 
 Message = dict[str, Any]
 
@@ -32,6 +31,7 @@ class Expert:
         self.path = path
         self.defaults = GenerationParams.from_defaults(manifest.generation)
         self.chat_template = manifest.chat_template or backend.chat_template
+        self.rules = AnswerRules.of(manifest)  # how a task answer is decoded and finished
         self._lock = threading.Lock()
 
     @classmethod
@@ -172,13 +172,12 @@ class Expert:
         return parse_json_output(self.finish(text), schema)
 
     def finish(self, text: str) -> str:
-        """A task answer as apps get it: derived numbers the model wrote as arithmetic worked out."""
-        return resolve(text, self.manifest.derived_numbers)
+        """A task answer as apps get it: arithmetic the model wrote worked out, clock times converted."""
+        return self.rules.finish(text)
 
     def request_schema(self, content: str) -> dict[str, Any] | None:
-        """The bundle's output schema as one request with this text is decoded with (runtime.request_schema)."""
-        return schema_for_request(self.manifest.output_schema, content, self.manifest.copy_fields,
-                              self.manifest.derived_numbers)
+        """The bundle's output schema as one request with this text is decoded with (runtime.answer_rules)."""
+        return self.rules.schema(self.manifest.output_schema, content)
 
     def run_many(self, inputs: list[Any], *, return_exceptions: bool = False, **overrides: Any) -> list[Any]:
         """`run` for every input, up to `parallel` decoded together; answers in input order. An input whose answer

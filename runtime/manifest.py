@@ -52,6 +52,7 @@ class Manifest:
     copy_fields: list[str] = field(default_factory=list)  # JSON keys decoded as spans of the request
     # {JSON key: factors}: numbers the model writes as arithmetic over the request's numbers (derived_numbers)
     derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
+    clock_fields: list[str] = field(default_factory=list)  # 24-hour "HH:MM" keys copied as the request's times
     # {"adapter": file, "base": file, ...}: a LoRA adapter GGUF and the unmerged base it applies to (served
     # several experts to one base by `Expert.load_many` / `kit serve A B`); empty when the bundle has none
     lora_adapter: dict[str, Any] = field(default_factory=dict)

@@ -19,12 +19,11 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.derived_numbers import resolve
+from runtime.answer_rules import AnswerRules
 from runtime.errors import BundleError, ContextLengthError
 from runtime.expert import Expert
 from runtime.params import GenerationParams, GenerationStats
 from runtime.server_api import APIError, ChatCompletionRequest, CompletionRequest, completion_id, error_response, now
-from runtime.request_schema import schema_for_request
 from runtime.server_limits import CountResponses, Metrics, QueueFull, Slots
 
 ROUTES = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics"}
@@ -145,20 +144,18 @@ class Gatekeeper:
 
 def for_bundle_schema(params: GenerationParams, manifest,
                       messages: list) -> tuple[GenerationParams, Callable[[str], str] | None]:
-    """A request for the bundle's own output schema is decoded as `Expert.run` decodes it: copied fields held to
-    the last user message's words, derived numbers offered as arithmetic over its numbers, which the returned
-    `finish` works out in the reply (None when there is nothing to work out). Any other schema is the client's
-    and is left as it is."""
-    if params.json_schema is None or params.json_schema != manifest.output_schema or not (
-            manifest.copy_fields or manifest.derived_numbers):
+    """A request for the bundle's own output schema is decoded as `Expert.run` decodes it (runtime.answer_rules:
+    copied fields held to the last user message's words, derived numbers and clock times offered in the model's
+    own form), and the returned `finish` writes the reply as apps get it (None when it changes nothing). Any
+    other schema is the client's and is left as it is."""
+    rules = AnswerRules.of(manifest)
+    if params.json_schema is None or params.json_schema != manifest.output_schema or not rules:
         return params, None
     user = next((m for m in reversed(messages) if m.role == "user"), None)
     if user is None:
         return params, None
-    text = user.as_template_message()["content"]
-    schema = schema_for_request(params.json_schema, text, manifest.copy_fields, manifest.derived_numbers)
-    derived = manifest.derived_numbers
-    return params.updated(json_schema=schema), ((lambda reply: resolve(reply, derived)) if derived else None)
+    schema = rules.schema(params.json_schema, user.as_template_message()["content"])
+    return params.updated(json_schema=schema), (rules.finish if rules.rewrites_answers else None)
 
 
 def load_experts(settings: ServerSettings) -> dict[str, Expert]:
@@ -292,7 +289,7 @@ class _Reply:
     object: str
     model: str
     generation: Generation
-    finish: Callable[[str], str] | None = None  # works out the whole reply (derived numbers): streamed as one piece
+    finish: Callable[[str], str] | None = None  # writes the whole reply as apps get it: streamed as one piece
 
     def _usage(self) -> dict[str, int]:
         stats = self.generation.stats

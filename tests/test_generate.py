@@ -255,31 +255,33 @@ def test_value_swaps_add_training_rows_without_asking_the_teacher(tmp_path, fake
     assert stats["value_swaps"]["kept"] == len(swapped) and stats["value_swaps"]["per_sample"] == 2
 
 
-def test_numbers_derived_by_a_factor_are_trained_as_arithmetic_and_can_be_turned_off(tmp_path, fake_teacher):
+def test_values_derived_by_a_rule_are_trained_in_the_students_form_and_can_be_turned_off(tmp_path, fake_teacher):
     from datasets import load_from_disk
 
-    from runtime.derived_numbers import resolve
+    from runtime.answer_rules import AnswerRules
 
     teacher = fake_teacher(minutes=True)
     recipe_path = write_recipe(tmp_path, teacher.url, target=8)
     run_dir = RunDir(tmp_path / "run")
     manifest = run(generate_config(load_recipe(recipe_path)), run_dir)
-    fields = json.loads((run_dir.data / "derived_numbers.json").read_text())
-    assert fields["value"][0] == 60 and manifest.outputs["derived_numbers"] == "derived_numbers.json"
-    assert json.loads((run_dir.data / "stats.json").read_text())["derived_numbers"] == fields
+    learned = json.loads((run_dir.data / "derived_values.json").read_text())
+    fields = learned["derived_numbers"]
+    assert fields["value"][0] == 60 and manifest.outputs["derived_values"] == "derived_values.json"
+    assert json.loads((run_dir.data / "stats.json").read_text())["derived_values"] == learned
     data = load_from_disk(str(run_dir.dataset))
     generated = [r for split in ("train", "validation") for r in data[split] if not r["id"].startswith("seed-")]
     for row in generated:
         trained = json.loads(row["messages"][-1]["content"])
         minutes = row["input"].split()[-2]
         assert trained["value"] == f"{minutes} * 60" and json.loads(row["output"])["value"] == int(minutes) * 60
-        assert json.loads(resolve(row["messages"][-1]["content"], fields)) == json.loads(row["output"])
+        assert json.loads(AnswerRules(derived_numbers=fields).finish(row["messages"][-1]["content"])) == \
+            json.loads(row["output"])
     sent = teacher.count
     recipe_path.write_text(recipe_path.read_text().replace("validation_fraction: 0.2",
-                                                           "validation_fraction: 0.2, derived_numbers: false"))
+                                                           "validation_fraction: 0.2, derived_values: false"))
     run(generate_config(load_recipe(recipe_path)), run_dir)
     assert teacher.count == sent  # the same samples, trained as plain numbers: nothing new asked
-    assert json.loads((run_dir.data / "derived_numbers.json").read_text()) == {}
+    assert json.loads((run_dir.data / "derived_values.json").read_text()) == {"derived_numbers": {}, "clock_fields": []}
     plain = load_from_disk(str(run_dir.dataset))["train"]
     assert all(r["messages"][-1]["content"] == r["output"] for r in plain)
 

@@ -90,11 +90,11 @@ def chat(
                 continue
             history.append({"role": "user", "content": line})
             reply = []
-            # a JSON task expert answers each turn as `kit run` would: held to its schema for this request, its
-            # derived numbers worked out (then the reply is printed whole)
+            # a JSON task expert answers each turn as `kit run` would: held to its schema for this request and
+            # finished as apps get it (printed whole when finishing may rewrite it)
             turn = {"json_schema": expert.request_schema(line)} if expert.is_task_expert and \
                 expert.manifest.output_schema is not None and expert.backend.constrains_json else {}
-            whole = bool(turn) and bool(expert.manifest.derived_numbers)
+            whole = bool(turn) and expert.rules.rewrites_answers
             with _user_errors():
                 for piece in expert.stream(system + history, **{**turn, **overrides}):
                     reply.append(piece)

@@ -202,10 +202,11 @@ class DataConfig(StrictModel):
                              "the values the answer copies word for word from the request (names, cities, texts, "
                              "levels, states) exchanged for values the same field holds in other samples, so a "
                              "small student learns to copy them instead of memorizing them; no teacher cost")
-    derived_numbers: bool = Field(True, description="JSON answers: a number field the samples show as a request "
-                                  "number times a constant factor (5 minutes -> 300 seconds) is trained as the "
-                                  "arithmetic (\"5 * 60\"), which the runtime works out; the bundle carries the "
-                                  "factors (runtime.derived_numbers)")
+    derived_values: bool = Field(True, description="JSON answers: a number field the samples show as a request "
+                                 "number times a constant factor (5 minutes -> 300 seconds) is trained as the "
+                                 "arithmetic (\"5 * 60\"), a 24-hour time field as the request's own time "
+                                 "(\"6pm\"); the runtime turns them back (kit.distill.derived_values) and the "
+                                 "bundle carries the rules")
     seed: int = 0
 
 

@@ -16,7 +16,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
-from kit.distill import derived_numbers
+from kit.distill import derived_values
 from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection, build_critic
@@ -53,7 +53,7 @@ VERIFIER_FILES = ("database", "tests_file")  # verifier settings that name a fil
 RUNTIME_ONLY = {"teacher": {"concurrency", "timeout_s", "max_retries", "n_threads", "base_url", "api_key_env",
                             "response_format"},
                 "data": {"target_samples", "batch_size", "validation_fraction", "train_on_seeds", "value_swaps",
-                         "derived_numbers"},
+                         "derived_values"},
                 "critic": {"max_attempts_factor"}}
 
 
@@ -119,22 +119,22 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         stats["round"] = _round_stats(config, store.samples.rows, generation, held_out)
         samples = generation.earlier_rows + store.samples.rows
         swaps, stats["value_swaps"] = await swap_rows(config, critic, samples, seeds, held_out)
-        fields = derived_numbers.learn(samples) \
-            if config.data.derived_numbers and config.output.format == "json" else {}
-        stats["derived_numbers"] = fields
+        learned = derived_values.learn(samples) if config.data.derived_values and config.output.format == "json" \
+            else derived_values.read(None)
+        stats["derived_values"] = learned
         atomic_write_json(folder / STATS, stats)
-        derived_numbers.write(folder, fields)
+        derived_values.write(folder, learned)
         split = write_dataset(samples, run_dir.dataset,
                               system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
                               extra_train=seeds + swaps, held_out=held_out,
-                              answer=lambda text, output: derived_numbers.student_answer(text, output, fields))
+                              answer=lambda text, output: derived_values.student_answer(text, output, learned))
     finally:
         for client in {id(c): c for c in [teacher, *judges]}.values():
             await client.aclose()
         store.close()
     outputs = {"samples": "samples.jsonl", "rejected": "rejected.jsonl", "stats": STATS, "dataset": "dataset",
-               "derived_numbers": derived_numbers.FILE}
+               "derived_values": derived_values.FILE}
     if config.round.holds_out_probes:
         outputs["probes"] = PROBES
     manifest = plan.manifest(STAGE, outputs=outputs,

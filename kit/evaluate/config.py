@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -32,8 +32,9 @@ class Target(StrictModel):
     name: str  # e.g. "base", "teacher", "merged", "gguf-Q4_K_M", "onnx-int8"
     kind: Literal["hf", "gguf", "onnx", "onnx-genai", "teacher"]
     path: str = ""
-    # number fields a trained student writes as arithmetic, worked out before scoring (runtime.derived_numbers)
-    derived_numbers: dict[str, list[int | float]] = Field(default_factory=dict)
+    # a trained student's derived values ({"derived_numbers": ..., "clock_fields": ...}): the forms it writes
+    # them in are offered while decoding and turned back before scoring (runtime.answer_rules)
+    derived: dict[str, Any] = Field(default_factory=dict)
 
 
 class EvaluateConfig(StrictModel):

@@ -25,7 +25,7 @@ from kit.core.dataset import dataset_fingerprint, load_dataset_dict
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
-from kit.distill import derived_numbers
+from kit.distill import derived_values
 from kit.distill.generate import PROBES
 from kit.distill.sample_store import read_jsonl
 from kit.evaluate.config import EvaluateConfig
@@ -35,8 +35,7 @@ from kit.models.base_model import resolve_base
 from kit.models.gguf_tokenizer import read_gguf_metadata
 from runtime.backends.base import default_threads
 from runtime.backends.batch_engine import BatchEngine, BatchingUnsupported
-from runtime.derived_numbers import resolve
-from runtime.request_schema import schema_for_request
+from runtime.answer_rules import AnswerRules
 from trainers.model import load_tokenizer
 
 STAGE = "probe"
@@ -94,8 +93,8 @@ def _probe(config: ProbeConfig, run_dir: RunDir, plan: StagePlan, threads: int |
     console.print(f"[bold]probe[/bold] round {config.number}/{config.of}: the student answers {len(probes)} probes "
                   f"and {len(validation)} validation cases ...")
     run_dir.probe.mkdir(parents=True, exist_ok=True)
-    derived = derived_numbers.read(run_dir.data)
-    texts = [resolve(text, derived) for text in student_answers(
+    derived = derived_values.read(run_dir.data)
+    texts = [AnswerRules.of(derived).finish(text) for text in student_answers(
         config.evaluate, run_dir.adapter, [c["input"] for c in cases], run_dir.probe, threads, derived)]
     marks = [score(config.evaluate, [case], [text]) for case, text in zip(cases, texts)]
     metric = primary_metric(marks[0]) if marks else "exact_match"
@@ -123,11 +122,11 @@ def _probe(config: ProbeConfig, run_dir: RunDir, plan: StagePlan, threads: int |
 
 
 def student_answers(config: EvaluateConfig, adapter: Path, inputs: list[str], workdir: Path,
-                    threads: int | None = None, derived: dict[str, list[int | float]] | None = None) -> list[str]:
+                    threads: int | None = None, derived: dict[str, Any] | None = None) -> list[str]:
     """Greedy answers of base + adapter to each input, with the student's system prompt. A student that ships as a
     GGUF answers as it will ship: merged, converted to F16 with llama.cpp's converter and decoded in batches by
     llama.cpp with the output schema's grammar (an unconstrained answer could fail where the shipped one cannot;
-    `derived` number fields offered as arithmetic, left for the caller to work out); any other student answers
+    the `derived` values offered in the student's own form, left for the caller to turn back); any other student answers
     through transformers."""
     if not inputs:
         return []
@@ -142,7 +141,7 @@ def student_answers(config: EvaluateConfig, adapter: Path, inputs: list[str], wo
 
 
 def _gguf_answers(config: EvaluateConfig, base, adapter: Path, conversations: list, workdir: Path,
-                  threads: int | None, derived: dict[str, list[int | float]] | None = None) -> list[str] | None:
+                  threads: int | None, derived: dict[str, Any] | None = None) -> list[str] | None:
     """None when the GGUF has no chat template llama.cpp can batch with."""
     merged, gguf = workdir / "merged", workdir / "student-F16.gguf"
     try:
@@ -159,8 +158,8 @@ def _gguf_answers(config: EvaluateConfig, base, adapter: Path, conversations: li
     try:
         params = {"temperature": 0.0, "max_tokens": config.eval.max_new_tokens}
         schema = config.output.resolved_schema() if config.output.format == "json" else None
-        fields = config.critic.copied_fields
-        futures = [engine.submit(messages, schema_for_request(schema, messages[-1]["content"], fields, derived), params)
+        rules = AnswerRules.of({**(derived or {}), "copy_fields": config.critic.copied_fields})
+        futures = [engine.submit(messages, rules.schema(schema, messages[-1]["content"]), params)
                    for messages in conversations]
         return [future.result()[0] for future in futures]
     finally:

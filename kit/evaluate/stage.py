@@ -22,7 +22,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
-from kit.distill import derived_numbers
+from kit.distill import derived_values
 from kit.distill.config import PythonVerifier, SqlVerifier
 from kit.distill.critic.sql import SqlError, run_query
 from kit.distill.sandbox import run_python
@@ -60,7 +60,8 @@ def default_targets(config: EvaluateConfig, run: RunDir) -> list[Target]:
     if config.include_teacher:
         targets.append(Target(name="teacher", kind="teacher"))
     exported = read_stage_manifest(run.export)
-    trained = {"derived_numbers": derived_numbers.read(run.data)}  # answers as the student learned to write them
+    learned = derived_values.read(run.data)  # answers as the student learned to write them
+    trained = {"derived": {k: v for k, v in learned.items() if v}}
     if exported is not None:
         for key, rel in exported.outputs.items():
             if key == "merged" and config.eval.merged:
@@ -96,10 +97,11 @@ def predict(config: EvaluateConfig, target: Target, cases: list[dict[str, Any]],
             fewshot += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     spec = {"kind": target.kind, "path": target.path, "backend": target.kind, "inputs": [c["input"] for c in cases],
             "system_prompt": system_prompt, "fewshot": fewshot, "schema": schema,
-            "copy_fields": config.critic.copied_fields, "derived_numbers": target.derived_numbers,
+            "copy_fields": config.critic.copied_fields,
             "max_new_tokens": config.eval.max_new_tokens, "threads": threads,
             "latency_cases": config.eval.latency_cases, "batch": config.eval.batch,
             "teacher": config.teacher.model_dump(mode="json") if target.kind == "teacher" else None}
+    spec |= target.derived  # only when there are some: the other targets' cached predictions keep their keys
     cache = PredictionCache(cache_dir, target.name, spec, target) if cache_dir is not None else None
     if cache is not None and (hit := cache.get()) is not None:
         console.print(f"  {target.name}: same model and prompts as last time, predictions reused")

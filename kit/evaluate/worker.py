@@ -14,12 +14,11 @@ from typing import Any
 from kit.distill.config import TeacherConfig
 from kit.distill.teachers import make_teacher
 from runtime import Expert
+from runtime.answer_rules import AnswerRules
 from runtime.backends.base import default_threads
 from runtime.backends.batch_engine import BatchEngine, BatchingUnsupported
-from runtime.derived_numbers import resolve
 from runtime.memory import peak_rss_mb
 from runtime.params import GenerationStats
-from runtime.request_schema import schema_for_request
 
 
 def _messages(spec: dict[str, Any], case_input: str) -> list[dict[str, str]]:
@@ -29,10 +28,9 @@ def _messages(spec: dict[str, Any], case_input: str) -> list[dict[str, str]]:
 
 
 def case_schema(spec: dict[str, Any], case_input: str) -> dict[str, Any] | None:
-    """The output schema for one case as the runtime decodes it: copied fields held to the case's own words,
-    derived numbers offered as arithmetic over its numbers (a trained student's only)."""
-    return schema_for_request(spec.get("schema"), case_input, spec.get("copy_fields", []),
-                              spec.get("derived_numbers"))
+    """The output schema for one case as the runtime decodes it (runtime.answer_rules): copied fields held to
+    the case's own words; a trained student's derived numbers and clock times offered in its own form."""
+    return AnswerRules.of(spec).schema(spec.get("schema"), case_input)
 
 
 def predict_expert(spec: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +188,9 @@ def main(spec_path: str, out_path: str) -> None:
     produced = PREDICTORS[spec["kind"]](spec)
     if isinstance(produced, list):  # the teacher: every case in parallel requests, no single-request timing
         produced = {"rows": produced, "peak_rss_mb": peak_rss_mb(), "parallel": spec["teacher"].get("concurrency", 1)}
-    for row in produced["rows"] + produced.get("timed", []):  # derived numbers worked out, as the runtime does
-        row["text"] = resolve(row["text"], spec.get("derived_numbers"))
+    rules = AnswerRules.of(spec)
+    for row in produced["rows"] + produced.get("timed", []):  # finished as the runtime finishes an answer
+        row["text"] = rules.finish(row["text"])
     result = {"parallel": 1, **produced, "wall_s": time.perf_counter() - started}
     Path(out_path).write_text(json.dumps(result))
 

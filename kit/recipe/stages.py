@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from export.config import BundleInfo, ExportStageConfig
 from kit.core.run_dir import RunDir
-from kit.distill import derived_numbers
+from kit.distill import derived_values
 from kit.distill.config import GenerateConfig, OutputConfig, RoundConfig
 from kit.evaluate.config import EvaluateConfig, Target
 from kit.evaluate.probe import FAILURES, ProbeConfig
@@ -55,12 +55,12 @@ def probe_config(recipe: Recipe, run: RunDir, number: int) -> ProbeConfig:
 
 
 def bundle_info(recipe: Recipe, run: RunDir | None = None, evals: dict | None = None) -> BundleInfo:
-    """The bundle as the recipe describes it, with the derived number fields the run's data stage learned."""
+    """The bundle as the recipe describes it, with the derived values the run's data stage learned."""
     return BundleInfo(name=recipe.task.name, task=recipe.task.description,
                       system_prompt=recipe.student_system_prompt, output_format=recipe.output.format,
                       output_schema=recipe.output.resolved_schema(), eval=evals or {},
                       copy_fields=recipe.critic.copied_fields,
-                      derived_numbers=derived_numbers.read(run.data if run is not None else None))
+                      **derived_values.read(run.data if run is not None else None))
 
 
 def export_config(recipe: Recipe, run: RunDir) -> ExportStageConfig:

@@ -1,5 +1,6 @@
-"""Derived numbers (runtime/derived_numbers.py, kit/distill/derived_numbers.py): a number the answer computes from
-a request number by a constant factor is trained and decoded as the arithmetic, and worked out by the runtime."""
+"""Derived values (kit/distill/derived_values.py, runtime/derived_numbers.py, runtime/clock_times.py,
+runtime/answer_rules.py): a number the answer computes from a request number by a constant factor is trained and
+decoded as the arithmetic, a 24-hour time as the request's own time, and the runtime turns both back."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import json
 import jsonschema
 import pytest
 
-from kit.distill import derived_numbers as learned
+from kit.distill import derived_values as learned
 from kit.distill.sample_store import write_dataset
 from runtime import Expert
-from runtime.derived_numbers import derived_schema, evaluate, expressions, request_numbers, resolve
+from runtime.answer_rules import AnswerRules
+from runtime.clock_times import clock_schema, clock_spans, to_24h
+from runtime.derived_numbers import derived_schema, evaluate, expressions, request_numbers
 from runtime.manifest import GenerationDefaults
 
 TIMER = {"type": "object", "properties": {
@@ -48,27 +51,34 @@ def test_expressions_cover_one_term_and_ordered_sums_and_evaluate_back():
     assert evaluate("1 * 3600 + 30 * 60") == 5400 and evaluate("1.5 * 60") == 90 and evaluate("45") == 45
 
 
+def resolve(text: str, fields: dict) -> str:
+    return AnswerRules(derived_numbers=fields).finish(text)
+
+
 def test_fields_and_factors_are_learned_from_the_samples_only_where_a_factor_repeats():
-    fields = learned.learn(SAMPLES)
+    fields = learned.learn(SAMPLES + [timer("timer 3 hours", 10800)])["derived_numbers"]
     assert set(fields) == {"duration_seconds"}  # the volume level is copied (factor 1 only): not derived
     assert fields["duration_seconds"][0] == 60 and set(fields["duration_seconds"]) == {60, 1, 3600}
-    assert learned.learn([timer("set a timer for 5 minutes", 300)]) == {}  # one sample shows no rule
+    slip = learned.learn(SAMPLES + [timer("timer 4 hours", 24000)])["derived_numbers"]["duration_seconds"]
+    assert 6000 not in slip and 3600 not in slip  # a factor one sample shows is no rule (here a teacher's slip)
+    assert learned.learn([timer("set a timer for 5 minutes", 300)])["derived_numbers"] == {}
 
 
 def test_training_answers_write_the_arithmetic_and_keep_everything_else():
-    fields = learned.learn(SAMPLES)
-    rewritten = {s["input"]: json.loads(learned.student_answer(s["input"], s["output"], fields)) for s in SAMPLES}
+    rules = learned.learn(SAMPLES + [timer("timer 3 hours", 10800)])
+    fields = rules["derived_numbers"]
+    rewritten = {s["input"]: json.loads(learned.student_answer(s["input"], s["output"], rules)) for s in SAMPLES}
     assert rewritten["set a timer for 5 minutes"]["arguments"]["duration_seconds"] == "5 * 60"
     assert rewritten["a 2 hour timer"]["arguments"]["duration_seconds"] == "2 * 3600"
     assert rewritten["countdown 45 seconds"]["arguments"]["duration_seconds"] == "45"
     assert rewritten["volume to 30"] == {"tool": "set_volume", "arguments": {"level": 30}}
     both = timer("timer 1 hour 30 minutes", 5400)
-    assert json.loads(learned.student_answer(both["input"], both["output"], fields))["arguments"] == \
+    assert json.loads(learned.student_answer(both["input"], both["output"], rules))["arguments"] == \
         {"duration_seconds": "1 * 3600 + 30 * 60"}
     odd = timer("timer for a while", 600)  # no number in the request to derive it from: the number stays
-    assert learned.student_answer(odd["input"], odd["output"], fields) == odd["output"]
+    assert learned.student_answer(odd["input"], odd["output"], rules) == odd["output"]
     for s in SAMPLES:  # and the runtime works every training answer back to the teacher's label
-        assert json.loads(resolve(learned.student_answer(s["input"], s["output"], fields), fields)) == \
+        assert json.loads(resolve(learned.student_answer(s["input"], s["output"], rules), fields)) == \
             json.loads(s["output"])
 
 
@@ -76,6 +86,7 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     from datasets import load_from_disk
 
     fields = learned.learn(SAMPLES)
+    assert fields["derived_numbers"] and not fields["clock_fields"]
     write_dataset(SAMPLES, tmp_path / "dataset", system_prompt="route", validation_fraction=0.2, seed=0,
                   answer=lambda text, output: learned.student_answer(text, output, fields))
     data = load_from_disk(str(tmp_path / "dataset"))
@@ -83,7 +94,8 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
     learned.write(tmp_path, fields)
-    assert learned.read(tmp_path) == fields and learned.read(tmp_path / "nothing") == {}
+    assert learned.read(tmp_path) == fields
+    assert learned.read(tmp_path / "nothing") == {"derived_numbers": {}, "clock_fields": []}
 
 
 def test_the_request_schema_offers_expressions_over_its_own_numbers():
@@ -107,10 +119,46 @@ def test_resolve_works_out_only_the_derived_fields():
 def test_each_eval_case_is_decoded_with_its_own_expressions():
     from kit.evaluate.worker import case_schema
 
-    spec = {"schema": TIMER, "derived_numbers": {"duration_seconds": [60]}}
+    spec = {"schema": TIMER, "derived_numbers": {"duration_seconds": [60]}, "clock_fields": ["time"]}
     enum = case_schema(spec, "timer 9 minutes")["properties"]["arguments"]["properties"]["duration_seconds"]["anyOf"][0]
     assert enum["enum"] == ["9 * 60"]
     assert case_schema({"schema": TIMER}, "timer 9 minutes") is TIMER  # the base student and the teacher: plain
+
+
+ALARM = {"type": "object", "properties": {"time": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+                                         "label": {"type": "string"}}, "required": ["time"]}
+
+
+def alarm(text: str, time: str) -> dict:
+    return sample(text, {"time": time})
+
+
+def test_clock_spans_are_the_times_a_request_writes_and_convert_to_24_hours():
+    text = "alarm at 6pm, 10:45 p.m., 7.30 am, 9:30, 8 o'clock or noon; not 2026-05-04, v2 or 25:00"
+    assert clock_spans(text) == ["6pm", "10:45 p.m.", "7.30 am", "9:30", "8 o'clock", "noon"]
+    assert [to_24h(s) for s in clock_spans(text)] == ["18:00", "22:45", "07:30", "09:30", "08:00", "12:00"]
+    assert to_24h("12am") == "00:00" and to_24h("12:15 PM") == "12:15" and to_24h("13pm") is None
+
+
+def test_a_time_field_taken_from_the_requests_times_is_learned_and_trained_as_written():
+    samples = [alarm("wake me at 6:15 am", "06:15"), alarm("alarm for 11pm", "23:00"), alarm("alarm 7", "19:00"),
+               alarm("alarm at 9:30 for the bus", "09:30"), sample("weather at 5pm", {"time": "later"})]
+    rules = learned.learn(samples)
+    assert rules["clock_fields"] == ["time"] and rules["derived_numbers"] == {}
+    trained = [json.loads(learned.student_answer(s["input"], s["output"], rules))["time"] for s in samples]
+    assert trained == ["6:15 am", "11pm", "19:00", "9:30", "later"]  # no time in "alarm 7": the label stays
+    assert learned.learn(samples[:1])["clock_fields"] == []  # one sample shows no rule
+    finish = AnswerRules(clock_fields=("time",)).finish
+    assert [json.loads(finish(learned.student_answer(s["input"], s["output"], rules))) for s in samples] == \
+        [json.loads(s["output"]) for s in samples]
+
+
+def test_the_request_schema_offers_the_requests_own_times():
+    offered = clock_schema(ALARM, ["time"], "alarm for 10:45 pm")["properties"]["time"]["anyOf"]
+    assert offered == [{"type": "string", "enum": ["10:45 pm"]}, ALARM["properties"]["time"]]
+    assert clock_schema(ALARM, ["time"], "alarm please") is ALARM
+    both = AnswerRules(("label",), {}, ("time",)).schema(ALARM, "alarm 6pm gym")["properties"]
+    assert both["time"]["anyOf"][0]["enum"] == ["6pm"] and "gym" in both["label"]["enum"]
 
 
 def _timer_bundle(write_bundle, store_gguf, folder):
@@ -158,3 +206,15 @@ def test_the_server_works_out_derived_numbers_in_plain_and_streamed_replies(stor
     assert json.loads(plain) == json.loads(streamed)
     jsonschema.validate(json.loads(plain), TIMER)
     assert not isinstance(json.loads(plain)["arguments"].get("duration_seconds", 0), str)
+
+
+def test_an_alarm_expert_answers_24_hour_times(store_gguf, write_bundle, tmp_path):
+    bundle = write_bundle(tmp_path / "alarm", [(store_gguf, "gguf", "Q4_1")], name="alarm", output_format="json",
+                          output_schema=ALARM, clock_fields=["time"],
+                          system_prompt="Set an alarm: answer JSON with the time.",
+                          generation=GenerationDefaults(max_tokens=32, temperature=0.0))
+    with Expert.load(bundle, n_ctx=512) as expert:
+        jsonschema.validate(expert.run("wake me at 4:15pm"), ALARM)  # span or HH:MM, it comes back as HH:MM
+        only = {**ALARM, "properties": {"time": {"type": "string", "enum": ["4:15pm"]}}}
+        text = expert.chat([{"role": "user", "content": "wake me at 4:15pm"}], json_schema=only)
+        assert json.loads(expert.finish(text))["time"] == "16:15"

@@ -1,0 +1,178 @@
+"""Values the answer derives from the request by a rule the runtime can apply, learned from the accepted
+samples, and the training answers that write them in the model's own form (runtime.answer_rules).
+
+- Derived numbers: a JSON number field is derived when at least `MIN_SUPPORT` samples (and a tenth of those
+  holding the field) show it as a number of the request times the same factor other than 1 ("5 minutes" -> 300:
+  factor 60). Its factors are those at least `MIN_SUPPORT` samples show (1 included, for "45 seconds" -> 45;
+  a factor one sample shows is as likely a teacher's slip: "3 hours" -> 18000), most common first, at most
+  `MAX_FACTORS`. The training answer writes the arithmetic
+  ("5 * 60", "1 * 3600 + 30 * 60").
+- Clock fields: a string field holding 24-hour "HH:MM" times is a clock field when at least `MIN_SUPPORT`
+  samples, and half of those holding such a time there, take it from a time the request writes its own way
+  ("6pm" -> "18:00", "9:30" -> "09:30"). The training answer copies the request's time as written.
+
+The runtime offers those forms per request and turns them back into the teacher's (runtime.derived_numbers,
+runtime.clock_times); the teacher's answers, the `output` column and every score stay as the schema asks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from itertools import combinations, product
+from pathlib import Path
+from typing import Any, Iterator
+
+from kit.core.files import atomic_write_json
+from runtime.clock_times import HH_MM, clock_spans, to_24h
+from runtime.derived_numbers import request_numbers, term
+
+FILE = "derived_values.json"
+MIN_SUPPORT = 2
+MIN_SHARE = 0.1
+MAX_FACTORS = 6
+
+
+def _numbers_by_key(value: Any) -> Iterator[tuple[str, int | float]]:
+    """(key, number) for every number under a key of an object, at any depth."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _numbers_by_key(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                yield key, item
+            else:
+                yield from _numbers_by_key(item)
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def learn(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"derived_numbers": {field: factors}, "clock_fields": [field, ...]} for `samples` (rows with `input` and
+    JSON `output` text); empty parts when no rule holds."""
+    return {"derived_numbers": learn_numbers(samples), "clock_fields": learn_clock_fields(samples)}
+
+
+def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]:
+    """{field: factors} for the derived number fields of `samples`."""
+    support: dict[str, Counter] = defaultdict(Counter)
+    holding: Counter = Counter()
+    for sample in samples:
+        answer = _parsed(sample.get("output"))
+        if answer is None:
+            continue
+        numbers = [n for n in request_numbers(str(sample.get("input", ""))) if n > 0]
+        for key, value in _numbers_by_key(answer):
+            holding[key] += 1
+            factors = {_whole(value / n) for n in numbers if value > 0}
+            for factor in factors - {None}:
+                support[key][factor] += 1
+    fields = {}
+    for key, counts in support.items():
+        floor = max(MIN_SUPPORT, MIN_SHARE * holding[key])
+        factors = [f for f, count in counts.most_common(MAX_FACTORS) if count >= MIN_SUPPORT]
+        if any(f != 1 and counts[f] >= floor for f in factors):
+            fields[key] = factors
+    return dict(sorted(fields.items()))
+
+
+def _strings_by_key(value: Any) -> Iterator[tuple[str, str]]:
+    """(key, string) for every string under a key of an object, at any depth."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _strings_by_key(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str):
+                yield key, item
+            else:
+                yield from _strings_by_key(item)
+
+
+def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
+    """The string fields of `samples` whose "HH:MM" times are the request's own times, converted."""
+    support: Counter = Counter()
+    holding: Counter = Counter()
+    for sample in samples:
+        answer = _parsed(sample.get("output"))
+        if answer is None:
+            continue
+        times = {to_24h(span) for span in clock_spans(str(sample.get("input", "")))}
+        for key, value in _strings_by_key(answer):
+            if HH_MM.match(value):
+                holding[key] += 1
+                support[key] += value in times
+    return sorted(key for key, count in support.items() if count >= max(MIN_SUPPORT, holding[key] / 2))
+
+
+def _whole(ratio: float) -> int | None:
+    """A factor: a whole number of at least 1 (a ratio within rounding of one)."""
+    nearest = round(ratio)
+    return int(nearest) if nearest >= 1 and abs(ratio - nearest) < 1e-9 * max(1.0, ratio) else None
+
+
+def expression_for(value: int | float, numbers: list[int | float], factors: list[int | float]) -> str | None:
+    """The first expression over the request's numbers that makes `value`: one term (factors in order of
+    support), else two terms over two numbers in their request order; None when none does."""
+    for number, factor in product(numbers, factors):
+        if abs(number * factor - value) < 1e-9:
+            return term(number, factor)
+    for (a, b), (fa, fb) in product(combinations(numbers, 2), product(factors, factors)):
+        if not (fa == 1 and fb == 1) and abs(a * fa + b * fb - value) < 1e-9:
+            return f"{term(a, fa)} + {term(b, fb)}"
+    return None
+
+
+def student_answer(input_text: str, output: str, learned: dict[str, Any]) -> str:
+    """The training answer: `output` with each derived number it can explain written as its expression and each
+    clock time the request writes copied as written (the answer as it was when nothing changes)."""
+    answer = _parsed(output)
+    numbers = learned.get("derived_numbers") or {}
+    clock = set(learned.get("clock_fields") or ())
+    if answer is None or not (numbers or clock):
+        return output
+    spans = {to_24h(span): span for span in reversed(clock_spans(input_text))} if clock else {}
+    rewritten = _rewrite(answer, numbers, request_numbers(input_text) if numbers else [], clock, spans)
+    if rewritten == answer:
+        return output
+    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":"))
+
+
+def _rewrite(value: Any, numbers: dict[str, list[int | float]], request: list[int | float], clock: set[str],
+             spans: dict[str | None, str]) -> Any:
+    if isinstance(value, list):
+        return [_rewrite(item, numbers, request, clock, spans) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key in numbers and request and isinstance(item, (int, float)) and not isinstance(item, bool):
+            out[key] = expression_for(item, request, numbers[key]) or item
+        elif key in clock and isinstance(item, str):
+            out[key] = spans.get(item, item)  # the first time written in the request that converts to it
+        else:
+            out[key] = _rewrite(item, numbers, request, clock, spans)
+    return out
+
+
+def write(folder: Path, learned: dict[str, Any]) -> Path:
+    return atomic_write_json(folder / FILE, learned)
+
+
+def read(folder: Path | None) -> dict[str, Any]:
+    """{"derived_numbers": ..., "clock_fields": ...} as a data stage wrote them into `folder` (empty when it
+    wrote none)."""
+    empty: dict[str, Any] = {"derived_numbers": {}, "clock_fields": []}
+    if folder is None:
+        return empty
+    try:
+        data = json.loads((Path(folder) / FILE).read_text())
+    except (OSError, ValueError):
+        return empty
+    return {**empty, **data} if isinstance(data, dict) else empty

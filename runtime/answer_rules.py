@@ -1,0 +1,60 @@
+"""How one request of a JSON task expert is decoded and finished, by the rules its bundle carries:
+
+- copied fields (runtime.copy_fields): names, cities, texts are held to the request's own words;
+- derived numbers (runtime.derived_numbers): a number made from a request number by a constant factor may be
+  written as the arithmetic ("5 * 60"), worked out afterwards;
+- clock fields (runtime.clock_times): a 24-hour time may be copied as the request writes it ("6pm"), converted
+  afterwards.
+
+`Expert.run`, `kit chat`, the server (for the bundle's own schema), the eval and the probe all decode and finish
+answers this way, so every score is what an app gets. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import clock_times, derived_numbers
+from runtime.copy_fields import copy_schema
+
+
+@dataclass(frozen=True)
+class AnswerRules:
+    copy_fields: tuple[str, ...] = ()
+    derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
+    clock_fields: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, source: Any) -> "AnswerRules":
+        """The rules of a manifest (or any object / dict with those attributes / keys)."""
+        get = source.get if isinstance(source, dict) else (lambda key, default: getattr(source, key, default))
+        return cls(tuple(get("copy_fields", ()) or ()), dict(get("derived_numbers", {}) or {}),
+                   tuple(get("clock_fields", ()) or ()))
+
+    @property
+    def rewrites_answers(self) -> bool:
+        """Whether `finish` may change an answer (the model writes some values in a form of its own)."""
+        return bool(self.derived_numbers or self.clock_fields)
+
+    def __bool__(self) -> bool:
+        return bool(self.copy_fields or self.rewrites_answers)
+
+    def schema(self, schema: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
+        """`schema` as a request whose text is `text` is decoded with (the schema itself when nothing applies)."""
+        schema = copy_schema(schema, self.copy_fields, text)
+        schema = derived_numbers.derived_schema(schema, self.derived_numbers, text)
+        return clock_times.clock_schema(schema, self.clock_fields, text)
+
+    def finish(self, text: str) -> str:
+        """The model's JSON answer with its arithmetic worked out and its clock spans converted (compact JSON);
+        `text` itself when nothing changes or it is no JSON."""
+        if not self.rewrites_answers:
+            return text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        done = clock_times.resolve_value(derived_numbers.resolve_value(value, self.derived_numbers), self.clock_fields)
+        return text if done == value else json.dumps(done, ensure_ascii=False, separators=(",", ":"))

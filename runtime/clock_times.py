@@ -1,0 +1,88 @@
+"""Clock times: a 24-hour "HH:MM" value the answer takes from a time the request writes its own way ("6pm",
+"10:45 p.m.", "9:30", "8 o'clock", "noon") is copied by the model as written and converted by the runtime.
+
+A small model copies a span well and converts "4:15pm" to "16:15" badly. So a bundle may name such fields
+(`clock_fields` in its manifest, learned from the training data by kit.distill.derived_values); for each request
+the output schema's string property of that name may then also be one of the request's clock spans (an `enum`
+llama.cpp's grammar enforces), and `resolve_value` turns a span back into "HH:MM". Standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_MERIDIEM = r"(?P<meridiem>[ap])\.?\s?m\.?(?![\w])"
+CLOCK = re.compile(
+    r"(?<![\w:./-])(?:"
+    rf"(?P<h1>\d{{1,2}})(?:[:.](?P<m1>\d{{2}}))?\s?{_MERIDIEM}"  # 6pm, 4:15pm, 10:45 p.m., 7.30 am
+    r"|(?P<h2>\d{1,2}):(?P<m2>\d{2})(?![\d:])"                  # 9:30, 18:45
+    r"|(?P<h3>\d{1,2})\s?o'?clock\b"                            # 8 o'clock
+    r"|(?P<word>noon|midday|midnight)\b)",
+    re.IGNORECASE)
+HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def to_24h(span: str) -> str | None:
+    """"HH:MM" for a clock span as a request writes it; None when it is no valid time of day."""
+    match = CLOCK.fullmatch(span.strip())
+    if match is None:
+        return None
+    if match["word"]:
+        return "00:00" if match["word"].lower() == "midnight" else "12:00"
+    hour = int(match["h1"] or match["h2"] or match["h3"])
+    minute = int(match["m1"] or match["m2"] or 0)
+    if match["meridiem"]:
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if match["meridiem"].lower() == "p" else 0)
+    if hour > 23 or minute > 59:
+        return None
+    return f"{hour:02d}:{minute:02d}"
+
+
+def clock_spans(text: str) -> list[str]:
+    """The times of day `text` writes, as written, in order, each once (only those that are valid times)."""
+    return list(dict.fromkeys(m.group(0) for m in CLOCK.finditer(text) if to_24h(m.group(0)) is not None))
+
+
+def clock_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ...], text: str) -> dict[str, Any] | None:
+    """`schema` where each string property named in `fields` may also be one of the clock spans of `text` (the
+    schema itself when there is nothing to offer)."""
+    if schema is None or not fields:
+        return schema
+    spans = clock_spans(text)
+    if not spans:
+        return schema
+    return _offered(schema, set(fields), spans)
+
+
+def _with_spans(prop: Any, spans: list[str]) -> Any:
+    if not isinstance(prop, dict) or prop.get("type") != "string" or "enum" in prop or "const" in prop:
+        return prop
+    return {"anyOf": [{"type": "string", "enum": spans}, prop]}
+
+
+def _offered(node: Any, fields: set[str], spans: list[str]) -> Any:
+    if isinstance(node, list):
+        return [_offered(item, fields, spans) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: (_with_spans(prop, spans) if name in fields else _offered(prop, fields, spans))
+                        for name, prop in value.items()}
+        else:
+            out[key] = _offered(value, fields, spans)
+    return out
+
+
+def resolve_value(value: Any, fields: list[str] | tuple[str, ...] | set[str]) -> Any:
+    """`value` (parsed JSON) with every clock span under a field of `fields` written as "HH:MM"."""
+    if isinstance(value, list):
+        return [resolve_value(item, fields) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {key: ((to_24h(item) or item) if key in fields and isinstance(item, str) else resolve_value(item, fields))
+            for key, item in value.items()}
