@@ -18,6 +18,8 @@ import re
 from itertools import combinations
 from typing import Any
 
+from runtime.clock_times import CLOCK, to_24h
+
 MAX_NUMBERS = 6  # request numbers offered to the expressions (the first ones, in order)
 MAX_EXPRESSIONS = 400  # above this, sums of two terms are left out of the enum
 
@@ -34,10 +36,13 @@ EXPRESSION = re.compile(rf"^\s*{_TERM}(?:\s*\+\s*{_TERM})*\s*$")
 
 
 def request_numbers(text: str) -> list[int | float]:
-    """The numbers a request writes, as digits or as words (one .. ninety), in order, each once."""
+    """The numbers a request writes, as digits or as words (one .. ninety), in order, each once; not the hours
+    and minutes of a time of day ("6pm", "10:45 p.m.": runtime.clock_times)."""
+    times = [m.span() for m in CLOCK.finditer(text) if to_24h(m.group(0)) is not None]
     found: list[tuple[int, int | float]] = []
     for match in _NUMBER.finditer(text):
-        found.append((match.start(), _number(match.group(1))))
+        if not any(start <= match.start() < end for start, end in times):
+            found.append((match.start(), _number(match.group(1))))
     for match in _WORD.finditer(text):
         found.append((match.start(), _WORDS[match.group(1).lower()]))
     out: list[int | float] = []

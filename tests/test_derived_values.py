@@ -42,6 +42,7 @@ def test_request_numbers_are_digits_and_words_but_not_times_dates_or_parts_of_wo
     assert request_numbers("timer 1 hour 30 minutes, one more, 5min, 1.5 hours") == [1, 30, 5, 1.5]
     assert request_numbers("alarm at 10:45 on 2026-05-04 for v2") == []
     assert request_numbers("a 10-minute timer and twenty seconds") == [10, 20]
+    assert request_numbers("a 5 minute timer at 6pm, then at 7:30 p.m.") == [5]  # times of day are no quantities
 
 
 def test_expressions_cover_one_term_and_ordered_sums_and_evaluate_back():

@@ -62,3 +62,23 @@ def test_runtime_generates_with_onnxruntime_genai_and_holds_the_schema(genai_exp
     with Expert.load(root / "export" / "genai-fp32") as bare:  # a bare builder folder loads as onnx-genai
         assert bare.backend.name == "onnx-genai"
         assert bare.complete(PROMPT, max_tokens=6, stop=["zzz"])
+
+
+def test_guidance_holds_derived_values_to_the_requests_own_forms(genai_export):
+    """A bundle's derived numbers and clock times reach onnxruntime-genai's guidance as an anyOf of the request's
+    own expressions / times and the schema's type; whichever the model takes, the app gets the schema's form."""
+    from runtime.answer_rules import AnswerRules
+    from runtime.expert import Expert
+
+    root, _ = genai_export
+    schema = {"type": "object", "properties": {"seconds": {"type": "integer", "minimum": 1},
+                                               "time": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"}},
+              "required": ["seconds", "time"], "additionalProperties": False}
+    with Expert.load(root / "bundle", backend="onnx-genai") as expert:
+        expert.manifest.output_schema = schema
+        expert.rules = AnswerRules(derived_numbers={"seconds": [60, 1]}, clock_fields=("time",))
+        offered = expert.request_schema("timer 3 minutes at 6pm")["properties"]
+        assert offered["seconds"]["anyOf"][0]["enum"] == ["3 * 60", "3"]
+        assert offered["time"]["anyOf"][0]["enum"] == ["6pm"]
+        for request in ("timer 3 minutes at 6pm", "at 10:45 pm a 2 minute timer"):
+            jsonschema.validate(expert.run(request, max_tokens=96), schema)
