@@ -10,7 +10,9 @@ llama.cpp's grammar enforces), and `resolve_value` turns a span back into "HH:MM
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Collection
+
+from runtime.json_fields import with_named_properties, with_named_values
 
 _MERIDIEM = r"(?P<meridiem>[ap])\.?\s?m\.?(?![\w])"
 CLOCK = re.compile(
@@ -46,7 +48,7 @@ def clock_spans(text: str) -> list[str]:
     return list(dict.fromkeys(m.group(0) for m in CLOCK.finditer(text) if to_24h(m.group(0)) is not None))
 
 
-def clock_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ...], text: str) -> dict[str, Any] | None:
+def clock_schema(schema: dict[str, Any] | None, fields: Collection[str], text: str) -> dict[str, Any] | None:
     """`schema` where each string property named in `fields` may also be one of the clock spans of `text` (the
     schema itself when there is nothing to offer)."""
     if schema is None or not fields:
@@ -54,7 +56,7 @@ def clock_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, .
     spans = clock_spans(text)
     if not spans:
         return schema
-    return _offered(schema, set(fields), spans)
+    return with_named_properties(schema, set(fields), lambda _, prop: _with_spans(prop, spans))
 
 
 def _with_spans(prop: Any, spans: list[str]) -> Any:
@@ -63,26 +65,7 @@ def _with_spans(prop: Any, spans: list[str]) -> Any:
     return {"anyOf": [{"type": "string", "enum": spans}, prop]}
 
 
-def _offered(node: Any, fields: set[str], spans: list[str]) -> Any:
-    if isinstance(node, list):
-        return [_offered(item, fields, spans) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {}
-    for key, value in node.items():
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {name: (_with_spans(prop, spans) if name in fields else _offered(prop, fields, spans))
-                        for name, prop in value.items()}
-        else:
-            out[key] = _offered(value, fields, spans)
-    return out
-
-
-def resolve_value(value: Any, fields: list[str] | tuple[str, ...] | set[str]) -> Any:
+def resolve_value(value: Any, fields: Collection[str]) -> Any:
     """`value` (parsed JSON) with every clock span under a field of `fields` written as "HH:MM"."""
-    if isinstance(value, list):
-        return [resolve_value(item, fields) for item in value]
-    if not isinstance(value, dict):
-        return value
-    return {key: ((to_24h(item) or item) if key in fields and isinstance(item, str) else resolve_value(item, fields))
-            for key, item in value.items()}
+    return with_named_values(value, set(fields),
+                             lambda _, item: (to_24h(item) or item) if isinstance(item, str) else item)

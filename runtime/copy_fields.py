@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from runtime.json_fields import with_named_properties
+
 EDGE_PUNCTUATION = ".,:;!?\"'()[]{}<>"
 MAX_WORDS = 96  # longer requests keep the plain schema: the grammar would grow with the square of their length
 MAX_SPAN_WORDS = 32
@@ -42,7 +44,7 @@ def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ..
     spans = request_spans(text)
     if not spans:
         return schema
-    return _restricted(schema, set(fields), spans)
+    return with_named_properties(schema, set(fields), lambda _, prop: _copied(prop, spans))
 
 
 def _copied(prop: Any, spans: list[str]) -> Any:
@@ -56,18 +58,3 @@ def _copied(prop: Any, spans: list[str]) -> Any:
         except re.error:
             return prop
     return {**prop, "enum": spans} if spans else prop
-
-
-def _restricted(node: Any, fields: set[str], spans: list[str]) -> Any:
-    if isinstance(node, list):
-        return [_restricted(item, fields, spans) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {}
-    for key, value in node.items():
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {name: (_copied(prop, spans) if name in fields else _restricted(prop, fields, spans))
-                        for name, prop in value.items()}
-        else:
-            out[key] = _restricted(value, fields, spans)
-    return out

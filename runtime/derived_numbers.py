@@ -19,6 +19,7 @@ from itertools import combinations
 from typing import Any
 
 from runtime.clock_times import CLOCK, to_24h
+from runtime.json_fields import with_named_properties, with_named_values
 
 MAX_NUMBERS = 6  # request numbers offered to the expressions (the first ones, in order)
 MAX_EXPRESSIONS = 400  # above this, sums of two terms are left out of the enum
@@ -97,7 +98,8 @@ def derived_schema(schema: dict[str, Any] | None, fields: dict[str, list[int | f
     numbers = request_numbers(text)
     if not numbers:
         return schema
-    return _offered(schema, fields, numbers)
+    return with_named_properties(schema, set(fields),
+                                 lambda name, prop: _with_expressions(prop, fields[name], numbers))
 
 
 def _with_expressions(prop: Any, factors: list[int | float], numbers: list[int | float]) -> Any:
@@ -106,26 +108,7 @@ def _with_expressions(prop: Any, factors: list[int | float], numbers: list[int |
     return {"anyOf": [{"type": "string", "enum": expressions(numbers, factors)}, prop]}
 
 
-def _offered(node: Any, fields: dict[str, list[int | float]], numbers: list[int | float]) -> Any:
-    if isinstance(node, list):
-        return [_offered(item, fields, numbers) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {}
-    for key, value in node.items():
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {name: (_with_expressions(prop, fields[name], numbers) if name in fields
-                               else _offered(prop, fields, numbers)) for name, prop in value.items()}
-        else:
-            out[key] = _offered(value, fields, numbers)
-    return out
-
-
 def resolve_value(value: Any, fields: dict[str, list[int | float]] | list[str]) -> Any:
     """`value` (parsed JSON) with every expression string under a field of `fields` replaced by its number."""
-    if isinstance(value, list):
-        return [resolve_value(item, fields) for item in value]
-    if not isinstance(value, dict):
-        return value
-    return {key: (evaluate(item) if key in fields and isinstance(item, str) and EXPRESSION.match(item)
-                  else resolve_value(item, fields)) for key, item in value.items()}
+    return with_named_values(value, set(fields), lambda _, item: evaluate(item)
+                             if isinstance(item, str) and EXPRESSION.match(item) else item)

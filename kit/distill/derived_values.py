@@ -33,17 +33,21 @@ MIN_SHARE = 0.1
 MAX_FACTORS = 6
 
 
-def _numbers_by_key(value: Any) -> Iterator[tuple[str, int | float]]:
-    """(key, number) for every number under a key of an object, at any depth."""
+def _members(value: Any) -> Iterator[tuple[str, Any]]:
+    """(key, member) for every member of an object holding no object or list, at any depth."""
     if isinstance(value, list):
         for item in value:
-            yield from _numbers_by_key(item)
+            yield from _members(item)
     elif isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(item, (int, float)) and not isinstance(item, bool):
-                yield key, item
+            if isinstance(item, (dict, list)):
+                yield from _members(item)
             else:
-                yield from _numbers_by_key(item)
+                yield key, item
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _parsed(text: str) -> Any:
@@ -68,7 +72,9 @@ def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]
         if answer is None:
             continue
         numbers = [n for n in request_numbers(str(sample.get("input", ""))) if n > 0]
-        for key, value in _numbers_by_key(answer):
+        for key, value in _members(answer):
+            if not _is_number(value):
+                continue
             holding[key] += 1
             factors = {_whole(value / n) for n in numbers if value > 0}
             for factor in factors - {None}:
@@ -82,19 +88,6 @@ def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]
     return dict(sorted(fields.items()))
 
 
-def _strings_by_key(value: Any) -> Iterator[tuple[str, str]]:
-    """(key, string) for every string under a key of an object, at any depth."""
-    if isinstance(value, list):
-        for item in value:
-            yield from _strings_by_key(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, str):
-                yield key, item
-            else:
-                yield from _strings_by_key(item)
-
-
 def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
     """The string fields of `samples` whose "HH:MM" times are the request's own times, converted."""
     support: Counter = Counter()
@@ -104,8 +97,8 @@ def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
         if answer is None:
             continue
         times = {to_24h(span) for span in clock_spans(str(sample.get("input", "")))}
-        for key, value in _strings_by_key(answer):
-            if HH_MM.match(value):
+        for key, value in _members(answer):
+            if isinstance(value, str) and HH_MM.match(value):
                 holding[key] += 1
                 support[key] += value in times
     return sorted(key for key, count in support.items() if count >= max(MIN_SUPPORT, holding[key] / 2))
@@ -152,7 +145,7 @@ def _rewrite(value: Any, numbers: dict[str, list[int | float]], request: list[in
         return value
     out = {}
     for key, item in value.items():
-        if key in numbers and request and isinstance(item, (int, float)) and not isinstance(item, bool):
+        if key in numbers and request and _is_number(item):
             out[key] = expression_for(item, request, numbers[key]) or item
         elif key in clock and isinstance(item, str):
             out[key] = spans.get(item, item)  # the first time written in the request that converts to it
