@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Collection
 
-from runtime.json_fields import with_named_properties, with_named_values
+from runtime.json_fields import offered_per_request, with_named_values
 
 _MERIDIEM = r"(?P<meridiem>[ap])\.?\s?m\.?(?![\w])"
 CLOCK = re.compile(
@@ -51,12 +51,8 @@ def clock_spans(text: str) -> list[str]:
 def clock_schema(schema: dict[str, Any] | None, fields: Collection[str], text: str) -> dict[str, Any] | None:
     """`schema` where each string property named in `fields` may also be one of the clock spans of `text` (the
     schema itself when there is nothing to offer)."""
-    if schema is None or not fields:
-        return schema
-    spans = clock_spans(text)
-    if not spans:
-        return schema
-    return with_named_properties(schema, set(fields), lambda _, prop: _with_spans(prop, spans))
+    return offered_per_request(schema, fields, lambda: clock_spans(text),
+                               lambda _, prop, spans: _with_spans(prop, spans))
 
 
 def _with_spans(prop: Any, spans: list[str]) -> Any:

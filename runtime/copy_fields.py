@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runtime.json_fields import with_named_properties
+from runtime.json_fields import offered_per_request
 
 EDGE_PUNCTUATION = ".,:;!?\"'()[]{}<>"
 MAX_WORDS = 96  # longer requests keep the plain schema: the grammar would grow with the square of their length
@@ -39,12 +39,8 @@ def request_spans(text: str) -> list[str]:
 def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ...], text: str) -> dict[str, Any] | None:
     """`schema` with every free string property named in `fields` restricted to the spans of `text` (the
     schema itself when there is nothing to restrict)."""
-    if schema is None or not fields:
-        return schema
-    spans = request_spans(text)
-    if not spans:
-        return schema
-    return with_named_properties(schema, set(fields), lambda _, prop: _copied(prop, spans))
+    return offered_per_request(schema, fields, lambda: request_spans(text),
+                               lambda _, prop, spans: _copied(prop, spans))
 
 
 def _copied(prop: Any, spans: list[str]) -> Any:

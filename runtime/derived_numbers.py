@@ -19,7 +19,7 @@ from itertools import combinations
 from typing import Any
 
 from runtime.clock_times import CLOCK, to_24h
-from runtime.json_fields import with_named_properties, with_named_values
+from runtime.json_fields import offered_per_request, with_named_values
 
 MAX_NUMBERS = 6  # request numbers offered to the expressions (the first ones, in order)
 MAX_EXPRESSIONS = 400  # above this, sums of two terms are left out of the enum
@@ -93,13 +93,8 @@ def derived_schema(schema: dict[str, Any] | None, fields: dict[str, list[int | f
                    text: str) -> dict[str, Any] | None:
     """`schema` where each number property named in `fields` may also be one of the expressions over the
     numbers of `text` with that field's factors (the schema itself when there is nothing to offer)."""
-    if schema is None or not fields:
-        return schema
-    numbers = request_numbers(text)
-    if not numbers:
-        return schema
-    return with_named_properties(schema, set(fields),
-                                 lambda name, prop: _with_expressions(prop, fields[name], numbers))
+    return offered_per_request(schema, fields or {}, lambda: request_numbers(text),
+                               lambda name, prop, numbers: _with_expressions(prop, fields[name], numbers))
 
 
 def _with_expressions(prop: Any, factors: list[int | float], numbers: list[int | float]) -> Any:

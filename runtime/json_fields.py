@@ -24,6 +24,19 @@ def with_named_properties(node: Any, names: Collection[str], change: Callable[[s
     return out
 
 
+def offered_per_request(schema: dict[str, Any] | None, names: Collection[str], options: Callable[[], list],
+                        change: Callable[[str, Any, list], Any]) -> dict[str, Any] | None:
+    """`schema` with every property named in `names` replaced by `change(name, property, found)`, where `found`
+    is what `options()` finds in the request (spans, numbers, times); the schema itself when it has no such
+    property to change or the request offers nothing."""
+    if schema is None or not names:
+        return schema
+    found = options()
+    if not found:
+        return schema
+    return with_named_properties(schema, set(names), lambda name, prop: change(name, prop, found))
+
+
 def with_named_values(value: Any, names: Collection[str], change: Callable[[str, Any], Any]) -> Any:
     """JSON `value` with every member whose key is in `names` replaced by `change(key, member)` (members holding
     an object or a list are looked into instead); the rest copied as it is."""
