@@ -50,6 +50,18 @@ if [ "${MICROKIT_SKIP_TOOLS:-0}" != 1 ] && [ ! -x "$TOOLS_DIR/bin/llama-imatrix"
     rm -rf "$TOOLS_DIR" && mv "$TOOLS_DIR.tmp" "$TOOLS_DIR" && rm -rf "$SRC"
 fi
 
+# bubblewrap: the sandbox for teacher-written code (kit/distill/sandbox.py); where it cannot be installed (no root,
+# no apt), code verifiers say so once and fall back to unshare and an audit hook.
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    APT=(apt-get); [ "$(id -u)" = 0 ] || APT=(sudo -n apt-get)
+    if "${APT[@]}" install -y -qq bubblewrap >/dev/null 2>&1 || \
+        { "${APT[@]}" update -qq >/dev/null 2>&1 && "${APT[@]}" install -y -qq bubblewrap >/dev/null 2>&1; }; then
+        echo "==> installed bubblewrap (the code verifiers' sandbox)"
+    else
+        echo "==> bubblewrap could not be installed here: code verifiers use unshare and an audit hook"
+    fi
+fi
+
 echo "==> installing microkit[all,dev] into .venv"
 # torch first and alone: an already installed CUDA build of 2.13.0 satisfies the pin and is kept.
 "${PIP[@]}" install -q "torch==2.13.0"
