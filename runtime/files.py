@@ -32,6 +32,10 @@ def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> P
     """Write `text` to `path` through a `.partial` file and one rename."""
     path = Path(path)
     tmp = partial_path(path)
-    tmp.write_text(text, encoding=encoding)
+    try:
+        tmp.write_text(text, encoding=encoding)
+    except BaseException:  # a full disk: no half-written file is left to mistake for a finished one
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path

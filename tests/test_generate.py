@@ -43,12 +43,17 @@ class FakeTeacher:
         self.bodies: list[str] = []  # sha256 of each request body that was answered
         self.requests: list[dict] = []  # and the body itself
         self.lock = threading.Lock()
+        self.closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
         self.server.shutdown()
         self.server.server_close()
 
@@ -119,6 +124,10 @@ class FakeTeacher:
                     return self._send(200, json.dumps(fake.reply(json.loads(raw))).encode())
                 if fault == "malformed":
                     return self._send(200, b'{"choices": [{"message": ')
+                if fault == "die":  # the server goes away: this request gets no answer, later ones a refusal
+                    threading.Thread(target=fake.close, daemon=True).start()
+                    self.close_connection = True
+                    return None
                 with fake.lock:
                     fake.bodies.append(hashlib.sha256(raw).hexdigest())
                     fake.requests.append(json.loads(raw))

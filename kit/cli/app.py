@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from kit.cli import distill, doctor, export, models, pipeline, recipe, runtime, train
+from kit.core.disk import disk_full, disk_full_message
 from kit.core.errors import UserError
 from kit.core.progress import quiet_library_bars
 
@@ -23,4 +24,10 @@ def main() -> None:
         app()
     except UserError as err:
         Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as err:  # noqa: BLE001 - a full disk is the user's to fix; anything else is a bug
+        full = disk_full(err)
+        if full is None:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {disk_full_message(full)}", highlight=False, soft_wrap=True)
         sys.exit(1)

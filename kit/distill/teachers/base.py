@@ -151,4 +151,5 @@ class TeacherClient:
 
 def unreachable(where: str, err: Exception) -> UserError:
     return UserError(f"cannot reach the teacher at {where} ({err}); start the server there or fix "
-                     "`teacher.base_url` in the recipe (or pass --teacher-url)")
+                     "`teacher.base_url` in the recipe (or pass --teacher-url), then run again: samples already "
+                     "kept and cached teacher answers are reused")
