@@ -455,6 +455,8 @@ def test_resume_after_kill_loses_nothing_and_repeats_nothing(tmp_path, fake_teac
     # only requests in flight at the kill may be asked again (at most `concurrency` of them)
     repeats = len(teacher.bodies) - len(set(teacher.bodies))
     assert repeats <= 3 and len(teacher.bodies) > answered_before
+    stats = json.loads((samples_file.parent / "stats.json").read_text())
+    assert stats["teacher"]["repeated_requests"] == 0  # no answer the cache held was paid for again
 
 
 def test_unreachable_teacher_is_one_clear_message(tmp_path, free_port):

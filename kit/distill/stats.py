@@ -70,6 +70,10 @@ def _usage(clients: list) -> dict[str, Any]:
                     merged[k] = merged.get(k, 0) + v
             else:
                 total[key] = total.get(key, 0) + value
+    caches = {id(c.cache): c.cache for c in clients if getattr(c, "cache", None) is not None}
+    # over every run into this folder: answers paid for a request the cache already answered (a kill -9 between
+    # a reply and its commit, or two identical requests in flight together)
+    total["repeated_requests"] = sum(cache.repeated() for cache in caches.values())
     return total
 
 

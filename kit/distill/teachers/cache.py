@@ -22,6 +22,8 @@ class RequestCache:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
         if "request" not in columns:  # a cache written before requests were kept
             self._db.execute("ALTER TABLE responses ADD COLUMN request TEXT")
+        if "paid" not in columns:  # how many times the teacher answered this request (1 unless paid again)
+            self._db.execute("ALTER TABLE responses ADD COLUMN paid INTEGER NOT NULL DEFAULT 1")
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
@@ -29,8 +31,13 @@ class RequestCache:
 
     def put(self, key: str, value: dict[str, Any], request: dict[str, Any] | None = None) -> None:
         """Store a reply; the request is kept beside it (what was asked, for audits and benchmarks)."""
-        self._db.execute("INSERT OR REPLACE INTO responses (key, value, request) VALUES (?, ?, ?)",
+        self._db.execute("INSERT INTO responses (key, value, request) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                         "SET value = excluded.value, request = excluded.request, paid = paid + 1",
                          (key, json.dumps(value), json.dumps(request) if request is not None else None))
+
+    def repeated(self) -> int:
+        """Answers the teacher gave to a request that already had one (requests paid twice)."""
+        return self._db.execute("SELECT coalesce(sum(paid - 1), 0) FROM responses").fetchone()[0]
 
     def requests(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self._db.execute("SELECT request FROM responses WHERE request IS NOT NULL")]
