@@ -30,6 +30,7 @@ from export.verify import (
     verify_table,
     write_verify_json,
 )
+from kit.core.dataset import derived_values
 from kit.core.errors import UserError
 from kit.core.files import fingerprint
 from kit.core.run_dir import RunDir
@@ -178,6 +179,8 @@ def _export(job: ExportStageConfig, run_dir: RunDir, plan: StagePlan) -> StageMa
                            validation_prompts(dataset, tokenizer, info.system_prompt, config.verify_rows)
                            or [chat_prompt(tokenizer, p, info.system_prompt) for p in PROMPTS])
     step("bundle")
+    if not (info.derived_numbers or info.clock_fields):  # the rules the dataset's answers follow go with the model
+        info = info.model_copy(update=derived_values(dataset))
     manifest = write_bundle(bundle_dir, info, resolved, config, tokenizer, reports, reference.perplexity, lora)
     finished = time.time()
     marks = sorted(timings.items(), key=lambda kv: kv[1]) + [("end", finished)]

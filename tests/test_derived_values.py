@@ -9,6 +9,7 @@ import json
 import jsonschema
 import pytest
 
+from kit.core.dataset import DERIVED_VALUES, derived_values
 from kit.distill import derived_values as learned
 from kit.distill.sample_store import write_dataset
 from runtime import Expert
@@ -89,14 +90,14 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     fields = learned.learn(SAMPLES)
     assert fields["derived_numbers"] and not fields["clock_fields"]
     write_dataset(SAMPLES, tmp_path / "dataset", system_prompt="route", validation_fraction=0.2, seed=0,
-                  answer=lambda text, output: learned.student_answer(text, output, fields))
+                  answer=lambda text, output: learned.student_answer(text, output, fields),
+                  extra_files={DERIVED_VALUES: json.dumps(fields)})
     data = load_from_disk(str(tmp_path / "dataset"))
     row = next(r for split in ("train", "validation") for r in data[split] if r["input"] == "timer 12 minutes for tea")
     assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
-    learned.write(tmp_path, fields)
-    assert learned.read(tmp_path) == fields
-    assert learned.read(tmp_path / "nothing") == {"derived_numbers": {}, "clock_fields": []}
+    assert derived_values(tmp_path / "dataset") == json.loads(json.dumps(fields))  # the rules travel with it
+    assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "clock_fields": []}
 
 
 def test_the_request_schema_offers_expressions_over_its_own_numbers():
@@ -219,3 +220,26 @@ def test_an_alarm_expert_answers_24_hour_times(store_gguf, write_bundle, tmp_pat
         only = {**ALARM, "properties": {"time": {"type": "string", "enum": ["4:15pm"]}}}
         text = expert.chat([{"role": "user", "content": "wake me at 4:15pm"}], json_schema=only)
         assert json.loads(expert.finish(text))["time"] == "16:15"
+
+
+def test_the_bundle_carries_the_rules_its_dataset_was_trained_with(tiny_llama, tmp_path):
+    """The rules are learned when the dataset is written and reach the bundle through it, so an app, `kit run`
+    and `kit serve` decode as the eval scored."""
+    from export.config import BundleInfo, ExportConfig, ExportStageConfig
+    from export.stage import run as export
+    from kit.core.run_dir import RunDir
+    from runtime.manifest import read_manifest
+    from tests.test_export import make_adapter
+
+    rules = {"derived_numbers": {"duration_seconds": [60, 1]}, "clock_fields": ["time"]}
+    write_dataset(SAMPLES, tmp_path / "dataset", system_prompt="route", validation_fraction=0.2, seed=0,
+                  answer=lambda text, output: learned.student_answer(text, output, rules),
+                  extra_files={DERIVED_VALUES: json.dumps(rules)})
+    config = ExportStageConfig(
+        export=ExportConfig(gguf_types=["F16"], ship=["F16"], gguf_pre_tokenizer="gpt-2", onnx={"enabled": False},
+                            min_top1_agreement=0.0, max_perplexity_ratio=10.0, verify_tokens=4, threads=1),
+        bundle=BundleInfo(name="timer", output_format="json", output_schema=TIMER),
+        adapter=make_adapter(tiny_llama, tmp_path / "adapter"), base=str(tiny_llama), dataset=tmp_path / "dataset")
+    export(config, RunDir(tmp_path / "run"))
+    manifest = read_manifest(tmp_path / "run" / "bundle")
+    assert manifest.derived_numbers == rules["derived_numbers"] and manifest.clock_fields == ["time"]

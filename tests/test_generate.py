@@ -273,9 +273,9 @@ def test_values_derived_by_a_rule_are_trained_in_the_students_form_and_can_be_tu
     recipe_path = write_recipe(tmp_path, teacher.url, target=8)
     run_dir = RunDir(tmp_path / "run")
     manifest = run(generate_config(load_recipe(recipe_path)), run_dir)
-    learned = json.loads((run_dir.data / "derived_values.json").read_text())
+    learned = json.loads((run_dir.dataset / "derived_values.json").read_text())
     fields = learned["derived_numbers"]
-    assert fields["value"][0] == 60 and manifest.outputs["derived_values"] == "derived_values.json"
+    assert fields["value"][0] == 60 and manifest.outputs["derived_values"] == "dataset/derived_values.json"
     assert json.loads((run_dir.data / "stats.json").read_text())["derived_values"] == learned
     data = load_from_disk(str(run_dir.dataset))
     generated = [r for split in ("train", "validation") for r in data[split] if not r["id"].startswith("seed-")]
@@ -290,7 +290,8 @@ def test_values_derived_by_a_rule_are_trained_in_the_students_form_and_can_be_tu
                                                            "validation_fraction: 0.2, derived_values: false"))
     run(generate_config(load_recipe(recipe_path)), run_dir)
     assert teacher.count == sent  # the same samples, trained as plain numbers: nothing new asked
-    assert json.loads((run_dir.data / "derived_values.json").read_text()) == {"derived_numbers": {}, "clock_fields": []}
+    assert json.loads((run_dir.dataset / "derived_values.json").read_text()) == \
+        {"derived_numbers": {}, "clock_fields": []}
     plain = load_from_disk(str(run_dir.dataset))["train"]
     assert all(r["messages"][-1]["content"] == r["output"] for r in plain)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
 from kit.core.progress import tqdm_options
+from trainers.checkpoints import BEST_WEIGHTS
 
 
 class TrainProgress(TrainerCallback):
@@ -91,6 +94,28 @@ class KeepBestWeights(TrainerCallback):
             return
         self.best_loss, self.best_step = loss, state.global_step
         self._weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def on_save(self, args, state, control, **kwargs):
+        """Each checkpoint carries the best weights so far (a resumed run still ends with the best epoch's); the
+        file is written last, so a checkpoint without it is incomplete (trainers.checkpoints)."""
+        import torch
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not state.is_world_process_zero or not folder.is_dir():
+            return
+        partial = folder / (BEST_WEIGHTS + ".partial")
+        torch.save({"loss": self.best_loss, "step": self.best_step, "weights": self._weights}, partial)
+        os.replace(partial, folder / BEST_WEIGHTS)
+
+    def load(self, checkpoint: Path | None) -> None:
+        """The best weights a checkpoint carries (none: nothing is known yet)."""
+        import torch
+
+        path = Path(checkpoint) / BEST_WEIGHTS if checkpoint is not None else None
+        if path is None or not path.is_file():
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.best_loss, self.best_step, self._weights = saved["loss"], saved["step"], saved["weights"]
 
     def restore(self, model) -> bool:
         """Put the best weights back; False when there is nothing to restore."""

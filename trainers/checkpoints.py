@@ -7,6 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
+BEST_WEIGHTS = "best_weights.pt"  # in every checkpoint: the best evaluation's weights so far (KeepBestWeights)
+
 RUN_KEY_FILE = "run_key.json"
 INITIAL_EVAL_FILE = "initial_eval.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -28,7 +30,8 @@ def _is_complete(path: Path) -> bool:
         json.loads(state.read_text())
     except (OSError, ValueError):
         return False
-    return (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+    # the best weights so far are written last (trainers.callbacks.KeepBestWeights.on_save)
+    return all((path / name).is_file() for name in ("optimizer.pt", "scheduler.pt", BEST_WEIGHTS))
 
 
 def claim(folder: Path, run_key: str) -> bool:

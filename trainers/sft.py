@@ -253,6 +253,7 @@ def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]
     from trainers.callbacks import KeepBestWeights  # lazy: imports transformers
 
     best = next(c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBestWeights))
+    best.load(resume_from)  # the best evaluation before the run stopped still counts
     initial = read_initial_eval(paths.checkpoints)
     if resume_from is None or initial is None:
         initial = trainer.evaluate()

@@ -1,14 +1,19 @@
 """The distilled dataset's shape, shared by the stage that writes it and the stages that read it: a
-DatasetDict saved to disk with `train` and `validation` splits whose rows carry a `messages` conversation."""
+DatasetDict saved to disk with `train` and `validation` splits whose rows carry a `messages` conversation, and
+beside them `derived_values.json`, the rules the training answers follow where they write a value in the
+student's own form (kit.distill.derived_values): export puts them in the bundle, eval and probe decode with them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from kit.core.errors import UserError
 from kit.core.files import fingerprint
 
 SPLITS = ("train", "validation")
+DERIVED_VALUES = "derived_values.json"
 Messages = list[dict[str, str]]
 
 
@@ -16,6 +21,18 @@ def with_system_prompt(messages: Messages, system: str | None) -> Messages:
     """The conversation with its system message replaced by `system` (dropped when None)."""
     rest = [m for m in messages if m.get("role") != "system"]
     return ([{"role": "system", "content": system}] if system else []) + rest
+
+
+def derived_values(dataset: Path | None) -> dict[str, Any]:
+    """{"derived_numbers": {...}, "clock_fields": [...]} of a saved dataset (empty parts when it has none)."""
+    empty: dict[str, Any] = {"derived_numbers": {}, "clock_fields": []}
+    if dataset is None:
+        return empty
+    try:
+        data = json.loads((Path(dataset) / DERIVED_VALUES).read_text())
+    except (OSError, ValueError):
+        return empty
+    return {**empty, **{k: v for k, v in data.items() if k in empty}} if isinstance(data, dict) else empty
 
 
 def dataset_fingerprint(path: Path) -> str:

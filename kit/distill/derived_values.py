@@ -11,6 +11,7 @@ samples, and the training answers that write them in the model's own form (runti
   samples, and half of those holding such a time there, take it from a time the request writes its own way
   ("6pm" -> "18:00", "9:30" -> "09:30"). The training answer copies the request's time as written.
 
+The rules are saved with the dataset (kit.core.dataset.DERIVED_VALUES), whence export puts them in the bundle.
 The runtime offers those forms per request and turns them back into the teacher's (runtime.derived_numbers,
 runtime.clock_times); the teacher's answers, the `output` column and every score stay as the schema asks.
 """
@@ -23,11 +24,9 @@ from itertools import combinations, product
 from pathlib import Path
 from typing import Any, Iterator
 
-from kit.core.files import atomic_write_json
 from runtime.clock_times import HH_MM, clock_spans, to_24h
 from runtime.derived_numbers import request_numbers, term
 
-FILE = "derived_values.json"
 MIN_SUPPORT = 2
 MIN_SHARE = 0.1
 MAX_FACTORS = 6
@@ -152,20 +151,3 @@ def _rewrite(value: Any, numbers: dict[str, list[int | float]], request: list[in
         else:
             out[key] = _rewrite(item, numbers, request, clock, spans)
     return out
-
-
-def write(folder: Path, learned: dict[str, Any]) -> Path:
-    return atomic_write_json(folder / FILE, learned)
-
-
-def read(folder: Path | None) -> dict[str, Any]:
-    """{"derived_numbers": ..., "clock_fields": ...} as a data stage wrote them into `folder` (empty when it
-    wrote none)."""
-    empty: dict[str, Any] = {"derived_numbers": {}, "clock_fields": []}
-    if folder is None:
-        return empty
-    try:
-        data = json.loads((Path(folder) / FILE).read_text())
-    except (OSError, ValueError):
-        return empty
-    return {**empty, **data} if isinstance(data, dict) else empty

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kit.core.dataset import DERIVED_VALUES
 from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
@@ -120,21 +121,21 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         samples = generation.earlier_rows + store.samples.rows
         swaps, stats["value_swaps"] = await swap_rows(config, critic, samples, seeds, held_out)
         learned = derived_values.learn(samples) if config.data.derived_values and config.output.format == "json" \
-            else derived_values.read(None)
+            else {"derived_numbers": {}, "clock_fields": []}
         stats["derived_values"] = learned
         atomic_write_json(folder / STATS, stats)
-        derived_values.write(folder, learned)
         split = write_dataset(samples, run_dir.dataset,
                               system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
                               extra_train=seeds + swaps, held_out=held_out,
-                              answer=lambda text, output: derived_values.student_answer(text, output, learned))
+                              answer=lambda text, output: derived_values.student_answer(text, output, learned),
+                              extra_files={DERIVED_VALUES: json.dumps(learned, indent=2) + "\n"})
     finally:
         for client in {id(c): c for c in [teacher, *judges]}.values():
             await client.aclose()
         store.close()
     outputs = {"samples": "samples.jsonl", "rejected": "rejected.jsonl", "stats": STATS, "dataset": "dataset",
-               "derived_values": derived_values.FILE}
+               "derived_values": f"dataset/{DERIVED_VALUES}"}
     if config.round.holds_out_probes:
         outputs["probes"] = PROBES
     manifest = plan.manifest(STAGE, outputs=outputs,

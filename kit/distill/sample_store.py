@@ -122,10 +122,11 @@ def probe_ids(ids: list[str], validation_fraction: float, probe_fraction: float,
 
 def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: str, validation_fraction: float,
                   seed: int, extra_train: list[dict[str, Any]] = (), held_out: set[str] = frozenset(),
-                  answer: Callable[[str, str], str] | None = None) -> dict[str, int]:
+                  answer: Callable[[str, str], str] | None = None,
+                  extra_files: dict[str, str] | None = None) -> dict[str, int]:
     """Save a DatasetDict with `train` and `validation` to `out` (replacing it whole). `extra_train` rows (the
     recipe's seeds) join the training split only; `held_out` ids (a round's probe pool) join neither; `answer`
-    writes each row's training answer (dataset_row)."""
+    writes each row's training answer (dataset_row); `extra_files` (name -> text) are saved in the folder too."""
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     features = Features({"id": Value("string"), "input": Value("string"), "output": Value("string"),
@@ -144,6 +145,8 @@ def write_dataset(samples: list[dict[str, Any]], out: Path, *, system_prompt: st
     try:
         with atomic_output(out) as tmp:
             dataset.save_to_disk(str(tmp))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
     finally:
         if not quiet_before:
             enable_progress_bars()

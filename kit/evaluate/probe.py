@@ -21,11 +21,10 @@ from rich.console import Console
 from export.gguf import convert_to_gguf
 from export.merge import merge_adapter
 from kit.core.config import StrictModel
-from kit.core.dataset import dataset_fingerprint, load_dataset_dict
+from kit.core.dataset import dataset_fingerprint, derived_values, load_dataset_dict
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
-from kit.distill import derived_values
 from kit.distill.generate import PROBES
 from kit.distill.sample_store import read_jsonl
 from kit.evaluate.config import EvaluateConfig
@@ -93,7 +92,7 @@ def _probe(config: ProbeConfig, run_dir: RunDir, plan: StagePlan, threads: int |
     console.print(f"[bold]probe[/bold] round {config.number}/{config.of}: the student answers {len(probes)} probes "
                   f"and {len(validation)} validation cases ...")
     run_dir.probe.mkdir(parents=True, exist_ok=True)
-    derived = derived_values.read(run_dir.data)
+    derived = derived_values(run_dir.dataset)
     texts = [AnswerRules.of(derived).finish(text) for text in student_answers(
         config.evaluate, run_dir.adapter, [c["input"] for c in cases], run_dir.probe, threads, derived)]
     marks = [score(config.evaluate, [case], [text]) for case, text in zip(cases, texts)]

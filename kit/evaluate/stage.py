@@ -18,11 +18,11 @@ from typing import Any
 
 from rich.console import Console
 
+from kit.core.dataset import derived_values
 from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, read_stage_manifest, run_stage, write_stage_manifest
-from kit.distill import derived_values
 from kit.distill.config import PythonVerifier, SqlVerifier
 from kit.distill.critic.sql import SqlError, run_query
 from kit.distill.sandbox import run_python
@@ -60,7 +60,7 @@ def default_targets(config: EvaluateConfig, run: RunDir) -> list[Target]:
     if config.include_teacher:
         targets.append(Target(name="teacher", kind="teacher"))
     exported = read_stage_manifest(run.export)
-    learned = derived_values.read(run.data)  # answers as the student learned to write them
+    learned = derived_values(run.dataset)  # answers as the student learned to write them
     trained = {"derived": {k: v for k, v in learned.items() if v}}
     if exported is not None:
         for key, rel in exported.outputs.items():

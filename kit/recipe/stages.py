@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from export.config import BundleInfo, ExportStageConfig
 from kit.core.run_dir import RunDir
-from kit.distill import derived_values
 from kit.distill.config import GenerateConfig, OutputConfig, RoundConfig
 from kit.evaluate.config import EvaluateConfig, Target
 from kit.evaluate.probe import FAILURES, ProbeConfig
@@ -54,18 +53,17 @@ def probe_config(recipe: Recipe, run: RunDir, number: int) -> ProbeConfig:
                        earlier=[run.round(k, rounds).probe for k in range(1, number)])
 
 
-def bundle_info(recipe: Recipe, run: RunDir | None = None, evals: dict | None = None) -> BundleInfo:
-    """The bundle as the recipe describes it, with the derived values the run's data stage learned."""
+def bundle_info(recipe: Recipe, evals: dict | None = None) -> BundleInfo:
+    """The bundle as the recipe describes it (the export stage adds the derived values its dataset carries)."""
     return BundleInfo(name=recipe.task.name, task=recipe.task.description,
                       system_prompt=recipe.student_system_prompt, output_format=recipe.output.format,
                       output_schema=recipe.output.resolved_schema(), eval=evals or {},
-                      copy_fields=recipe.critic.copied_fields,
-                      **derived_values.read(run.data if run is not None else None))
+                      copy_fields=recipe.critic.copied_fields)
 
 
 def export_config(recipe: Recipe, run: RunDir) -> ExportStageConfig:
     """The `export:` section over the run's adapter and dataset, with the bundle described by the recipe."""
-    return ExportStageConfig(export=recipe.export, bundle=bundle_info(recipe, run), base=recipe.student.model,
+    return ExportStageConfig(export=recipe.export, bundle=bundle_info(recipe), base=recipe.student.model,
                              adapter=run.adapter, dataset=run.dataset)
 
 

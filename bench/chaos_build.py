@@ -1,0 +1,225 @@
+"""Chaos build: `kit build` killed with SIGKILL at K random moments spread over its stages, rerun until it
+finishes, then compared with an uninterrupted build from the same teacher cache.
+
+    .venv/bin/python bench/chaos_build.py [--kills 10] [--stages generate,train,export,eval,bundle] [--seed 0] \
+        [--workdir /tmp/microkit-chaos]
+
+The recipe is a shrunken one (the model-store SmolLM2 as a local llama.cpp teacher and as the student, 12
+samples, a few training steps with a checkpoint every 2, GGUF and ONNX export, a 3-question eval set). Kill k
+aims at stage k mod len(stages): it waits until that stage is running (its folder holds work but no stage
+manifest), then a random 0.2-3 s more, and kills the whole process group; a stage that finished first takes the
+kill in the next one. After the kills the build runs to the end. The reference build then starts from a copy of
+the chaos build's teacher cache and runs once, uninterrupted. Prints
+
+    K kills, L samples lost, D duplicated, R requests repeated
+
+and checks, each PASS or FAIL: every sample accepted before a kill is still there, ids unique, the accepted
+samples equal the reference's (ids and content), no answer the cache held was paid for again, training resumed
+from a checkpoint (when a kill hit it after one), the bundle verifies, and the eval scores equal the
+reference's. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "capital-finder"
+RECIPE = """\
+task:
+  name: capital-finder
+  description: Give the capital city of the country named in the question, as JSON.
+  system_prompt: 'Answer with JSON {"capital": CITY}.'
+output:
+  format: json
+  schema: {type: object, properties: {capital: {type: string}}, required: [capital], additionalProperties: false}
+seeds:
+  - {input: "What is the capital of France?", output: {capital: Paris}}
+  - {input: "Capital of Japan?", output: {capital: Tokyo}}
+  - {input: "Which city is the capital of Italy?", output: {capital: Rome}}
+teacher: {backend: llama_cpp, model: smollm2-135m-instruct, max_tokens: 96, n_ctx: 2048, temperature: 0.9}
+critic:
+  verifiers: [{type: json_schema}, {type: dedup, threshold: 0.9}, {type: decontaminate}]
+data: {target_samples: 12, validation_fraction: 0.25, topics: [Europe, Asia, Americas], evolve_fraction: 0.3}
+student: {model: smollm2-135m-instruct}
+train: {max_steps: 8, batch_size: 4, max_seq_len: 256, checkpoint_every: 2, threads: 2}
+export:
+  gguf_types: [F16, Q8_0]
+  ship: [Q8_0]
+  onnx: {enabled: true, quantize: [int8], ship: [int8]}
+  verify_rows: 2
+  generation: {max_tokens: 24}
+eval: {file: eval.jsonl, max_new_tokens: 24}
+"""
+EVAL = [("What is the capital of Germany?", "Berlin"), ("Capital of Spain?", "Madrid"),
+        ("Which city is the capital of Canada?", "Ottawa")]
+STAGE_FOLDERS = {"generate": "data", "train": "train", "export": "export", "eval": "eval", "bundle": "bundle"}
+
+
+def write_recipe(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(RECIPE)
+    (folder / "eval.jsonl").write_text("".join(json.dumps({"input": q, "output": {"capital": a}}) + "\n"
+                                               for q, a in EVAL))
+    return folder / "recipe.yaml"
+
+
+def build_command(recipe: Path, runs: Path) -> list[str]:
+    return [sys.executable, "-m", "kit", "build", str(recipe), "--runs", str(runs), "--threads", "2",
+            "--no-serve-check"]
+
+
+def running_stage(run: Path) -> str | None:
+    """The first stage without a stage manifest (the one a running build is in)."""
+    for stage, folder in STAGE_FOLDERS.items():
+        if stage == "bundle":  # the build's last step writes the eval table into the bundle's model card
+            card = run / "bundle" / "README.md"
+            return None if card.is_file() and "## Evaluation" in card.read_text() else "bundle"
+        if not (run / folder / "manifest.json").is_file():
+            return stage
+    return None
+
+
+def checkpoint_steps(run: Path) -> list[int]:
+    from trainers.checkpoints import last_complete_checkpoint
+
+    last = last_complete_checkpoint(run / "train" / "checkpoints")
+    return [int(last.name.rsplit("-", 1)[1])] if last else []
+
+
+def accepted_ids(run: Path) -> list[str]:
+    path = run / "data" / "samples.jsonl"
+    if not path.is_file():
+        return []
+    ids = []
+    for line in path.read_text().splitlines():
+        try:
+            ids.append(json.loads(line)["id"])
+        except (ValueError, KeyError):
+            pass  # a torn last line: the store cuts it when it opens the file again
+    return ids
+
+
+def chaos(recipe: Path, runs: Path, kills: int, stages: list[str], rng: random.Random, log) -> list[dict]:
+    """Run the build, killing it `kills` times; then let it finish. One record per kill."""
+    run = runs / TASK
+    records: list[dict] = []
+    for k in range(kills):
+        aim = stages[k % len(stages)]
+        process = subprocess.Popen(build_command(recipe, runs), cwd=ROOT, stdout=log, stderr=log,
+                                   start_new_session=True)
+        order = list(STAGE_FOLDERS)
+        while process.poll() is None:  # wait until the aimed stage (or a later one) is running
+            stage = running_stage(run)
+            if stage is None or order.index(stage) >= order.index(aim):
+                break
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.2, 3.0))
+        stage = running_stage(run)
+        if process.poll() is not None:
+            records.append({"aim": aim, "stage": "finished first", "accepted": len(accepted_ids(run))})
+            break
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        records.append({"aim": aim, "stage": stage, "accepted_ids": accepted_ids(run),
+                        "checkpoint": max(checkpoint_steps(run), default=0)})
+        print(f"kill {k + 1}: aimed at {aim}, hit {stage}; {len(records[-1]['accepted_ids'])} samples kept",
+              flush=True)
+    final = subprocess.run(build_command(recipe, runs), cwd=ROOT, stdout=log, stderr=log)
+    if final.returncode != 0:
+        raise SystemExit(f"the build did not finish after the kills (exit {final.returncode}); see the log")
+    return records
+
+
+def samples(run: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run / "data" / "samples.jsonl").read_text().splitlines() if line.strip()]
+    return {row["id"]: {k: row[k] for k in ("input", "output", "index")} for row in rows}
+
+
+def scores(run: Path) -> dict[str, dict]:
+    report = json.loads((run / "eval" / "report.json").read_text())
+    return {name: {k: round(v, 4) for k, v in target["metrics"].items() if isinstance(v, (int, float))}
+            for name, target in report["targets"].items() if name not in ("teacher",)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--stages", default="generate,train,export,eval,bundle")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/microkit-chaos"))
+    args = parser.parse_args()
+    stages = [s for s in args.stages.split(",") if s]
+    if not stages or set(stages) - set(STAGE_FOLDERS):
+        raise SystemExit(f"--stages takes a comma-separated list of {', '.join(STAGE_FOLDERS)}")
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    recipe = write_recipe(args.workdir)
+    chaos_runs, reference_runs = args.workdir / "chaos", args.workdir / "reference"
+    started = time.time()
+    with open(args.workdir / "build.log", "w") as log:
+        records = chaos(recipe, chaos_runs, args.kills, stages, random.Random(args.seed), log)
+        chaos_seconds = time.time() - started
+        (reference_runs / TASK / "data").mkdir(parents=True)
+        shutil.copy(chaos_runs / TASK / "data" / "teacher_cache.sqlite", reference_runs / TASK / "data")
+        reference = subprocess.run(build_command(recipe, reference_runs), cwd=ROOT, stdout=log, stderr=log)
+    if reference.returncode != 0:
+        raise SystemExit("the reference build failed; see the log")
+    run, ref = chaos_runs / TASK, reference_runs / TASK
+
+    from kit.distill.teachers.cache import RequestCache
+    from runtime.bundle import verify_files
+    from runtime.manifest import read_manifest
+
+    final = samples(run)
+    kept_before = {i for r in records for i in r.get("accepted_ids", [])}
+    lost = len(kept_before - set(final))
+    ids = [json.loads(line)["id"] for line in (run / "data" / "samples.jsonl").read_text().splitlines() if line.strip()]
+    duplicated = len(ids) - len(set(ids))
+    cache = RequestCache(run / "data" / "teacher_cache.sqlite")
+    repeated = cache.repeated()
+    cache.close()
+    metrics = json.loads((run / "train" / "metrics.json").read_text())
+    # the last kill in training that found a complete checkpoint: the finishing run must resume from it or later
+    resumable = max((r["checkpoint"] for r in records if r["stage"] == "train"), default=0)
+    try:
+        verify_files(run / "bundle", read_manifest(run / "bundle"))
+        verified = True
+    except Exception as err:  # noqa: BLE001 - reported as a failed check
+        verified, why = False, err
+    kills = sum(1 for r in records if r["stage"] != "finished first")
+    hit = sorted({r["stage"] for r in records if r["stage"] != "finished first"}, key=list(STAGE_FOLDERS).index)
+    print(f"\n{kills} kills (stages hit: {', '.join(hit)}), {lost} samples lost, {duplicated} duplicated, "
+          f"{repeated} requests repeated; chaos build {chaos_seconds:.0f} s with restarts\n")
+    chaos_scores, reference_scores = scores(run), scores(ref)
+    checks = [
+        ("every sample accepted before a kill is kept", lost == 0),
+        ("no sample id twice", duplicated == 0),
+        ("accepted samples equal the uninterrupted build's (ids and content)", final == samples(ref)),
+        ("no answer the cache held was paid for again", repeated == 0),
+        (f"training resumed from its last checkpoint (step {metrics.get('resumed_from_step')}; "
+         f"step {resumable} was complete at the last kill in training)",
+         (metrics.get("resumed_from_step") or 0) >= resumable),
+        ("the bundle verifies", verified),
+        ("eval scores equal the uninterrupted build's", chaos_scores == reference_scores),
+    ]
+    for name, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    if not verified:
+        print(f"  bundle: {why}")
+    if chaos_scores != reference_scores:
+        print(f"  chaos {chaos_scores}\n  reference {reference_scores}")
+    sys.exit(0 if all(ok for _, ok in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()
