@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from itertools import combinations, product
-from pathlib import Path
 from typing import Any, Iterator
 
 from runtime.clock_times import HH_MM, clock_spans, to_24h
