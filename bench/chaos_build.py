@@ -5,9 +5,9 @@ finishes, then compared with an uninterrupted build from the same teacher cache.
         [--workdir /tmp/microkit-chaos]
 
 The recipe is a shrunken one (the model-store SmolLM2 as a local llama.cpp teacher and as the student, 12
-samples, a few training steps with a checkpoint every 2, GGUF and ONNX export, a 3-question eval set). Kill k
-aims at stage k mod len(stages): it waits until that stage is running (its folder holds work but no stage
-manifest), then a random 0.2-3 s more, and kills the whole process group; a stage that finished first takes the
+samples, a few training steps with a checkpoint every 2, GGUF and ONNX export, a 3-question eval set). The kills
+are spread evenly over the stages, in build order: each waits until its stage has begun, then a random 0.2-3 s
+more (the short bundle step: none), and kills the whole process group; a stage that finished first takes the
 kill in the next one. After the kills the build runs to the end. The reference build then starts from a copy of
 the chaos build's teacher cache and runs once, uninterrupted. Prints
 
@@ -109,25 +109,33 @@ def accepted_ids(run: Path) -> list[str]:
     return ids
 
 
+def started(run: Path, stage: str) -> bool:
+    """Whether the build has begun the work of `stage` (or gone past it)."""
+    marks = {"generate": run / "data" / "teacher_cache.sqlite", "train": run / "train", "export": run / "export",
+             "eval": run / "eval", "bundle": run / "eval" / "manifest.json"}
+    return marks[stage].exists()
+
+
 def chaos(recipe: Path, runs: Path, kills: int, stages: list[str], rng: random.Random, log) -> list[dict]:
-    """Run the build, killing it `kills` times; then let it finish. One record per kill."""
+    """Run the build, killing it `kills` times, the kills aimed at the stages in build order (spread evenly);
+    then let it finish. One record per kill: the stage it aimed at, the stage it hit, what was kept."""
     run = runs / TASK
+    order = list(STAGE_FOLDERS)
+    aims = sorted((stages[k % len(stages)] for k in range(kills)), key=order.index)
     records: list[dict] = []
-    for k in range(kills):
-        aim = stages[k % len(stages)]
+    for k, aim in enumerate(aims):
         process = subprocess.Popen(build_command(recipe, runs), cwd=ROOT, stdout=log, stderr=log,
                                    start_new_session=True)
-        order = list(STAGE_FOLDERS)
-        while process.poll() is None:  # wait until the aimed stage (or a later one) is running
-            stage = running_stage(run)
-            if stage is None or order.index(stage) >= order.index(aim):
-                break
-            time.sleep(0.2)
-        time.sleep(rng.uniform(0.2, 3.0))
-        stage = running_stage(run)
+        while process.poll() is None and not started(run, aim):
+            time.sleep(0.01)
+        # the bundle step takes a moment: it is hit at once; other stages at a random moment inside them
+        time.sleep(0.0 if aim == "bundle" else rng.uniform(0.2, 3.0))
+        stage = running_stage(run) or "after the bundle"
         if process.poll() is not None:
-            records.append({"aim": aim, "stage": "finished first", "accepted": len(accepted_ids(run))})
-            break
+            records.append({"aim": aim, "stage": "finished first", "accepted_ids": accepted_ids(run),
+                            "checkpoint": 0})
+            print(f"kill {k + 1}: aimed at {aim}, but the build finished first", flush=True)
+            continue
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         records.append({"aim": aim, "stage": stage, "accepted_ids": accepted_ids(run),
@@ -197,7 +205,8 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - reported as a failed check
         verified, why = False, err
     kills = sum(1 for r in records if r["stage"] != "finished first")
-    hit = sorted({r["stage"] for r in records if r["stage"] != "finished first"}, key=list(STAGE_FOLDERS).index)
+    order = [*STAGE_FOLDERS, "after the bundle"]
+    hit = sorted({r["stage"] for r in records if r["stage"] in order}, key=order.index)
     print(f"\n{kills} kills (stages hit: {', '.join(hit)}), {lost} samples lost, {duplicated} duplicated, "
           f"{repeated} requests repeated; chaos build {chaos_seconds:.0f} s with restarts\n")
     chaos_scores, reference_scores = scores(run), scores(ref)
