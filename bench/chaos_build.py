@@ -6,9 +6,9 @@ finishes, then compared with an uninterrupted build from the same teacher cache.
 
 The recipe is a shrunken one (the model-store SmolLM2 as a local llama.cpp teacher and as the student, 12
 samples, a few training steps with a checkpoint every 2, GGUF and ONNX export, a 3-question eval set). The kills
-are spread evenly over the stages, in build order: each waits until its stage has begun, then a random 0.2-3 s
-more (the short bundle step: none), and kills the whole process group; a stage that finished first takes the
-kill in the next one. After the kills the build runs to the end. The reference build then starts from a copy of
+are spread evenly over the stages, in build order: each waits until its stage has begun (generation: a sample
+kept; training: a new checkpoint written), then a random 0.2-3 s more (the bundle step, a manifest rewrite:
+none), and kills the whole process group; a stage that finished first takes the kill in the next one. After the kills the build runs to the end. The reference build then starts from a copy of
 the chaos build's teacher cache and runs once, uninterrupted. Prints
 
     K kills, L samples lost, D duplicated, R requests repeated
@@ -109,10 +109,13 @@ def accepted_ids(run: Path) -> list[str]:
     return ids
 
 
-def started(run: Path, stage: str) -> bool:
+def started(run: Path, stage: str, checkpoint_before: int) -> bool:
     """Whether the build has begun the work of `stage` (or gone past it)."""
-    marks = {"generate": run / "data" / "teacher_cache.sqlite", "train": run / "train", "export": run / "export",
-             "eval": run / "eval", "bundle": run / "eval" / "manifest.json"}
+    if stage == "generate":  # the teacher has answered: samples are being kept
+        return bool(accepted_ids(run)) or (run / "data" / "manifest.json").exists()
+    if stage == "train":  # this run wrote a checkpoint: a kill now tests resuming from it
+        return max(checkpoint_steps(run), default=0) > checkpoint_before or (run / "train" / "manifest.json").exists()
+    marks = {"export": run / "export", "eval": run / "eval", "bundle": run / "eval" / "manifest.json"}
     return marks[stage].exists()
 
 
@@ -124,9 +127,10 @@ def chaos(recipe: Path, runs: Path, kills: int, stages: list[str], rng: random.R
     aims = sorted((stages[k % len(stages)] for k in range(kills)), key=order.index)
     records: list[dict] = []
     for k, aim in enumerate(aims):
+        checkpoint_before = max(checkpoint_steps(run), default=0)
         process = subprocess.Popen(build_command(recipe, runs), cwd=ROOT, stdout=log, stderr=log,
                                    start_new_session=True)
-        while process.poll() is None and not started(run, aim):
+        while process.poll() is None and not started(run, aim, checkpoint_before):
             time.sleep(0.01)
         # the bundle step takes a moment: it is hit at once; other stages at a random moment inside them
         time.sleep(0.0 if aim == "bundle" else rng.uniform(0.2, 3.0))

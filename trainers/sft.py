@@ -155,9 +155,14 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     from transformers.trainer_callback import EarlyStoppingCallback
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    from transformers import set_seed
+
     from trainers.callbacks import KeepBestWeights, TrainProgress  # lazy: these import transformers / trl
     from trainers.trainer import StudentTrainer
 
+    # trl wraps the model in its LoRA before transformers' Trainer seeds the run: seed first, or every run starts
+    # from other random adapter weights (and a resumed build could not end as an uninterrupted one)
+    set_seed(config.seed)
     tokenizer = load_tokenizer(base.hf_path)
     rows = tokenized_splits(tokenizer, data, config.max_seq_len, system_prompt)
     train_rows, collator = rows["train"], None
