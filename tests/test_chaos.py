@@ -1,8 +1,9 @@
 """The chaos build, shrunken: `kit build` killed with SIGKILL in generation, export and eval, rerun to the end,
 then compared with an uninterrupted build from the same teacher cache (bench/chaos_build.py runs it with more
 kills over every stage). Kills in training are left to the bench: training resumes from its last checkpoint
-(tests/test_train.py), but a resumed run's adapter is not always bit-identical to an uninterrupted one's (LoRA
-dropout), so its scores can differ by a case on a 3-question eval set."""
+(tests/test_train.py), but a resumed run's adapter is not always bit-identical to an uninterrupted one's (not
+yet traced; LoRA dropout's random state is the suspect), so its scores can differ by a case on a 3-question
+eval set."""
 
 from __future__ import annotations
 
