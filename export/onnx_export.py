@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from kit.core.errors import UserError
@@ -11,9 +12,11 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot hold a model over 2 GB in
 
 
 def export_onnx(merged_dir: Path, out_dir: Path) -> Path:
-    """Export the merged model with optimum; tokenizer, chat template and config land beside it."""
+    """Export the merged model with optimum into a clean folder (nothing an interrupted export left there is
+    kept); tokenizer, chat template and config land beside it."""
     from optimum.exporters.onnx import main_export
 
+    shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past", device="cpu",
                 do_validation=False, local_files_only=True)

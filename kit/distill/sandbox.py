@@ -256,8 +256,9 @@ def _bubblewrap_mounts() -> tuple[str, ...]:
     for hidden in HIDDEN:
         if Path(hidden).is_dir():
             args += ["--tmpfs", hidden]
-    for folder in _interpreter_folders():  # an interpreter inside a hidden home stays readable
-        if any(folder == Path(h) or Path(h) in folder.parents for h in HIDDEN):
+    covered = (*HIDDEN, "/tmp")
+    for folder in _interpreter_folders():  # an interpreter inside a hidden home or /tmp stays readable
+        if any(folder == Path(h) or Path(h) in folder.parents for h in covered):
             args += ["--ro-bind", str(folder), str(folder)]
     return tuple(args)
 
@@ -273,8 +274,9 @@ def _as_nobody() -> list[str]:
 def _interpreter_folders() -> list[Path]:
     import sysconfig
 
-    folders = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
-               Path(sysconfig.get_paths()["stdlib"]).resolve(), Path(sys.executable).resolve().parent}
+    folders = {Path(sys.prefix), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+               Path(sysconfig.get_paths()["stdlib"]).resolve(), Path(sys.executable).parent,
+               Path(sys.executable).resolve().parent}
     return sorted(folders)
 
 
