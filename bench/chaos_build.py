@@ -34,34 +34,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "capital-finder"
-RECIPE = """\
-task:
-  name: capital-finder
-  description: Give the capital city of the country named in the question, as JSON.
-  system_prompt: 'Answer with JSON {"capital": CITY}.'
-output:
-  format: json
-  schema: {type: object, properties: {capital: {type: string}}, required: [capital], additionalProperties: false}
-seeds:
-  - {input: "What is the capital of France?", output: {capital: Paris}}
-  - {input: "Capital of Japan?", output: {capital: Tokyo}}
-  - {input: "Which city is the capital of Italy?", output: {capital: Rome}}
-teacher: {backend: llama_cpp, model: smollm2-135m-instruct, max_tokens: 96, n_ctx: 2048, temperature: 0.9}
-critic:
-  verifiers: [{type: json_schema}, {type: dedup, threshold: 0.9}, {type: decontaminate}]
-data: {target_samples: 12, validation_fraction: 0.25, topics: [Europe, Asia, Americas], evolve_fraction: 0.3}
-student: {model: smollm2-135m-instruct}
-train: {max_steps: 8, batch_size: 4, max_seq_len: 256, checkpoint_every: 2, threads: 2}
-export:
-  gguf_types: [F16, Q8_0]
-  ship: [Q8_0]
-  onnx: {enabled: true, quantize: [int8], ship: [int8]}
-  verify_rows: 2
-  generation: {max_tokens: 24}
-eval: {file: eval.jsonl, max_new_tokens: 24}
-"""
-EVAL = [("What is the capital of Germany?", "Berlin"), ("Capital of Spain?", "Madrid"),
-        ("Which city is the capital of Canada?", "Ottawa")]
+sys.path.insert(0, str(ROOT))
+from tests.test_pipeline import EVAL, RECIPE as PIPELINE_RECIPE  # noqa: E402 - the test suite's shrunken recipe
+
+# the pipeline test's recipe, trained for 8 steps (checkpoints at 2, 4, 6) so that a kill can land between two
+RECIPE = PIPELINE_RECIPE.replace("max_steps: 4", "max_steps: 8")
 STAGE_FOLDERS = {"generate": "data", "train": "train", "export": "export", "eval": "eval", "bundle": "bundle"}
 
 
