@@ -146,6 +146,9 @@ def main() -> None:
     parser.add_argument("--stages", default="generate,train,export,eval,bundle")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/microkit-chaos"))
+    parser.add_argument("--no-score-check", action="store_true",
+                        help="report the eval scores of both builds without requiring them equal (training on CPU "
+                             "threads is not bit-reproducible: two uninterrupted builds' weights differ by ~1e-4)")
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
     if not stages or set(stages) - set(STAGE_FOLDERS):
@@ -200,14 +203,15 @@ def main() -> None:
          f"step {resumable} was complete at the last kill in training)",
          (metrics.get("resumed_from_step") or 0) >= resumable),
         ("the bundle verifies", verified),
-        ("eval scores equal the uninterrupted build's", chaos_scores == reference_scores),
     ]
+    if not args.no_score_check:
+        checks.append(("eval scores equal the uninterrupted build's", chaos_scores == reference_scores))
     for name, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     if not verified:
         print(f"  bundle: {why}")
     if chaos_scores != reference_scores:
-        print(f"  chaos {chaos_scores}\n  reference {reference_scores}")
+        print(f"  scores differ:\n  chaos {chaos_scores}\n  reference {reference_scores}")
     sys.exit(0 if all(ok for _, ok in checks) else 1)
 
 
