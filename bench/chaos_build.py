@@ -37,8 +37,11 @@ TASK = "capital-finder"
 sys.path.insert(0, str(ROOT))
 from tests.test_pipeline import EVAL, RECIPE as PIPELINE_RECIPE  # noqa: E402 - the test suite's shrunken recipe
 
-# the pipeline test's recipe, trained for 8 steps (checkpoints at 2, 4, 6) so that a kill can land between two
-RECIPE = PIPELINE_RECIPE.replace("max_steps: 4", "max_steps: 8")
+# the pipeline test's recipe, trained for 8 steps (checkpoints at 2, 4, 6) so that a kill can land between two, with
+# one teacher request at a time: with several in flight, which of two near-duplicates the critic keeps depends on which
+# answer comes back first, so a restarted build may keep the other one
+RECIPE = PIPELINE_RECIPE.replace("max_steps: 4", "max_steps: 8").replace("temperature: 0.9}",
+                                                                         "temperature: 0.9, concurrency: 1}")
 STAGE_FOLDERS = {"generate": "data", "train": "train", "export": "export", "eval": "eval", "bundle": "bundle"}
 
 
