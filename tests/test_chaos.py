@@ -1,8 +1,8 @@
 """The chaos build, shrunken: `kit build` killed with SIGKILL in generation, export and eval, rerun to the end:
 nothing kept before a kill is lost, no id twice, no cached answer paid for again, the bundle verifies. The
 comparison with an uninterrupted build from the same teacher cache (same samples, same scores) is printed, and
-required by bench/chaos_build.py, not here: training on CPU threads is not bit-reproducible, and it is being made
-so."""
+required by bench/chaos_build.py, not here: training on CPU threads is not bit-reproducible, and concurrent
+generation keeps whichever near-duplicate answers first."""
 
 from __future__ import annotations
 
