@@ -93,7 +93,8 @@ def _probe(config: ProbeConfig, run_dir: RunDir, plan: StagePlan, threads: int |
                   f"and {len(validation)} validation cases ...")
     run_dir.probe.mkdir(parents=True, exist_ok=True)
     derived = derived_values(run_dir.dataset)
-    texts = [AnswerRules.of(derived).finish(text) for text in student_answers(
+    finish = AnswerRules.of(derived).finish
+    texts = [finish(text) for text in student_answers(
         config.evaluate, run_dir.adapter, [c["input"] for c in cases], run_dir.probe, threads, derived)]
     marks = [score(config.evaluate, [case], [text]) for case, text in zip(cases, texts)]
     metric = primary_metric(marks[0]) if marks else "exact_match"
