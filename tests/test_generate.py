@@ -68,6 +68,9 @@ class FakeTeacher:
 
         if "input" in props:
             content = {"input": words()}
+        elif "wordings" in props:  # ways to ask for a topic: two words of the topic's own, and one repeated
+            topic = body["messages"][-1]["content"].split("to ask about: ", 1)[-1].split(":", 1)[0]
+            content = {"wordings": [f"{topic}-{k}" for k in range(props["wordings"]["minItems"] - 1)] + [f"{topic}-0"]}
         elif "inputs" in props:  # a list of inputs, as many as the schema asks
             content = {"inputs": [words() for _ in range(props["inputs"]["minItems"])]}
         elif "answer" in props and self.minutes:
@@ -515,3 +518,40 @@ def test_topics_are_taken_in_turn_so_every_topic_gets_its_share():
         if per_request > 1:  # the items of one list share its plan
             assert all(plan[i].topic == plan[i - i % per_request].topic for i in range(len(plan)))
     assert plan_item(config, 7) == plan_item(config, 7)  # the same recipe gives the same plan
+
+
+def test_wordings_are_listed_once_per_topic_and_each_list_asks_for_its_own(tmp_path, fake_teacher):
+    teacher = fake_teacher()
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=12, data_extra=(
+        ", inputs_per_request: 2, evolve_fraction: 0.0, wordings: 3")))
+    run_dir = RunDir(tmp_path / "run")
+    assert run(generate_config(recipe), run_dir).figures["accepted"] == 12
+
+    def kind(body: dict) -> str:
+        schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema", {})
+        return next((k for k in ("wordings", "inputs", "input", "answer") if k in schema.get("properties", {})),
+                    "judge")
+
+    asked = [b for b in teacher.requests if kind(b) == "wordings"]
+    assert len(asked) == 2 and all(b["max_tokens"] >= 3 * 32 for b in asked)  # one request per topic
+    stats = json.loads((run_dir.data / "stats.json").read_text())
+    # the repeated wording counts once: each topic keeps two
+    assert stats["wordings"] == {"hiking": ["hiking-0", "hiking-1"], "flights": ["flights-0", "flights-1"]}
+    lists = [b["messages"][-1]["content"] for b in teacher.requests if kind(b) == "inputs"]
+    assert lists
+    for ask in lists:
+        topic = ask.split("\nTopic: ", 1)[1].split("\n", 1)[0]
+        words = ask.split("one input each, in this order:\n", 1)[1].split("\n")
+        assert len(words) == 2 and all(w.startswith(f"- {topic}-") for w in words)
+    # taken in turn: a topic's lists together use each of its wordings about as often
+    per_topic: dict[str, list[str]] = {}
+    for ask in lists:
+        topic = ask.split("\nTopic: ", 1)[1].split("\n", 1)[0]
+        per_topic.setdefault(topic, []).extend(ask.split("one input each, in this order:\n", 1)[1].split("\n"))
+    for words in per_topic.values():
+        counts = [words.count(w) for w in set(words)]
+        assert max(counts) - min(counts) <= 1
+    # a rerun asks for nothing new: the wordings come from the teacher cache, and so the same plan
+    before = len(teacher.requests)
+    run(generate_config(recipe), run_dir, force=True)
+    assert len(teacher.requests) == before

@@ -183,6 +183,12 @@ class DataConfig(StrictModel):
     inputs_per_request: int = Field(1, ge=1, le=16, description="inputs the teacher writes in one reply, for "
                                     "one topic, persona and kind, as Self-Instruct asks for a list: a list varies "
                                     "more than separate draws, and the prompt is read once per list")
+    wordings: int = Field(0, ge=0, le=32, description="before writing inputs, the teacher lists this many words or "
+                          "short phrases users ask for each topic's action with (synonyms, slang, casual forms: "
+                          "attributes the teacher proposes itself, as in AttrPrompt), and each fresh input is written "
+                          "with one of them, in turn: a teacher left alone writes most requests one way ('call Bob', "
+                          "'call Sam'), and a student never shown 'ring Dr. Patel' misroutes it. 0: off; costs one "
+                          "teacher request per topic (listed in stats.json)")
     answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
     reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
                                               "dataset's `reasoning` column); off: about half the teacher tokens")

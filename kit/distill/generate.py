@@ -34,10 +34,13 @@ from kit.distill.prompts import (
     parse_answer,
     parse_input,
     parse_inputs,
+    parse_wordings,
     plan_item,
     request_seed,
     round_role,
     vote_key,
+    wordings_messages,
+    wordings_schema,
 )
 from kit.distill.sample_store import SAMPLES, STATS, SampleStore, probe_ids, read_jsonl, sample_id, split_ids, write_dataset
 from kit.distill.stats import GenerationProgress, build_stats, step_names
@@ -113,7 +116,9 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         elapsed = time.time() - started
         seeds, seed_notes = await seed_rows(config, critic) if config.data.train_on_seeds else ([], [])
         stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
-                            store.accepted - accepted_before, generation.failed, critic.notes + seed_notes)
+                            store.accepted - accepted_before, generation.failed,
+                            generation.notes + critic.notes + seed_notes)
+        stats["wordings"] = generation.wordings
         stats["seeds_in_training"] = len(seeds)
         stats["decontamination"] = [v.rule for v in critic.verifiers if v.type == "decontaminate" and v.items]
         held_out = _write_probes(config, store.samples.rows, folder)
@@ -173,6 +178,8 @@ class Generation:
         self.earlier_rows = [row for folder in config.round.earlier for row in read_jsonl(Path(folder) / SAMPLES)]
         self.earlier_ids = {row["id"] for row in self.earlier_rows}
         self.failures = failed_inputs(config.round.failures_file)
+        self.wordings: dict[str, list[str]] = {}  # topic ("" for none) -> ways users word it (data.wordings)
+        self.notes: list[str] = []
         for row in self.earlier_rows + store.samples.rows:  # dedup and friends remember what was kept before
             critic.admit(row["id"], Candidate(row["index"], row["input"], [Answer(None, row["output"])]))
 
@@ -180,6 +187,7 @@ class Generation:
         # Enough workers to keep every teacher slot busy: `inputs_per_request` workers wait on one shared input
         # list, so `concurrency + 1` workers kept only about 2 of 8 slots decoding (lists are written one
         # token at a time while their answers wait); the teacher client's semaphore still bounds requests.
+        self.wordings = await self._ask_wordings()
         workers = self.config.teacher.concurrency * self.config.data.inputs_per_request + 1
         tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
         try:
@@ -187,6 +195,32 @@ class Generation:
         finally:
             for task in [*tasks, *self._input_lists.values()]:
                 task.cancel()
+
+    async def _ask_wordings(self) -> dict[str, list[str]]:
+        """`data.wordings` ways users word each topic, one teacher request per topic (cached like every request,
+        so a rerun plans the same inputs). A reply that does not parse leaves its topic without wordings."""
+        config, teacher = self.config, self.teacher
+        count = config.data.wordings
+        if count == 0:
+            return {}
+        topics = config.data.topics or [""]
+
+        async def one(number: int, topic: str) -> list[str]:
+            reply = await teacher.complete(wordings_messages(config, topic or None, count), wordings_schema(count),
+                                           teacher.sampling(request_seed(config.data.seed, number,
+                                                                         round_role(config, "wordings")),
+                                                            max_tokens=max(config.teacher.max_tokens, 32 * count)))
+            try:
+                return parse_wordings(reply.text)
+            except ParseError as err:
+                self.notes.append(f"wordings: none for topic {topic or '(all)'!r}: {err}")
+                return []
+
+        try:
+            lists = await asyncio.gather(*(one(n, t) for n, t in enumerate(topics)))
+        except TeacherRequestFailed as err:
+            raise UserError(f"the teacher failed while listing wordings ({err}); check it, then run again") from None
+        return {topic: wordings for topic, wordings in zip(topics, lists) if wordings}
 
     def _attempts(self) -> int:
         return len(self.store.done) + self._in_flight + self.failed
@@ -221,7 +255,7 @@ class Generation:
 
     async def _make(self, index: int) -> tuple[Candidate | dict[str, Any], Rejection | None]:
         config, teacher = self.config, self.teacher
-        item = plan_item(config, index, self.failures)
+        item = plan_item(config, index, self.failures, self.wordings)
         try:
             task_input, reference = await self._input(index, item)
         except ParseError as err:
@@ -279,8 +313,8 @@ class Generation:
     async def _input_list(self, number: int, count: int) -> list[tuple[Any, Any] | ParseError]:
         config, teacher = self.config, self.teacher
         first = number * count
-        reply = await teacher.complete(inputs_messages(config, plan_item(config, first, self.failures), count,
-                                                       self.with_reference),
+        item = plan_item(config, first, self.failures, self.wordings)
+        reply = await teacher.complete(inputs_messages(config, item, count, self.with_reference),
                                        inputs_schema(config, count, self.with_reference),
                                        teacher.sampling(request_seed(config.data.seed, first,
                                                                          round_role(config, f"inputs{count}")),

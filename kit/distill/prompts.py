@@ -8,7 +8,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from kit.distill.critic.base import Answer, input_text
 from runtime.copy_fields import copy_schema
@@ -38,6 +38,7 @@ class PlanItem:
     persona: str | None
     difficulty: str | None
     like: str | None = None  # a failed probe input to write new inputs like (later rounds)
+    wordings: tuple[str, ...] = ()  # ways of wording the request, one per input of the item's list
 
     @property
     def origin(self) -> str:
@@ -67,10 +68,12 @@ def round_role(config, role: str) -> str:
     return role if number == 1 else f"round{number}:{role}"
 
 
-def plan_item(config, index: int, failures: Sequence[str] = ()) -> PlanItem:
-    """The `index`-th input to write; the same recipe always gives the same plan. A later round with probe
-    failures spends `data.failure_share` of its lists on new inputs like each failed one in turn (persona and kind
-    still vary); the other lists follow the plain plan, so every topic keeps its share."""
+def plan_item(config, index: int, failures: Sequence[str] = (),
+              wordings: Mapping[str, Sequence[str]] | None = None) -> PlanItem:
+    """The `index`-th input to write; the same recipe (and the same teacher-listed `wordings` per topic) always
+    gives the same plan. A later round with probe failures spends `data.failure_share` of its lists on new inputs
+    like each failed one in turn (persona and kind still vary); the other lists follow the plain plan, so every
+    topic keeps its share."""
     data = config.data
     per_request = data.inputs_per_request
     # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
@@ -85,14 +88,28 @@ def plan_item(config, index: int, failures: Sequence[str] = ()) -> PlanItem:
         return PlanItem(index=index, evolve_seed=None, evolution="", topic=None, persona=pick(data.personas),
                         difficulty=pick(data.difficulty_levels), like=like)
     evolve = rng.random() < data.evolve_fraction
+    topic = _in_turn(data.topics, unit, f"{salt}:topics")
     return PlanItem(
         index=index,
         evolve_seed=rng.randrange(len(seeds)) if evolve else None,
         evolution=rng.choice(data.evolutions or EVOLUTIONS),
-        topic=_in_turn(data.topics, unit, f"{salt}:topics"),
+        topic=topic,
         persona=pick(data.personas),
         difficulty=pick(data.difficulty_levels),
+        wordings=() if evolve else _wordings_in_turn((wordings or {}).get(topic or "", ()), unit,
+                                                     max(1, len(data.topics)), per_request, f"{salt}:wordings:{topic}"),
     )
+
+
+def _wordings_in_turn(options: Sequence[str], unit: int, topics: int, per_request: int, salt: str) -> tuple[str, ...]:
+    """The wordings of a list (one per input): the topic's k-th list takes the next `per_request` of its
+    wordings, in an order shuffled once per topic, so every wording is used about as often as the others."""
+    if not options:
+        return ()
+    order = list(options)
+    random.Random(salt).shuffle(order)
+    start = (unit // topics) * per_request
+    return tuple(order[(start + j) % len(order)] for j in range(per_request))
 
 
 def _in_turn(options: list[str], unit: int, salt: str) -> str | None:
@@ -184,6 +201,14 @@ def _wishes(item: PlanItem) -> list[tuple[str, str]]:
                                                  ("Kind", item.difficulty)) if value]
 
 
+def _wording_ask(item: PlanItem) -> str:
+    if not item.wordings:
+        return ""
+    if len(item.wordings) == 1:
+        return f"\nAsk for it with the words: {item.wordings[0]}"
+    return "\nAsk for it with these words, one input each, in this order:" + "".join(f"\n- {w}" for w in item.wordings)
+
+
 def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[str, str]]:
     reply = '{"input": ...' + (', "reference": <a correct answer to it>' if with_reference else "") + "}"
     if item.like is not None:
@@ -193,7 +218,7 @@ def input_messages(config, item: PlanItem, with_reference: bool) -> list[dict[st
         user = f"Rewrite this input so that you {item.evolution}:\n{input_text(config.seeds[item.evolve_seed].input)}"
     else:
         user = "Write one new input, different from the examples." + "".join(
-            f"\n{label}: {value}" for label, value in _wishes(item))
+            f"\n{label}: {value}" for label, value in _wishes(item)) + _wording_ask(item)
     if with_reference:
         user += f"\nAlso give a correct reference answer. {_format_note(config)}"
     return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
@@ -211,7 +236,7 @@ def inputs_messages(config, item: PlanItem, count: int, with_reference: bool) ->
                 f"{input_text(config.seeds[item.evolve_seed].input)}")
     else:
         user = f"Write {count} new inputs, different from the examples and from each other." + "".join(
-            f"\n{label}: {value}" for label, value in _wishes(item))
+            f"\n{label}: {value}" for label, value in _wishes(item)) + _wording_ask(item)
     if with_reference:
         user += f"\nGive each a correct reference answer. {_format_note(config)}"
     return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
@@ -231,6 +256,42 @@ def answer_messages(config, item: PlanItem, task_input: str | dict[str, Any]) ->
         messages.append({"role": "assistant", "content": json.dumps(shot, ensure_ascii=False)})
     messages.append({"role": "user", "content": input_text(task_input)})
     return messages
+
+
+def wordings_messages(config, topic: str | None, count: int) -> list[dict[str, str]]:
+    """Ask for `count` words or short phrases users ask for one topic's action with (or the task's): the
+    attributes the plan then writes inputs with, so the inputs vary in their wording, not only in their details.
+    Words, not whole sentence patterns: asked for varied patterns, a 1.5B teacher drifts off the task (questions
+    about the user's favourite song) or repeats one pattern with more placeholders."""
+    examples = "\n".join(f"- {input_text(seed.input)}" for seed in shots(config))
+    system = ("You study how people word what they ask an assistant that does one task.\n"
+              f"{_task_block(config)}\nExample inputs:\n{examples}\n"
+              'Reply with JSON only: {"wordings": ["...", "...", ...]}')
+    about = f"about: {topic}" if topic else "for this task"
+    user = (f"List {count} different words or short phrases (1 to 4 words) a user might type to ask {about}: "
+            "the verb or phrase for the action itself, such as synonyms, slang and casual forms; no two alike, "
+            "no details.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def wordings_schema(count: int) -> dict[str, Any]:
+    return {"type": "object", "properties": {"wordings": {"type": "array", "items": {"type": "string", "minLength": 2},
+                                                          "minItems": count, "maxItems": count}},
+            "required": ["wordings"]}
+
+
+def parse_wordings(text: str) -> list[str]:
+    """The distinct wordings of a reply (case and spacing aside), in the teacher's order."""
+    items = _json_object(text).get("wordings")
+    if not isinstance(items, list):
+        raise ParseError("reply has no 'wordings' list")
+    seen: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, str) and (text := " ".join(item.split())):
+            seen.setdefault(text.casefold(), text)
+    if not seen:
+        raise ParseError("the 'wordings' list is empty")
+    return list(seen.values())
 
 
 # -- parsing -------------------------------------------------------------------------------------
