@@ -33,11 +33,14 @@ class FakeTeacher:
     plan keyed by the number of the /chat/completions request (1-based)."""
 
     def __init__(self, faults: dict[int, str] | None = None, delay_s: float = 0.0, hang_s: float = 3.0,
-                 unit_from_input: bool = False, minutes: bool = False):
+                 unit_from_input: bool = False, minutes: bool = False, jitter_s: float = 0.0,
+                 vocab: list[str] | None = None):
         self.faults = dict(faults or {})
         self.unit_from_input = unit_from_input  # answers copy the request's last word as their unit
         self.minutes = minutes  # inputs end "N minutes", answers give N * 60 seconds
         self.delay_s = delay_s
+        self.jitter_s = jitter_s  # each reply waits a further random time (unseeded): replies come back in any order
+        self.vocab = vocab or VOCAB
         self.hang_s = hang_s
         self.count = 0
         self.bodies: list[str] = []  # sha256 of each request body that was answered
@@ -63,7 +66,7 @@ class FakeTeacher:
         props = schema.get("properties", {})
         rng = random.Random(body.get("seed", 0))
         def words() -> str:
-            return " ".join(rng.choice(VOCAB) for _ in range(8)) + (
+            return " ".join(rng.choice(self.vocab) for _ in range(8)) + (
                 f" {rng.randrange(2, 90)} minutes" if self.minutes else "")
 
         if "input" in props:
@@ -117,7 +120,7 @@ class FakeTeacher:
                 with fake.lock:
                     fake.count += 1
                     fault = fake.faults.get(fake.count)
-                time.sleep(fake.delay_s)
+                time.sleep(fake.delay_s + random.uniform(0, fake.jitter_s))
                 if fault == "429":
                     return self._send(429, b'{"error": "slow down"}', {"Retry-After": "0"})
                 if fault == "500":
@@ -555,3 +558,21 @@ def test_wordings_are_listed_once_per_topic_and_each_list_asks_for_its_own(tmp_p
     before = len(teacher.requests)
     run(generate_config(recipe), run_dir, force=True)
     assert len(teacher.requests) == before
+
+
+def test_the_same_teacher_replies_give_the_same_samples_whatever_order_they_come_back_in(tmp_path, fake_teacher):
+    """Results are written in plan order: which of two near-duplicates is kept does not depend on timing."""
+    runs = []
+    for attempt in range(2):
+        teacher = fake_teacher(jitter_s=0.05, vocab=VOCAB[:2])  # two words: many near-duplicates to choose between
+        folder = tmp_path / f"build{attempt}"
+        folder.mkdir()
+        recipe = load_recipe(write_recipe(folder, teacher.url, target=12,
+                                          data_extra=", evolve_fraction: 0.0"))
+        run_dir = RunDir(folder / "run")
+        run(generate_config(recipe), run_dir)
+        runs.append((read_jsonl(run_dir.data / "samples.jsonl"), read_jsonl(run_dir.data / "rejected.jsonl")))
+    (kept_a, rejected_a), (kept_b, rejected_b) = runs
+    assert any(r["verifier"] == "dedup" for r in rejected_a)  # the order mattered somewhere
+    assert [(r["index"], r["id"]) for r in kept_a] == [(r["index"], r["id"]) for r in kept_b]
+    assert [(r["index"], r["reason"]) for r in rejected_a] == [(r["index"], r["reason"]) for r in rejected_b]

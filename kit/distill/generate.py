@@ -158,7 +158,10 @@ class TargetReached(Exception):
 
 class Generation:
     """Workers take plan indices in order, skipping those a previous run finished; each index ends as
-    one accepted sample or one rejection, written before the next is counted."""
+    one accepted sample or one rejection, written before the next is counted. Results are written in plan
+    order (one that finishes early waits for the indices before it), so the critic's memory, and with it which
+    of two near-duplicates is kept, never depends on which teacher reply came back first: the same teacher
+    replies give the same samples, however the requests interleave and wherever a run was killed."""
 
     def __init__(self, config: GenerateConfig, store: SampleStore, teacher: TeacherClient, critic: Critic):
         self.config = config
@@ -175,6 +178,8 @@ class Generation:
         self._in_flight = 0
         self._next = 0
         self._input_lists: dict[int, asyncio.Task] = {}  # list number -> the teacher's reply, shared by its items
+        self._finished: dict[int, tuple | None] = {}  # results waiting for an earlier index (None: its request failed)
+        self._write_from = 0  # the first index not written yet
         self.earlier_rows = [row for folder in config.round.earlier for row in read_jsonl(Path(folder) / SAMPLES)]
         self.earlier_ids = {row["id"] for row in self.earlier_rows}
         self.failures = failed_inputs(config.round.failures_file)
@@ -223,7 +228,7 @@ class Generation:
         return {topic: wordings for topic, wordings in zip(topics, lists) if wordings}
 
     def _attempts(self) -> int:
-        return len(self.store.done) + self._in_flight + self.failed
+        return len(self.store.done) + self._in_flight + len(self._finished) + self.failed
 
     def _take_index(self) -> int:
         while self._next in self.store.done:
@@ -240,12 +245,27 @@ class Generation:
             except TargetReached:
                 return
             except TeacherRequestFailed as err:
+                self._in_flight -= 1
+                self._finish(index, None)
                 self._on_failure(err)
                 continue
-            finally:
-                self._in_flight -= 1
+            self._in_flight -= 1
             self._consecutive_failures = 0
-            self._record(index, candidate, rejection)
+            self._finish(index, (candidate, rejection))
+
+    def _finish(self, index: int, result: tuple | None) -> None:
+        """Write every finished result whose earlier indices are all written, in plan order (without awaiting).
+        An index whose request failed is passed over (a rerun takes it again)."""
+        self._finished[index] = result
+        while True:
+            while self._write_from in self.store.done:
+                self._write_from += 1
+            if self._write_from not in self._finished:
+                return
+            result = self._finished.pop(self._write_from)
+            if result is not None:
+                self._record(self._write_from, *result)
+            self._write_from += 1
 
     def _on_failure(self, err: TeacherRequestFailed) -> None:
         self.failed += 1
@@ -349,8 +369,10 @@ class Generation:
         """Runs without awaiting: the re-check, the id check and the write happen as one step."""
         if self.store.accepted >= self.target:
             return  # a late finisher; its requests stay cached for a later, larger run
-        if rejection is None and isinstance(candidate, Candidate):
-            rejection = self.critic.recheck(candidate)
+        if isinstance(candidate, Candidate) and (rejection is None or rejection.verifier in self.critic.stateful_labels):
+            # against everything written before this index: a near-duplicate found at review time names the
+            # same first objection it would have met had every earlier index been written by then
+            rejection = self.critic.recheck(candidate) or rejection
         if rejection is None and isinstance(candidate, Candidate):
             sid = sample_id(candidate.input_text, candidate.answer.output)
             if sid in self.store.ids or sid in self.earlier_ids:

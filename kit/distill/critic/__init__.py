@@ -56,6 +56,11 @@ class Critic:
                 return Rejection(verifier.label, reason)
         return None
 
+    @property
+    def stateful_labels(self) -> set[str]:
+        """The labels of the checks that depend on what was kept before (rechecked when a sample is written)."""
+        return {verifier.label for verifier in self.verifiers if verifier.stateful}
+
     def admit(self, sample_id: str, candidate: Candidate) -> None:
         for verifier in self.verifiers:
             verifier.admit(sample_id, candidate)
