@@ -376,6 +376,34 @@ def test_resume_after_kill_loses_nothing(dataset_run, tiny_llama, tmp_path):
     assert resumed["validation_loss_after"] == pytest.approx(reference["validation_loss_after"], rel=1e-3)
 
 
+def test_a_run_killed_after_an_epochs_last_step_resumes_to_the_uninterrupted_weights_bit_for_bit(
+        dataset_run, tiny_llama, tmp_path):
+    """The checkpoint of an epoch's last step is written after that epoch's validation: resumed from it, the run
+    keeps that validation loss and draws the same dropout as an uninterrupted one, so it ends with the same bits."""
+    from safetensors.numpy import load_file
+
+    train = {"threads": 1, "epochs": 3, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 128,
+             "early_stopping_patience": 0, "lora": {"r": 8, "alpha": 16, "dropout": 0.1}}
+    whole = fresh_run(dataset_run, tmp_path / "whole")
+    recipe = write_recipe(tmp_path / "whole.yaml", str(tiny_llama), train | {"checkpoint_every": 1000})
+    subprocess.run(kit_command("train", str(recipe), "--run-dir", str(whole.root), "--no-progress"),
+                   cwd=ROOT, check=True, capture_output=True)
+    reference = json.loads((whole.train / "metrics.json").read_text())
+    per_epoch = reference["validation_loss_by_epoch"][0]["step"]
+
+    killed = fresh_run(dataset_run, tmp_path / "killed")
+    recipe = write_recipe(tmp_path / "killed.yaml", str(tiny_llama), train | {"checkpoint_every": per_epoch})
+    command = kit_command("train", str(recipe), "--run-dir", str(killed.root), "--no-progress")
+    kill_after_first_checkpoint(command, killed.train / "checkpoints")
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    resumed = json.loads((killed.train / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] in (per_epoch, 2 * per_epoch)  # an epoch's last step
+    assert resumed["validation_loss_by_epoch"] == reference["validation_loss_by_epoch"]
+    ours = load_file(killed.train / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(whole.train / "adapter" / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+
+
 # -- distillation --------------------------------------------------------------------------------------------
 def test_distillation_caches_teacher_topk_once_and_trains(dataset_run, tiny_llama, tiny_teacher, tmp_path):
     from trainers.sft import train

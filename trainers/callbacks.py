@@ -77,6 +77,26 @@ class TrainProgress(TrainerCallback):
             self.bar.set_postfix_str(f"loss {loss}, {self.tokens_per_second:,.0f} tok/s", refresh=False)
 
 
+class SaveAfterEpochEvaluation(TrainerCallback):
+    """A checkpoint due on an epoch's last step is written after that epoch's validation instead of before it.
+    Written before it, the checkpoint lacks the epoch's validation loss (best weights, early stopping), and a run
+    resumed from it skips that validation, whose loader draws from the random state: the resumed run's dropout
+    then differs from an uninterrupted one's, and so do its weights. Written after it, a resumed run ends with
+    the uninterrupted run's weights, bit for bit."""
+
+    def __init__(self):
+        self._deferred = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        ends_epoch = state.epoch is not None and float(state.epoch).is_integer()
+        if control.should_save and ends_epoch and args.eval_strategy == "epoch":
+            control.should_save, self._deferred = False, True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._deferred:
+            control.should_save, self._deferred = True, False
+
+
 class KeepBestWeights(TrainerCallback):
     """The trainable (LoRA) weights of the evaluation with the lowest validation loss, kept in memory, so the
     adapter saved at the end is the best epoch's, not the last one's (transformers' load_best_model_at_end,

@@ -157,7 +157,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
 
     from transformers import set_seed
 
-    from trainers.callbacks import KeepBestWeights, TrainProgress  # lazy: these import transformers / trl
+    from trainers.callbacks import KeepBestWeights, SaveAfterEpochEvaluation, TrainProgress  # lazy: these import transformers / trl
     from trainers.trainer import StudentTrainer
 
     # trl wraps the model in its LoRA before transformers' Trainer seeds the run: seed first, or every run starts
@@ -175,7 +175,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
         collator = DistillCollator(collator or DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
                                                                                padding_free=config.packing))
     progress = TrainProgress(show=show_progress)
-    callbacks: list[Any] = [progress, KeepBestWeights()]
+    callbacks: list[Any] = [progress, SaveAfterEpochEvaluation(), KeepBestWeights()]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     model, peft_config = _student_model(config, base, device, init_adapter)
