@@ -576,3 +576,32 @@ def test_the_same_teacher_replies_give_the_same_samples_whatever_order_they_come
     assert any(r["verifier"] == "dedup" for r in rejected_a)  # the order mattered somewhere
     assert [(r["index"], r["id"]) for r in kept_a] == [(r["index"], r["id"]) for r in kept_b]
     assert [(r["index"], r["reason"]) for r in rejected_a] == [(r["index"], r["reason"]) for r in rejected_b]
+
+
+def test_requests_spread_over_several_endpoints_and_one_that_dies_is_set_aside(tmp_path, fake_teacher):
+    dying, steady = fake_teacher(faults={4: "die"}), fake_teacher()
+    recipe = load_recipe(write_recipe(tmp_path, dying.url, target=10))
+    recipe.teacher.base_url = [dying.url, steady.url]
+    run_dir = RunDir(tmp_path / "run")
+    assert run(generate_config(recipe), run_dir).figures["accepted"] == 10
+    teacher = json.loads((run_dir.data / "stats.json").read_text())["teacher"]
+    assert teacher["failed"] == 0  # whatever failed at the dead endpoint was answered by the other one
+    endpoints = teacher["endpoints"]
+    # the dying one answered its first 3 requests (and any that were in flight as it went down)
+    assert endpoints[dying.url]["requests"] >= 3 and endpoints[dying.url]["failures"] >= 1
+    assert endpoints[steady.url]["requests"] > endpoints[dying.url]["requests"]
+    # one cache for both: a rerun asks neither
+    before = len(steady.requests)
+    run(generate_config(recipe), run_dir, force=True)
+    assert len(steady.requests) == before
+
+
+def test_teacher_url_takes_several_endpoints_comma_separated():
+    from kit.cli.distill import _endpoints
+    from kit.distill.config import TeacherConfig
+
+    assert _endpoints("http://a/v1") == "http://a/v1"
+    assert _endpoints("http://a/v1, http://b/v1") == ["http://a/v1", "http://b/v1"]
+    assert TeacherConfig(base_url=["http://a/v1", "http://b/v1"]).base_urls == ["http://a/v1", "http://b/v1"]
+    with pytest.raises(ValueError):
+        TeacherConfig(base_url=[])

@@ -22,13 +22,10 @@ MESSAGES = [{"role": "system", "content": "You plan trips. Reply with JSON only.
             {"role": "user", "content": "A weekend in Rome."}]
 
 
-@pytest.fixture(scope="module")
-def llama_server(store_gguf, free_port, tmp_path_factory):
-    """A real llama-cpp-python server on loopback with the store's SmolLM2-135M."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+def start_llama_server(model, port: int, log) -> tuple[subprocess.Popen, str]:
+    """A real llama-cpp-python server on loopback; returns it once it answers /v1/models."""
     with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
-        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(store_gguf), "--host",
+        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host",
                                     "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "False"],
                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
@@ -36,19 +33,29 @@ def llama_server(store_gguf, free_port, tmp_path_factory):
     while True:
         try:
             if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
+                return process, url
         except httpx.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"llama.cpp server did not start: {log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.3)
-    yield url
+
+
+def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def llama_server(store_gguf, free_port, tmp_path_factory):
+    """A real llama-cpp-python server on loopback with the store's SmolLM2-135M."""
+    process, url = start_llama_server(store_gguf, free_port(), tmp_path_factory.mktemp("llama-server") / "server.log")
+    yield url
+    stop(process)
 
 
 def complete_once(config: TeacherConfig, cache_path=None, schema=SCHEMA, runs: int = 1):
@@ -72,6 +79,63 @@ def test_openai_backend_gets_schema_constrained_json_from_llama_cpp_server(llama
     assert isinstance(reply["city"], str) and isinstance(reply["days"], int)
     assert first.prompt_tokens > 0 and first.completion_tokens > 0
     assert second.cached and second.text == first.text and usage.requests == 1 and usage.cached == 1
+
+
+UNIT_RECIPE = """\
+task: {{name: unit-converter, description: Convert a quantity between metric and imperial units.}}
+output:
+  format: json
+  schema: {{type: object, properties: {{value: {{type: number}}, unit: {{type: string}}}}, required: [value, unit]}}
+seeds:
+  - {{input: 3 miles in km, output: {{value: 4.83, unit: km}}, reasoning: 1 mile is 1.609 km.}}
+  - {{input: 10 kg in pounds, output: {{value: 22.05, unit: lb}}, reasoning: 1 kg is 2.205 lb.}}
+teacher: {{backend: openai, base_url: {url}, model: smollm2, max_tokens: 96, concurrency: {concurrency}}}
+critic:
+  verifiers: [{{type: json_schema}}, {{type: dedup}}, {{type: decontaminate}}]
+data: {{target_samples: {target}, topics: [cooking, travel], validation_fraction: 0.34}}
+eval: {{file: eval.jsonl}}
+"""
+
+
+@pytest.mark.slow
+def test_two_endpoints_one_stopped_midway_the_run_finishes_with_nothing_lost(store_gguf, free_port, tmp_path):
+    """Two real llama.cpp servers share the requests; one is stopped in the middle of the run: its requests go to
+    the other, the run finishes, nothing kept is lost and no item runs out of retries."""
+    import threading
+
+    from kit.core.run_dir import RunDir
+    from kit.distill.generate import run
+    from kit.recipe.loader import load_recipe
+    from kit.recipe.stages import generate_config
+
+    first, first_url = start_llama_server(store_gguf, free_port(), tmp_path / "first.log")
+    second, second_url = start_llama_server(store_gguf, free_port(), tmp_path / "second.log")
+    try:
+        (tmp_path / "eval.jsonl").write_text('{"input": "12 inches in cm", "output": {"value": 30.48, "unit": "cm"}}\n')
+        (tmp_path / "recipe.yaml").write_text(UNIT_RECIPE.format(url=json.dumps([first_url, second_url]),
+                                                                 concurrency=2, target=8))
+        run_dir = RunDir(tmp_path / "run")
+        finished: list = []
+        worker = threading.Thread(target=lambda: finished.append(
+            run(generate_config(load_recipe(tmp_path / "recipe.yaml")), run_dir)))
+        worker.start()
+        samples = run_dir.data / "samples.jsonl"
+        while worker.is_alive() and (not samples.exists() or len(samples.read_text().splitlines()) < 2):
+            time.sleep(0.1)
+        kept_before = [json.loads(line)["id"] for line in samples.read_text().splitlines()]
+        stop(first)  # midway: 2 of 8 samples kept
+        worker.join(timeout=600)
+    finally:
+        stop(first)
+        stop(second)
+    assert finished and finished[0].figures["accepted"] == 8
+    kept = [json.loads(line)["id"] for line in samples.read_text().splitlines()]
+    assert set(kept_before) <= set(kept) and len(kept) == len(set(kept)) == 8
+    teacher = json.loads((run_dir.data / "stats.json").read_text())["teacher"]
+    assert teacher["failed"] == 0  # every request that failed at the stopped server was answered by the other
+    endpoints = teacher["endpoints"]
+    assert endpoints[first_url]["requests"] > 0 and endpoints[second_url]["requests"] > endpoints[first_url]["requests"]
+    assert endpoints[first_url]["failures"] >= 1
 
 
 @pytest.mark.slow

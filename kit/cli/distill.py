@@ -30,7 +30,8 @@ def generate(
     target: int = typer.Option(None, "--target", min=1, help="override data.target_samples"),
     backend: str = typer.Option(None, "--teacher-backend", help="override teacher.backend (openai, llama_cpp, hf)"),
     model: str = typer.Option(None, "--teacher-model", help="override teacher.model"),
-    url: str = typer.Option(None, "--teacher-url", help="override teacher.base_url (OpenAI-compatible endpoint)"),
+    url: str = typer.Option(None, "--teacher-url", help="override teacher.base_url (OpenAI-compatible endpoint; "
+                                                          "several, comma-separated, share the requests)"),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="override teacher.concurrency"),
     max_tokens: int = typer.Option(None, "--max-tokens", min=16, help="override teacher.max_tokens"),
     fresh: bool = typer.Option(False, "--fresh", help="delete this recipe's data folder (samples and cache) first"),
@@ -39,7 +40,7 @@ def generate(
     """Distill task data: the teacher writes, the critic keeps what passes; writes runs/<task>/data/."""
     loaded = load_recipe(recipe, preset)
     config = generate_config(loaded)
-    teacher = {k: v for k, v in {"backend": backend, "model": model, "base_url": url, "concurrency": concurrency,
+    teacher = {k: v for k, v in {"backend": backend, "model": model, "base_url": _endpoints(url), "concurrency": concurrency,
                                  "max_tokens": max_tokens}.items() if v is not None}
     data = {"target_samples": target} if target is not None else {}
     try:
@@ -61,3 +62,10 @@ def generate(
     if not figures["target_reached"]:
         console.print("[yellow]the attempt budget ran out before the target; raise critic.max_attempts_factor, "
                       "loosen the verifiers, or run again with a stronger teacher[/yellow]")
+
+
+def _endpoints(url: str | None) -> str | list[str] | None:
+    """--teacher-url as the recipe's base_url: one endpoint, or a list when several are comma-separated."""
+    if url is None or "," not in url:
+        return url
+    return [part.strip() for part in url.split(",") if part.strip()]

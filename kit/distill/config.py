@@ -61,7 +61,25 @@ class Seed(StrictModel):
 class TeacherConfig(StrictModel):
     backend: Literal["openai", "llama_cpp", "hf"] = "llama_cpp"
     model: str = DEFAULT_TEACHER
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1, or a list of them (several "
+                          "vLLM or llama.cpp servers serving the same model): each request goes to the least busy "
+                          "endpoint, one that fails is set aside and tried again later, and the request cache stays "
+                          "one cache")
+
+    @field_validator("base_url")
+    @classmethod
+    def _some_endpoint(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("the list of endpoints is empty")
+        return value
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The endpoints, as a list (empty when none is set)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     answer_temperature: float | None = Field(

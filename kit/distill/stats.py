@@ -70,6 +70,16 @@ def _usage(clients: list) -> dict[str, Any]:
                     merged[k] = merged.get(k, 0) + v
             else:
                 total[key] = total.get(key, 0) + value
+    endpoints: dict[str, dict[str, int]] = {}
+    for client in {id(c): c for c in clients}.values():
+        backend = getattr(client, "backend", None)
+        figures = backend.endpoint_figures() if hasattr(backend, "endpoint_figures") else None
+        for url, counts in (figures or {}).items():
+            mine = endpoints.setdefault(url, {})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+    if endpoints:
+        total["endpoints"] = endpoints  # requests answered and failed per endpoint of a teacher with several
     caches = {id(c.cache): c.cache for c in clients if getattr(c, "cache", None) is not None}
     # over every run into this folder: answers paid for a request the cache already answered (a kill -9 between
     # a reply and its commit, or two identical requests in flight together)

@@ -28,10 +28,12 @@ class Completion:
 class TransientTeacherError(Exception):
     """Worth retrying: 429, 5xx, a timeout, a dropped connection, a malformed response."""
 
-    def __init__(self, message: str, retry_after: float | None = None, connection: bool = False):
+    def __init__(self, message: str, retry_after: float | None = None, connection: bool = False,
+                 set_aside: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
         self.connection = connection
+        self.set_aside = set_aside  # the endpoint itself is in trouble: a teacher with several tries another
 
 
 class TeacherRequestFailed(Exception):

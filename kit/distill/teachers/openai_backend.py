@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from kit.core.errors import UserError
@@ -13,14 +15,40 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
+ASIDE_FIRST_S = 2.0  # an endpoint that failed is set aside this long, doubling with each failure in a row
+ASIDE_MAX_S = 60.0
+
+
+@dataclass
+class Endpoint:
+    """One OpenAI-compatible server of a teacher that may have several."""
+
+    url: str
+    http: Any
+    response_format: str  # the JSON-Schema form this endpoint speaks (found out per endpoint)
+    in_flight: int = 0
+    requests: int = 0  # answered
+    failures: int = 0  # requests that failed here (the retry went elsewhere)
+    failures_in_row: int = 0
+    aside_until: float = 0.0  # monotonic time before which it gets no request while another one is available
+
+    def figures(self) -> dict[str, Any]:
+        return {"requests": self.requests, "failures": self.failures}
+
+
 class OpenAITeacher(TeacherBackend):
+    """One endpoint or several serving the same model: each request goes to the least busy endpoint not set
+    aside; an endpoint that drops a connection, times out or answers 5xx/429 is set aside (2 s, doubling up to a
+    minute with each failure in a row) and the client's retry goes to another one. The request cache keys on the
+    request, not the endpoint, so it stays one cache."""
+
     name = "openai"
 
     def __init__(self, config):
         super().__init__(config)
         import httpx
 
-        self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        urls = [url.rstrip("/") for url in (config.base_urls or [DEFAULT_BASE_URL])]
         headers = {}
         if config.api_key_env:
             key = os.environ.get(config.api_key_env)  # the recipe names the variable; the key never enters it
@@ -29,58 +57,108 @@ class OpenAITeacher(TeacherBackend):
                                 "(or change `teacher.api_key_env`)")
             headers["Authorization"] = f"Bearer {key}"
         limits = httpx.Limits(max_connections=config.concurrency + 2, max_keepalive_connections=config.concurrency + 2)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
-                                       timeout=httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)))
+        timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
         # "json_schema" is the OpenAI form; llama-cpp-python's server only knows {type: json_object, schema}.
-        self._format = "json_schema" if config.response_format == "auto" else config.response_format
+        form = "json_schema" if config.response_format == "auto" else config.response_format
+        self.endpoints = [Endpoint(url, httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout),
+                                   form) for url in dict.fromkeys(urls)]
+        self.base_url = self.endpoints[0].url
 
     @property
     def where(self) -> str:
-        return self.base_url
+        return ", ".join(e.url for e in self.endpoints)
+
+    def endpoint_figures(self) -> dict[str, dict[str, Any]] | None:
+        """Requests answered and failed per endpoint (None with a single endpoint)."""
+        return {e.url: e.figures() for e in self.endpoints} if len(self.endpoints) > 1 else None
 
     async def check(self) -> None:
+        """Every endpoint is asked for its models; one that does not answer is set aside (the run starts on the
+        others), a refused key stops the run; none reachable is an error."""
         import httpx
 
-        try:
-            response = await self._http.get("/models", timeout=min(10.0, self.config.timeout_s))
-        except (httpx.TransportError, httpx.TimeoutException) as err:
-            raise unreachable(self.base_url, err.__class__.__name__ if not str(err) else err) from None
-        if response.status_code in (401, 403):
-            raise UserError(f"the teacher at {self.base_url} refused the key ({response.status_code}); check "
-                            f"the variable named in `teacher.api_key_env`")
+        problems = []
+        for endpoint in self.endpoints:
+            try:
+                response = await endpoint.http.get("/models", timeout=min(10.0, self.config.timeout_s))
+            except (httpx.TransportError, httpx.TimeoutException) as err:
+                problems.append(err.__class__.__name__ if not str(err) else str(err))
+                self._set_aside(endpoint)
+                continue
+            if response.status_code in (401, 403):
+                raise UserError(f"the teacher at {endpoint.url} refused the key ({response.status_code}); check "
+                                f"the variable named in `teacher.api_key_env`")
+        if len(problems) == len(self.endpoints):
+            raise unreachable(self.where, problems[0])
 
     async def complete(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> Completion:
+        endpoint = self._pick()
+        endpoint.in_flight += 1
+        try:
+            result = await self._complete_at(endpoint, messages, schema, params)
+        except TransientTeacherError as err:
+            endpoint.failures += 1
+            if err.connection or err.set_aside:
+                self._set_aside(endpoint, err.retry_after)
+            raise
+        finally:
+            endpoint.in_flight -= 1
+        endpoint.requests += 1
+        endpoint.failures_in_row, endpoint.aside_until = 0, 0.0
+        return result
+
+    async def _complete_at(self, endpoint: Endpoint, messages: Messages, schema: dict[str, Any] | None,
+                           params: dict[str, Any]) -> Completion:
         body: dict[str, Any] = {"model": self.config.model, "messages": messages, **params}
         if schema is not None:
-            body["response_format"] = self._response_format(schema)
-        response = await self._post(body)
+            body["response_format"] = self._response_format(endpoint, schema)
+        response = await self._post(endpoint, body)
         # llama-cpp-python's server answers a response_format it does not know with 500, others with 400/422
         sent = body.get("response_format", {}).get("type")
         if response.status_code >= 400 and sent == "json_schema" and self.config.response_format == "auto" \
                 and "response_format" in response.text:
-            self._format = "json_object"  # the endpoint told us which form it speaks; keep using that one
-            body["response_format"] = self._response_format(schema)
-            response = await self._post(body)
-        return _parse(response, self.base_url)
+            endpoint.response_format = "json_object"  # the endpoint told us which form it speaks; keep using it
+            body["response_format"] = self._response_format(endpoint, schema)
+            response = await self._post(endpoint, body)
+        return _parse(response, endpoint.url)
 
-    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
-        if self._format == "json_object":
+    def _pick(self) -> Endpoint:
+        """The least busy endpoint not set aside (ties: the one that answered fewest); with every endpoint set
+        aside, the one whose time is up first."""
+        now = time.monotonic()
+        ready = [e for e in self.endpoints if e.aside_until <= now]
+        if not ready:
+            return min(self.endpoints, key=lambda e: e.aside_until)
+        return min(ready, key=lambda e: (e.in_flight, e.requests))
+
+    @staticmethod
+    def _set_aside(endpoint: Endpoint, retry_after: float | None = None) -> None:
+        endpoint.failures_in_row += 1
+        wait = min(ASIDE_MAX_S, ASIDE_FIRST_S * 2 ** (endpoint.failures_in_row - 1))
+        endpoint.aside_until = time.monotonic() + max(wait, retry_after or 0.0)
+
+    @staticmethod
+    def _response_format(endpoint: Endpoint, schema: dict[str, Any]) -> dict[str, Any]:
+        if endpoint.response_format == "json_object":
             return {"type": "json_object", "schema": schema}
         return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
 
-    async def _post(self, body: dict[str, Any]):
+    @staticmethod
+    async def _post(endpoint: Endpoint, body: dict[str, Any]):
         import httpx
 
         try:
-            return await self._http.post("/chat/completions", json=body)
+            return await endpoint.http.post("/chat/completions", json=body)
         except httpx.TimeoutException as err:
-            raise TransientTeacherError(f"timeout: {err.__class__.__name__}") from None
+            raise TransientTeacherError(f"timeout: {err.__class__.__name__}", set_aside=True) from None
         except httpx.TransportError as err:
             connection = isinstance(err, httpx.ConnectError)
-            raise TransientTeacherError(f"connection: {err.__class__.__name__} {err}", connection=connection) from None
+            raise TransientTeacherError(f"connection: {err.__class__.__name__} {err}", connection=connection,
+                                        set_aside=True) from None
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for endpoint in self.endpoints:
+            await endpoint.http.aclose()
 
 
 def _parse(response, base_url: str) -> Completion:
@@ -88,7 +166,8 @@ def _parse(response, base_url: str) -> Completion:
     if status in RETRY_STATUSES:
         retry_after = response.headers.get("retry-after")
         raise TransientTeacherError(f"http {status}: {response.text[:200]}",
-                                    retry_after=float(retry_after) if _is_number(retry_after) else None)
+                                    retry_after=float(retry_after) if _is_number(retry_after) else None,
+                                    set_aside=status >= 429)
     if status in (401, 403):
         raise UserError(f"the teacher at {base_url} refused the key ({status}); check `teacher.api_key_env`")
     if status == 404:
