@@ -486,6 +486,33 @@ def test_accelerate_launch_trains_with_two_cpu_processes(dataset_run, tiny_llama
     assert metrics["global_step"] == 6 and (run.adapter / "adapter_model.safetensors").is_file()
 
 
+def test_two_machines_rendezvous_over_loopback_and_train_together(dataset_run, tiny_llama, free_port, tmp_path):
+    """`accelerate launch --num_machines 2` started once per machine (here twice on one, over loopback): the two
+    rendezvous at the first machine's address, train as one DDP group of 2 over gloo, and the first writes the
+    adapter into the run directory both see."""
+    run = fresh_run(dataset_run, tmp_path)
+    recipe = write_recipe(tmp_path / "recipe.yaml", str(tiny_llama), {"threads": 1, "max_steps": 6, "batch_size": 4,
+                                                                      "checkpoint_every": 3, "max_seq_len": 128})
+    accelerate = Path(sys.executable).with_name("accelerate")
+    port = free_port()
+
+    def machine(rank: int) -> subprocess.Popen:
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+                   "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kit",
+                   "train", str(recipe), "--run-dir", str(run.root), "--no-progress"]
+        env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "GLOO_SOCKET_IFNAME": "lo"}
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env)
+
+    machines = [machine(0), machine(1)]
+    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["machines"] == 2 and metrics["threads_per_process"] == 1
+    assert metrics["global_step"] == 6 and (run.adapter / "adapter_model.safetensors").is_file()
+
+
 def test_kit_train_into_a_log_prints_progress_lines_not_redraws(dataset_run, tiny_llama, tmp_path):
     """stderr is a pipe here, as in CI or `kit build > build.log`: whole lines, and datasets' own bars stay off."""
     train = {"threads": 1, "max_steps": 24, "checkpoint_every": 50, "batch_size": 8, "learning_rate": 3e-3,

@@ -8,6 +8,7 @@ skipped. The same code runs under `accelerate launch` (DDP / FSDP): transformers
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,9 @@ class TrainStage:
         processes = PartialState()
         train_config = config.train
         device = resolve_device(train_config)
-        threads = set_cpu_threads(processes.num_processes, train_config.threads) if device == "cpu" else None
+        # the cores are shared by this machine's processes only (several machines: LOCAL_WORLD_SIZE per machine)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or processes.num_processes)
+        threads = set_cpu_threads(local, train_config.threads) if device == "cpu" else None
         paths = TrainPaths(run_dir.train)
         base, teacher = plan.context["base"], plan.context["teacher"]
         system_prompt = config.system_prompt if config.replace_system_prompt else KEEP
@@ -107,6 +110,7 @@ class TrainStage:
             return plan.manifest(STAGE)
         atomic_write_json(paths.adapter / BASE_MODEL_FILE, base.identity())
         metrics = _metrics(trainer, progress, summary, base, train_config, device, threads, processes.num_processes)
+        metrics["machines"] = max(1, processes.num_processes // max(1, local))
         title = f"{config.student}: {train_config.method}" + (" + KD" if teacher else "")
         figures = _write_figures(trainer, metrics, paths, title)
         manifest = plan.manifest(STAGE, started=started, figures=figures,
