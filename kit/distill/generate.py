@@ -22,30 +22,11 @@ from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection, build_critic
 from kit.distill.critic.base import Answer, input_text
-from kit.distill.prompts import (
-    ParseError,
-    answer_from_value,
-    answer_messages,
-    answer_schema,
-    input_messages,
-    input_schema,
-    inputs_messages,
-    inputs_schema,
-    parse_answer,
-    parse_input,
-    parse_inputs,
-    parse_wordings,
-    plan_item,
-    request_seed,
-    round_role,
-    vote_key,
-    wordings_messages,
-    wordings_schema,
-)
+from kit.distill.items import ItemMaker, TargetReached
+from kit.distill.prompts import ParseError, answer_from_value
 from kit.distill.sample_store import SAMPLES, STATS, SampleStore, probe_ids, read_jsonl, sample_id, split_ids, write_dataset
 from kit.distill.stats import GenerationProgress, build_stats, step_names
 from kit.distill.teachers import TeacherClient, TeacherRequestFailed, make_teacher
-from kit.distill.vote import vote
 
 STAGE = "generate"
 CACHE_FILE = "teacher_cache.sqlite"
@@ -117,8 +98,8 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         seeds, seed_notes = await seed_rows(config, critic) if config.data.train_on_seeds else ([], [])
         stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
                             store.accepted - accepted_before, generation.failed,
-                            generation.notes + critic.notes + seed_notes)
-        stats["wordings"] = generation.wordings
+                            generation.maker.notes + critic.notes + seed_notes)
+        stats["wordings"] = generation.maker.wordings
         stats["seeds_in_training"] = len(seeds)
         stats["decontamination"] = [v.rule for v in critic.verifiers if v.type == "decontaminate" and v.items]
         held_out = _write_probes(config, store.samples.rows, folder)
@@ -152,10 +133,6 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
     return manifest
 
 
-class TargetReached(Exception):
-    pass
-
-
 class Generation:
     """Workers take plan indices in order, skipping those a previous run finished; each index ends as
     one accepted sample or one rejection, written before the next is counted. Results are written in plan
@@ -171,20 +148,16 @@ class Generation:
         self.progress: GenerationProgress | None = None
         self.target = config.data.target_samples
         self.budget = math.ceil(self.target * config.critic.max_attempts_factor)
-        self.with_reference = any(v.type == "sql" and v.compare == "reference" for v in config.critic.verifiers)
-        self.votes_on_results = any(v.type == "sql" and v.compare == "majority" for v in config.critic.verifiers)
         self.failed = 0
         self._consecutive_failures = 0
         self._in_flight = 0
         self._next = 0
-        self._input_lists: dict[int, asyncio.Task] = {}  # list number -> the teacher's reply, shared by its items
         self._finished: dict[int, tuple | None] = {}  # results waiting for an earlier index (None: its request failed)
         self._write_from = 0  # the first index not written yet
         self.earlier_rows = [row for folder in config.round.earlier for row in read_jsonl(Path(folder) / SAMPLES)]
         self.earlier_ids = {row["id"] for row in self.earlier_rows}
-        self.failures = failed_inputs(config.round.failures_file)
-        self.wordings: dict[str, list[str]] = {}  # topic ("" for none) -> ways users word it (data.wordings)
-        self.notes: list[str] = []
+        self.maker = ItemMaker(config, teacher, critic, failed_inputs(config.round.failures_file),
+                               target_reached=lambda: self.store.accepted >= self.target)
         for row in self.earlier_rows + store.samples.rows:  # dedup and friends remember what was kept before
             critic.admit(row["id"], Candidate(row["index"], row["input"], [Answer(None, row["output"])]))
 
@@ -192,40 +165,15 @@ class Generation:
         # Enough workers to keep every teacher slot busy: `inputs_per_request` workers wait on one shared input
         # list, so `concurrency + 1` workers kept only about 2 of 8 slots decoding (lists are written one
         # token at a time while their answers wait); the teacher client's semaphore still bounds requests.
-        self.wordings = await self._ask_wordings()
+        await self.maker.ask_wordings()
         workers = self.config.teacher.concurrency * self.config.data.inputs_per_request + 1
         tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in [*tasks, *self._input_lists.values()]:
+            for task in tasks:
                 task.cancel()
-
-    async def _ask_wordings(self) -> dict[str, list[str]]:
-        """`data.wordings` ways users word each topic, one teacher request per topic (cached like every request,
-        so a rerun plans the same inputs). A reply that does not parse leaves its topic without wordings."""
-        config, teacher = self.config, self.teacher
-        count = config.data.wordings
-        if count == 0:
-            return {}
-        topics = config.data.topics or [""]
-
-        async def one(number: int, topic: str) -> list[str]:
-            reply = await teacher.complete(wordings_messages(config, topic or None, count), wordings_schema(count),
-                                           teacher.sampling(request_seed(config.data.seed, number,
-                                                                         round_role(config, "wordings")),
-                                                            max_tokens=max(config.teacher.max_tokens, 32 * count)))
-            try:
-                return parse_wordings(reply.text)
-            except ParseError as err:
-                self.notes.append(f"wordings: none for topic {topic or '(all)'!r}: {err}")
-                return []
-
-        try:
-            lists = await asyncio.gather(*(one(n, t) for n, t in enumerate(topics)))
-        except TeacherRequestFailed as err:
-            raise UserError(f"the teacher failed while listing wordings ({err}); check it, then run again") from None
-        return {topic: wordings for topic, wordings in zip(topics, lists) if wordings}
+            self.maker.cancel()
 
     def _attempts(self) -> int:
         return len(self.store.done) + self._in_flight + len(self._finished) + self.failed
@@ -241,7 +189,7 @@ class Generation:
             index = self._take_index()
             self._in_flight += 1
             try:
-                candidate, rejection = await self._make(index)
+                candidate, rejection = await self.maker.make(index)
             except TargetReached:
                 return
             except TeacherRequestFailed as err:
@@ -272,98 +220,6 @@ class Generation:
         self._consecutive_failures += 1
         if self._consecutive_failures > 3 * (self.config.teacher.concurrency + 1):
             raise UserError(f"the teacher keeps failing ({err}); check it, then run again: finished samples are kept")
-
-    async def _make(self, index: int) -> tuple[Candidate | dict[str, Any], Rejection | None]:
-        config, teacher = self.config, self.teacher
-        item = plan_item(config, index, self.failures, self.wordings)
-        try:
-            task_input, reference = await self._input(index, item)
-        except ParseError as err:
-            raw = getattr(err, "raw", "")
-            return {"input": None, "origin": item.origin, "raw": raw[:500]}, Rejection("parse", f"input: {err}")
-        self._stop_if_done()
-        n = config.data.answers_per_input
-        messages = answer_messages(config, item, task_input)
-        answer_params = {} if config.teacher.answer_temperature is None else \
-            {"temperature": config.teacher.answer_temperature}
-        replies = await asyncio.gather(*(teacher.complete(messages, answer_schema(config, task_input), teacher.sampling(
-            request_seed(config.data.seed, index, round_role(config, "answer"), k), **answer_params))
-            for k in range(n)))
-        answers, problems = [], []
-        for r in replies:
-            try:
-                answers.append(parse_answer(config, r.text))
-            except ParseError as err:
-                problems.append(str(err))
-        if not answers:
-            return ({"input": task_input, "origin": item.origin, "raw": replies[0].text[:500]},
-                    Rejection("parse", f"answer: {problems[0]}"))
-        candidate = Candidate(index, task_input, answers, origin=item.origin, reference=reference)
-        if n > 1 and (rejection := self._vote(candidate, n)) is not None:
-            return candidate, rejection
-        self._stop_if_done()
-        return candidate, await self.critic.review(candidate)
-
-    async def _input(self, index: int, item) -> tuple[Any, Any]:
-        """The input written for plan item `index` (and its reference answer, when the critic compares with
-        one). With `data.inputs_per_request` > 1 the teacher writes consecutive items as one list, and each
-        item's worker takes its entry from the shared reply."""
-        config, teacher = self.config, self.teacher
-        count = config.data.inputs_per_request
-        if count == 1:
-            reply = await teacher.complete(input_messages(config, item, self.with_reference),
-                                           input_schema(config, self.with_reference),
-                                           teacher.sampling(request_seed(config.data.seed, index,
-                                                                            round_role(config, "input"))))
-            try:
-                return parse_input(config, reply.text, self.with_reference)
-            except ParseError as err:
-                err.raw = reply.text
-                raise
-        number = index // count
-        task = self._input_lists.get(number)
-        if task is None:
-            task = self._input_lists[number] = asyncio.ensure_future(self._input_list(number, count))
-        entries = await asyncio.shield(task)
-        entry = entries[index - number * count]
-        if isinstance(entry, ParseError):
-            raise entry
-        return entry
-
-    async def _input_list(self, number: int, count: int) -> list[tuple[Any, Any] | ParseError]:
-        config, teacher = self.config, self.teacher
-        first = number * count
-        item = plan_item(config, first, self.failures, self.wordings)
-        reply = await teacher.complete(inputs_messages(config, item, count, self.with_reference),
-                                       inputs_schema(config, count, self.with_reference),
-                                       teacher.sampling(request_seed(config.data.seed, first,
-                                                                         round_role(config, f"inputs{count}")),
-                                                        max_tokens=config.teacher.max_tokens * count))
-        try:
-            entries = parse_inputs(config, reply.text, count, self.with_reference)
-        except ParseError as err:
-            entries = [err] * count
-        for entry in entries:
-            if isinstance(entry, ParseError):
-                entry.raw = reply.text
-        return entries
-
-    def _stop_if_done(self) -> None:
-        """Before paying for another request: is the target already met? (Replies already paid for are
-        cached, so a later run with a larger target uses them.)"""
-        if self.store.accepted >= self.target:
-            raise TargetReached
-
-    def _vote(self, candidate: Candidate, n: int) -> Rejection | None:
-        """Self-consistency (kit.distill.vote): JSON field by field, text whole; a label needs a strict majority of
-        all N (unless a sql verifier votes on result sets instead)."""
-        result, chosen = vote(candidate.answers, self.config.output.format, lambda a: vote_key(self.config, a))
-        if result.answer is not None and chosen is None:  # a label composed of each field's majority
-            candidate.label = result.answer
-        candidate.chosen, candidate.votes = chosen or 0, result.votes
-        if result.reason and not self.votes_on_results:
-            return Rejection("self_consistency", result.reason)
-        return None
 
     def _record(self, index: int, candidate: Candidate | dict[str, Any], rejection: Rejection | None) -> None:
         """Runs without awaiting: the re-check, the id check and the write happen as one step."""
