@@ -34,18 +34,23 @@ def generate(
                                                           "several, comma-separated, share the requests)"),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="override teacher.concurrency"),
     max_tokens: int = typer.Option(None, "--max-tokens", min=16, help="override teacher.max_tokens"),
+    ray: str = typer.Option(None, "--ray", help="generate on a Ray cluster: its address (ray://... or host:port), "
+                                                "or auto (a running local cluster, else a new one); needs "
+                                                "microkit[distributed]"),
+    ray_workers: int = typer.Option(None, "--ray-workers", min=1, help="worker actors (default: the cluster's CPUs)"),
     fresh: bool = typer.Option(False, "--fresh", help="delete this recipe's data folder (samples and cache) first"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
 ) -> None:
     """Distill task data: the teacher writes, the critic keeps what passes; writes runs/<task>/data/."""
     loaded = load_recipe(recipe, preset)
     config = generate_config(loaded)
-    teacher = {k: v for k, v in {"backend": backend, "model": model, "base_url": _endpoints(url), "concurrency": concurrency,
-                                 "max_tokens": max_tokens}.items() if v is not None}
+    teacher = {k: v for k, v in {"backend": backend, "model": model, "base_url": _endpoints(url),
+                                 "concurrency": concurrency, "max_tokens": max_tokens}.items() if v is not None}
     data = {"target_samples": target} if target is not None else {}
     try:
         config = GenerateConfig.model_validate(config.model_dump(by_alias=True) | {
-            "teacher": config.teacher.model_dump() | teacher, "data": config.data.model_dump() | data})
+            "teacher": config.teacher.model_dump() | teacher, "data": config.data.model_dump() | data,
+            "ray": ray, "ray_workers": ray_workers})
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"bad option: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -259,3 +259,6 @@ class GenerateConfig(StrictModel):
     data: DataConfig = DataConfig()
     eval_file: Path | None = None
     round: RoundConfig = RoundConfig()
+    ray: str | None = Field(None, description="generate on a Ray cluster: its address, or 'auto' (a running local "
+                                              "cluster, else a new one); the samples are those of one process")
+    ray_workers: int | None = Field(None, ge=1, description="worker actors on the Ray cluster (default: its CPUs)")

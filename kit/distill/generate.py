@@ -51,7 +51,7 @@ class GenerateStage:
         return run_dir.data
 
     def plan(self, config: GenerateConfig, run_dir: RunDir) -> StagePlan:
-        return StagePlan(config_dict(config), _input_hashes(config))
+        return StagePlan(_without_engine(config_dict(config)), _input_hashes(config))
 
     def make(self, config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_progress: bool = False) -> StageManifest:
         return asyncio.run(_run(config, run_dir, plan, show_progress))
@@ -72,31 +72,51 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
     _check_same_recipe(config, folder)
     started = time.time()
     store = SampleStore(folder)
-    teacher = make_teacher(config.teacher, folder / CACHE_FILE)
+    teacher: TeacherClient | None = None
     judges: list[TeacherClient] = []
+    workers = None  # Ray worker actors (config.ray), which then hold every teacher client
+    if config.ray:
+        from kit.distill import distributed
+
+        distributed.connect(config.ray)
+        workers = distributed.RayWorkers(config, folder / CACHE_FILE, failed_inputs(config.round.failures_file),
+                                         config.ray_workers)
+    else:
+        teacher = make_teacher(config.teacher, folder / CACHE_FILE)
     try:
-        await teacher.backend.check()
+        if workers is not None:
+            await workers.check()
+            critic = distributed.driver_critic(config)
+        else:
+            await teacher.backend.check()
 
-        def judge_client(verifier) -> TeacherClient:
-            if verifier.teacher is None:
-                return teacher
-            judges.append(make_teacher(verifier.teacher, folder / CACHE_FILE))
-            return judges[-1]
+            def judge_client(verifier) -> TeacherClient:
+                if verifier.teacher is None:
+                    return teacher
+                judges.append(make_teacher(verifier.teacher, folder / CACHE_FILE))
+                return judges[-1]
 
-        critic = build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
-                              seed_inputs=[input_text(s.input) for s in config.seeds],
-                              judge_client=judge_client, task_description=config.task.description)
-        for judge in judges:
-            await judge.backend.check()
+            critic = build_critic(config.critic.verifiers, schema=config.output.json_schema,
+                                  eval_file=config.eval_file, seed_inputs=[input_text(s.input) for s in config.seeds],
+                                  judge_client=judge_client, task_description=config.task.description)
+            for judge in judges:
+                await judge.backend.check()
         generation = Generation(config, store, teacher, critic)
         accepted_before = store.accepted
         with GenerationProgress(config.data.target_samples, show_progress) as progress:
             generation.progress = progress
             progress.update(store)
-            await generation.fill()
+            if workers is not None:
+                await distributed.fill_on_workers(generation, workers)
+            else:
+                await generation.fill()
+        clients: list = [teacher, *judges]
+        if workers is not None:
+            generation.maker.notes += await workers.actors[0].notes.remote()
+            clients = [distributed.WorkersUsage(await workers.usage(), workers.cache_view)]
         elapsed = time.time() - started
         seeds, seed_notes = await seed_rows(config, critic) if config.data.train_on_seeds else ([], [])
-        stats = build_stats(config, store, step_names(critic), [teacher, *judges], elapsed,
+        stats = build_stats(config, store, step_names(critic), clients, elapsed,
                             store.accepted - accepted_before, generation.failed,
                             generation.maker.notes + critic.notes + seed_notes)
         stats["wordings"] = generation.maker.wordings
@@ -117,8 +137,10 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
                               answer=lambda text, output: derived_values.student_answer(text, output, learned),
                               extra_files={DERIVED_VALUES: json.dumps(learned, indent=2) + "\n"})
     finally:
-        for client in {id(c): c for c in [teacher, *judges]}.values():
+        for client in {id(c): c for c in [teacher, *judges] if c is not None}.values():
             await client.aclose()
+        if workers is not None:
+            workers.close()
         store.close()
     outputs = {"samples": "samples.jsonl", "rejected": "rejected.jsonl", "stats": STATS, "dataset": "dataset",
                "derived_values": f"dataset/{DERIVED_VALUES}"}
@@ -364,7 +386,7 @@ def _check_same_recipe(config: GenerateConfig, folder: Path) -> None:
 def _content_sections(config: GenerateConfig) -> dict[str, str]:
     """A short hash per section of what decides the samples. Files (eval set, database, tests) count by their
     content, not their path, so a project moved or cloned elsewhere keeps its samples."""
-    dumped = config_dict(config)
+    dumped = _without_engine(config_dict(config))
     dumped.pop("round", None)  # each round writes a folder of its own; its inputs are hashed by the plan
     for verifier in dumped["critic"]["verifiers"]:
         for attr in VERIFIER_FILES:
@@ -378,6 +400,11 @@ def _content_sections(config: GenerateConfig) -> dict[str, str]:
             value = {k: v for k, v in value.items() if k not in RUNTIME_ONLY.get(section, set())}
         out[section] = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return out
+
+
+def _without_engine(dumped: dict[str, Any]) -> dict[str, Any]:
+    """The config without where it runs (one process or a Ray cluster): either makes the same samples."""
+    return {k: v for k, v in dumped.items() if k not in ("ray", "ray_workers")}
 
 
 def _content_or_path(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import random
 from abc import ABC, abstractmethod
@@ -108,7 +109,7 @@ class TeacherClient:
             schema = None
         body = self.request_body(messages, schema, params)
         key = self.request_key(body)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        if self.cache is not None and (hit := await _maybe_await(self.cache.get(key))) is not None:
             self.usage.cached += 1
             self.usage.cached_prompt_tokens += hit.get("prompt_tokens", 0)
             self.usage.cached_completion_tokens += hit.get("completion_tokens", 0)
@@ -118,9 +119,9 @@ class TeacherClient:
         self.usage.requests += 1
         self.usage.prompt_tokens += result.prompt_tokens
         self.usage.completion_tokens += result.completion_tokens
-        if self.cache is not None:
-            self.cache.put(key, {"text": result.text, "prompt_tokens": result.prompt_tokens,
-                                 "completion_tokens": result.completion_tokens}, request=body)
+        if self.cache is not None:  # a local cache, or one a remote worker reaches through Ray (awaitable)
+            await _maybe_await(self.cache.put(key, {"text": result.text, "prompt_tokens": result.prompt_tokens,
+                                                    "completion_tokens": result.completion_tokens}, request=body))
         return result
 
     async def _with_retries(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> Completion:
@@ -149,6 +150,10 @@ class TeacherClient:
         await self.backend.aclose()
         if self.cache is not None:
             self.cache.close()
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def unreachable(where: str, err: Exception) -> UserError:

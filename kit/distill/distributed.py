@@ -1,0 +1,238 @@
+"""Generation on Ray (`kit generate --ray ADDRESS`, `auto` for a local cluster; extra `microkit[distributed]`).
+
+The driver keeps what decides the samples: the plan, the append-only store, the order results are written in
+(plan order, as in one process) and the critic's memory (near-duplicates are judged against everything written
+before an index). Ray actors do what costs: each `GenerationWorker` holds its own teacher client (an OpenAI-style
+endpoint list or a local llama.cpp model) and critic, and makes whole input lists (every index of a list in the
+same worker, so a list is asked for once): the teacher's answers, the vote, the critic's review (schema, SQL,
+code in its sandbox, the judge). Every worker reads and writes the one request cache through a `CacheServer`
+actor pinned to the driver's machine, so nothing cached is paid for twice, whichever worker asks. Workers are
+restarted by Ray when they die and their calls retried; the driver's kill is resumed like any run, from the store
+and the cache. The recipe folder (eval set, database, tests file) must be readable at the same path on every
+machine, e.g. on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from kit.core.errors import UserError
+from kit.distill.config import GenerateConfig
+from kit.distill.critic import Critic, build_critic
+from kit.distill.critic.base import input_text
+from kit.distill.teachers import TeacherRequestFailed, TeacherUsage, make_backend
+from kit.distill.teachers.base import TeacherClient
+from kit.distill.teachers.cache import RequestCache
+
+FAILED = "failed"  # a worker's result for an index whose teacher request ran out of retries
+WORKER_NAME = "microkit-generate-worker"  # actors are named WORKER_NAME-0, -1, ... (ray.get_actor finds them)
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address` (`auto`: a running local one, else a new local cluster)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'microkit[distributed]'") from None
+    if ray.is_initialized():
+        return
+    try:
+        if address == "auto":
+            try:
+                ray.init(address="auto", log_to_driver=False)
+            except ConnectionError:
+                ray.init(log_to_driver=False)  # no cluster running: start one on this machine
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except ConnectionError as err:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({err}); start it (`ray start --head`) or pass "
+                        "--ray auto for a local one") from None
+
+
+class RemoteCache:
+    """The request cache as a worker sees it: the driver's cache, reached through the CacheServer actor."""
+
+    def __init__(self, server):
+        self.server = server
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return await self.server.get.remote(key)
+
+    async def put(self, key: str, value: dict[str, Any], request: dict[str, Any] | None = None) -> None:
+        await self.server.put.remote(key, value, request)
+
+    def close(self) -> None:
+        pass
+
+
+class CacheServer:
+    """The one request cache (SQLite, in the run's data folder), served to every worker."""
+
+    def __init__(self, path: str):
+        self.cache = RequestCache(Path(path))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.cache.get(key)
+
+    def put(self, key: str, value: dict[str, Any], request: dict[str, Any] | None) -> None:
+        self.cache.put(key, value, request=request)
+
+
+class GenerationWorker:
+    """Makes the items of whole input lists with its own teacher client and critic."""
+
+    def __init__(self, config: GenerateConfig, cache_server, failures: list[str]):
+        from kit.distill.items import ItemMaker
+
+        self.config = config
+        self.teacher = TeacherClient(make_backend(config.teacher), RemoteCache(cache_server))
+        self.judges: list[TeacherClient] = []
+
+        def judge_client(verifier) -> TeacherClient:
+            if verifier.teacher is None:
+                return self.teacher
+            self.judges.append(TeacherClient(make_backend(verifier.teacher), RemoteCache(cache_server)))
+            return self.judges[-1]
+
+        critic = build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
+                              seed_inputs=[input_text(s.input) for s in config.seeds], judge_client=judge_client,
+                              task_description=config.task.description)
+        self.maker = ItemMaker(config, self.teacher, critic, failures)
+
+    async def check(self) -> None:
+        for client in [self.teacher, *self.judges]:
+            await client.backend.check()
+
+    async def ask_wordings(self) -> dict[str, list[str]]:
+        return await self.maker.ask_wordings()
+
+    def use_wordings(self, wordings: dict[str, list[str]]) -> None:
+        self.maker.wordings = wordings
+
+    async def make(self, indices: list[int]) -> list[tuple[int, Any]]:
+        """(index, (candidate, rejection)) for each index, or (index, (FAILED, reason)) when its teacher request
+        ran out of retries."""
+        async def one(index: int) -> tuple[int, Any]:
+            try:
+                return index, await self.maker.make(index)
+            except TeacherRequestFailed as err:
+                return index, (FAILED, str(err))
+        return list(await asyncio.gather(*(one(i) for i in indices)))
+
+    def usage(self) -> dict[str, Any]:
+        total = TeacherUsage()
+        for client in [self.teacher, *self.judges]:
+            _add_usage(total, asdict(client.usage))
+        return asdict(total)
+
+    def notes(self) -> list[str]:
+        return self.maker.notes
+
+
+def _add_usage(total: TeacherUsage, usage: dict[str, Any]) -> None:
+    for field in fields(TeacherUsage):
+        value = usage.get(field.name)
+        if isinstance(value, dict):
+            merged = getattr(total, field.name)
+            for key, count in value.items():
+                merged[key] = merged.get(key, 0) + count
+        elif value is not None:
+            setattr(total, field.name, getattr(total, field.name) + value)
+
+
+class WorkersUsage:
+    """What the stats read from a teacher client, for the workers together: their usage, the driver's cache."""
+
+    def __init__(self, usage: TeacherUsage, cache: RequestCache):
+        self.usage, self.cache, self.backend = usage, cache, None
+
+
+class RayWorkers:
+    """The worker actors of one generation run (and the cache server), started on the connected cluster."""
+
+    def __init__(self, config: GenerateConfig, cache_path: Path, failures: list[str], workers: int | None):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.cache_server = ray.remote(num_cpus=0)(CacheServer).options(scheduling_strategy=here).remote(
+            str(cache_path))
+        self.cache_view = RequestCache(cache_path)  # the driver's own look at the cache (its counters)
+        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        worker_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(GenerationWorker)
+        self.actors = [worker_class.options(name=f"{WORKER_NAME}-{number}").remote(config, self.cache_server, failures)
+                       for number in range(count)]
+
+    async def check(self) -> None:
+        await asyncio.gather(*(actor.check.remote() for actor in self.actors))
+
+    async def usage(self) -> TeacherUsage:
+        total = TeacherUsage()
+        for usage in await asyncio.gather(*(actor.usage.remote() for actor in self.actors)):
+            _add_usage(total, usage)
+        return total
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [*self.actors, self.cache_server]:
+            ray.kill(actor)
+        self.cache_view.close()
+
+
+async def fill_on_workers(generation, workers: RayWorkers) -> None:
+    """Hand whole input lists to the workers, in plan order, each worker a few lists at a time; write each
+    result through `generation` (plan order, critic memory, target and budget: as in one process)."""
+    config = generation.config
+    per_list = config.data.inputs_per_request
+    wordings = await workers.actors[0].ask_wordings.remote()
+    generation.maker.wordings = wordings
+    await asyncio.gather(*(actor.use_wordings.remote(wordings) for actor in workers.actors))
+    lists_per_worker = max(1, config.teacher.concurrency // per_list) + 1
+    free = [actor for actor in workers.actors for _ in range(lists_per_worker)]
+    running: dict[asyncio.Future, tuple[Any, list[int]]] = {}
+    number = 0
+
+    def more_wanted() -> bool:
+        return generation.store.accepted < generation.target and generation._attempts() < generation.budget
+
+    try:
+        while True:
+            while free and more_wanted():
+                indices = [i for i in range(number * per_list, (number + 1) * per_list) if i not in generation.store.done]
+                number += 1
+                if not indices:
+                    continue
+                actor = free.pop(0)
+                generation._in_flight += len(indices)
+                running[asyncio.ensure_future(actor.make.remote(indices))] = (actor, indices)
+            if not running:
+                return
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                actor, indices = running.pop(future)
+                free.append(actor)
+                generation._in_flight -= len(indices)
+                for index, result in future.result():
+                    if isinstance(result, tuple) and len(result) == 2 and result[0] == FAILED:
+                        generation._finish(index, None)
+                        generation._on_failure(TeacherRequestFailed(result[1]))
+                    else:
+                        generation._consecutive_failures = 0
+                        generation._finish(index, result)
+            if generation.store.accepted >= generation.target:
+                return  # lists still running are cached by their workers for a later, larger run
+    finally:
+        for future in running:
+            future.cancel()
+
+
+def driver_critic(config: GenerateConfig) -> Critic:
+    """The driver's critic: its memory and stateful checks decide what is kept; it sends no request (the workers'
+    critics review, with their own judge clients)."""
+    return build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
+                        seed_inputs=[input_text(s.input) for s in config.seeds], judge_client=lambda verifier: None,
+                        task_description=config.task.description)
