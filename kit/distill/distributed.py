@@ -193,7 +193,7 @@ async def fill_on_workers(generation, workers: RayWorkers) -> None:
     await asyncio.gather(*(actor.use_wordings.remote(wordings) for actor in workers.actors))
     lists_per_worker = max(1, config.teacher.concurrency // per_list) + 1
     free = [actor for actor in workers.actors for _ in range(lists_per_worker)]
-    running: dict[asyncio.Future, tuple[Any, list[int]]] = {}
+    running: dict[asyncio.Future, tuple[Any, list[int], Any]] = {}  # -> (worker, indices, Ray call)
     number = 0
 
     def more_wanted() -> bool:
@@ -208,12 +208,13 @@ async def fill_on_workers(generation, workers: RayWorkers) -> None:
                     continue
                 actor = free.pop(0)
                 generation._in_flight += len(indices)
-                running[asyncio.ensure_future(actor.make.remote(indices))] = (actor, indices)
+                call = actor.make.remote(indices)
+                running[asyncio.ensure_future(call)] = (actor, indices, call)
             if not running:
                 return
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
-                actor, indices = running.pop(future)
+                actor, indices, _ = running.pop(future)
                 free.append(actor)
                 generation._in_flight -= len(indices)
                 for index, result in future.result():
@@ -226,8 +227,11 @@ async def fill_on_workers(generation, workers: RayWorkers) -> None:
             if generation.store.accepted >= generation.target:
                 return  # lists still running are cached by their workers for a later, larger run
     finally:
-        for future in running:
+        import ray
+
+        for future, (_, _, call) in running.items():  # lists no longer wanted: their replies so far stay cached
             future.cancel()
+            ray.cancel(call)
 
 
 def driver_critic(config: GenerateConfig) -> Critic:
