@@ -29,6 +29,7 @@ from kit.distill.teachers.cache import RequestCache
 
 FAILED = "failed"  # a worker's result for an index whose teacher request ran out of retries
 WORKER_NAME = "microkit-generate-worker"  # actors are named WORKER_NAME-0, -1, ... (ray.get_actor finds them)
+CACHE_NAME = "microkit-request-cache"  # the cache server; workers find it by name (names are per driver's job)
 
 
 def connect(address: str) -> None:
@@ -84,10 +85,15 @@ class CacheServer:
 class GenerationWorker:
     """Makes the items of whole input lists with its own teacher client and critic."""
 
-    def __init__(self, config: GenerateConfig, cache_server, failures: list[str]):
+    def __init__(self, config_json: str, failures: list[str]):
+        import ray
+
         from kit.distill.items import ItemMaker
 
-        self.config = config
+        cache_server = ray.get_actor(CACHE_NAME)
+
+        # the config travels as JSON: small enough for Ray to pass inline, so a restarted worker still has it
+        self.config = config = GenerateConfig.model_validate_json(config_json)
         self.teacher = TeacherClient(make_backend(config.teacher), RemoteCache(cache_server))
         self.judges: list[TeacherClient] = []
 
@@ -158,12 +164,13 @@ class RayWorkers:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.cache_server = ray.remote(num_cpus=0)(CacheServer).options(scheduling_strategy=here).remote(
-            str(cache_path))
+        self.cache_server = ray.remote(num_cpus=0)(CacheServer).options(
+            name=CACHE_NAME, scheduling_strategy=here).remote(str(cache_path))
         self.cache_view = RequestCache(cache_path)  # the driver's own look at the cache (its counters)
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        config_json = config.model_dump_json(by_alias=True)
         worker_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(GenerationWorker)
-        self.actors = [worker_class.options(name=f"{WORKER_NAME}-{number}").remote(config, self.cache_server, failures)
+        self.actors = [worker_class.options(name=f"{WORKER_NAME}-{number}").remote(config_json, failures)
                        for number in range(count)]
 
     async def check(self) -> None:
