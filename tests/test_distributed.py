@@ -95,3 +95,42 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(local_cluster,
     finally:
         reference.close()
         slow.close()
+
+
+def test_a_driver_killed_mid_run_resumes_to_the_samples_of_one_process(local_cluster, tmp_path):
+    """`kit generate --ray auto` joins the running cluster; kill -9 of the driver ends its job (and its workers);
+    the same command again resumes from the store and the cache and ends with the samples of one process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    reference = FakeTeacher(vocab=VOCAB[:2])
+    slow = FakeTeacher(vocab=VOCAB[:2], delay_s=0.05)
+    try:
+        config, alone = build(tmp_path / "alone", reference.url)
+        run(config, alone)
+        folder = tmp_path / "killed"
+        build(folder, slow.url)  # writes the recipe
+        command = [sys.executable, "-m", "kit", "generate", str(folder / "recipe.yaml"), "--runs", str(folder / "runs"),
+                   "--ray", "auto", "--ray-workers", "2", "--no-progress"]
+        root = Path(__file__).resolve().parents[1]
+        driver = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = folder / "runs" / "fake-task" / "data" / "samples.jsonl"
+        while driver.poll() is None and (not store.exists() or len(store.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert driver.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        kept_before = store.read_text().splitlines()
+        assert 3 <= len(kept_before) < 14
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        resumed = RunDir(folder / "runs" / "fake-task")
+        assert samples(resumed) == samples(alone)
+        assert store.read_text().splitlines()[:len(kept_before)] == kept_before  # appended to, never rewritten
+        stats = json.loads((resumed.data / "stats.json").read_text())
+        assert stats["teacher"]["repeated_requests"] == 0
+    finally:
+        reference.close()
+        slow.close()
