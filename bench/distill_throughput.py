@@ -44,11 +44,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, log: Path, threads: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A llama-cpp-python server on loopback with `model` (`threads`: its decoding threads, default llama.cpp's)."""
     port = free_port()
     sink = open(log, "wb")
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-                                "--port", str(port), "--n_ctx", "4096", "--verbose", "False"],
+                                "--port", str(port), "--n_ctx", "4096", "--verbose", "False",
+                                *(["--n_threads", str(threads)] if threads else [])],
                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):

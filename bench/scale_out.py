@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.distill_throughput import start_server  # noqa: E402 - a llama.cpp server on loopback
 
 RECIPE = """\
 task: {{name: unit-converter, description: Convert a quantity between metric and imperial units.}}
@@ -39,30 +38,6 @@ critic:
   verifiers: [{{type: json_schema}}, {{type: dedup}}]
 data: {{target_samples: {samples}, topics: [cooking, travel, science, sport], reasoning: false, validation_fraction: 0.1}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host",
-                                    "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-                                    "--verbose", "False"], stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"the llama.cpp server did not start; see {log}")
 
 
 def generate(folder: Path, urls: list[str], samples: int, ray_workers: int | None, cache: Path | None = None) -> dict:
@@ -108,7 +83,8 @@ def main() -> None:
     else:
         urls = []
         for number in range(2):
-            process, url = start_server(ModelStore().pull("smollm2-135m-instruct"), args.workdir / f"server{number}.log")
+            process, url = start_server(ModelStore().pull("smollm2-135m-instruct"), args.workdir / f"server{number}.log",
+                                         threads=1)
             servers.append(process)
             urls.append(url)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import textwrap
 import time
 
 import httpx
@@ -150,20 +149,7 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
 
     (tmp_path / "eval.jsonl").write_text('{"input": "12 inches in cm", "output": {"value": 30.48, "unit": "cm"}}\n')
     recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(textwrap.dedent(f"""\
-        task: {{name: unit-converter, description: Convert a quantity between metric and imperial units.}}
-        output:
-          format: json
-          schema: {{type: object, properties: {{value: {{type: number}}, unit: {{type: string}}}}, required: [value, unit]}}
-        seeds:
-          - {{input: 3 miles in km, output: {{value: 4.83, unit: km}}, reasoning: 1 mile is 1.609 km.}}
-          - {{input: 10 kg in pounds, output: {{value: 22.05, unit: lb}}, reasoning: 1 kg is 2.205 lb.}}
-        teacher: {{backend: openai, base_url: "{llama_server}", model: smollm2, max_tokens: 96, concurrency: 2}}
-        critic:
-          verifiers: [{{type: json_schema}}, {{type: dedup}}, {{type: decontaminate}}]
-        data: {{target_samples: 3, topics: [cooking, travel], validation_fraction: 0.34}}
-        eval: {{file: eval.jsonl}}
-        """))
+    recipe_path.write_text(UNIT_RECIPE.format(url=json.dumps(llama_server), concurrency=2, target=3))
     recipe = load_recipe(recipe_path)
     run_dir = RunDir(tmp_path / "run")
     manifest = run(generate_config(recipe), run_dir)
