@@ -239,6 +239,7 @@ async def fill_on_workers(generation, workers: RayWorkers) -> None:
         for future, (_, _, call) in running.items():  # lists no longer wanted: their replies so far stay cached
             future.cancel()
             ray.cancel(call)
+        generation.write_what_came_back()
 
 
 def driver_critic(config: GenerateConfig) -> Critic:

@@ -196,6 +196,16 @@ class Generation:
             for task in tasks:
                 task.cancel()
             self.maker.cancel()
+            self.write_what_came_back()
+
+    def write_what_came_back(self) -> None:
+        """When the stage stops early (an unreachable teacher, an interrupt), results already back for indices past
+        one still open are written too, in plan order: the work paid for is kept, and a rerun takes the open
+        indices again. (After a normal end nothing is left, or only late finishers past the target.)"""
+        for index in sorted(self._finished):
+            result = self._finished.pop(index)
+            if result is not None:
+                self._record(index, *result)
 
     def _attempts(self) -> int:
         return len(self.store.done) + self._in_flight + len(self._finished) + self.failed
