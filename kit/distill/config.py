@@ -67,19 +67,6 @@ class TeacherConfig(StrictModel):
                           "endpoint, one that fails is set aside and tried again later, and the request cache stays "
                           "one cache")
 
-    @field_validator("base_url")
-    @classmethod
-    def _some_endpoint(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and not value:
-            raise ValueError("the list of endpoints is empty")
-        return value
-
-    @property
-    def base_urls(self) -> list[str]:
-        """The endpoints, as a list (empty when none is set)."""
-        if self.base_url is None:
-            return []
-        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     answer_temperature: float | None = Field(
@@ -96,6 +83,20 @@ class TeacherConfig(StrictModel):
                             "(json_schema) and switches to {type: json_object, schema} when the endpoint wants that")
     n_ctx: int = Field(4096, ge=256, description="context length for local teachers")
     n_threads: int | None = Field(None, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _some_endpoint(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("the list of endpoints is empty")
+        return value
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The endpoints, as a list (empty when none is set)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 class JsonSchemaVerifier(StrictModel):

@@ -15,14 +15,12 @@ machine, e.g. on a shared filesystem.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from kit.core.errors import UserError
 from kit.distill.config import GenerateConfig
-from kit.distill.critic import Critic, build_critic
-from kit.distill.critic.base import input_text
 from kit.distill.teachers import TeacherRequestFailed, TeacherUsage, make_backend
 from kit.distill.teachers.base import TeacherClient
 from kit.distill.teachers.cache import RequestCache
@@ -88,24 +86,15 @@ class GenerationWorker:
     def __init__(self, config_json: str, failures: list[str]):
         import ray
 
-        from kit.distill.items import ItemMaker
+        from kit.distill.items import ItemMaker, task_critic
 
         cache_server = ray.get_actor(CACHE_NAME)
 
         # the config travels as JSON: small enough for Ray to pass inline, so a restarted worker still has it
         self.config = config = GenerateConfig.model_validate_json(config_json)
         self.teacher = TeacherClient(make_backend(config.teacher), RemoteCache(cache_server))
-        self.judges: list[TeacherClient] = []
-
-        def judge_client(verifier) -> TeacherClient:
-            if verifier.teacher is None:
-                return self.teacher
-            self.judges.append(TeacherClient(make_backend(verifier.teacher), RemoteCache(cache_server)))
-            return self.judges[-1]
-
-        critic = build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
-                              seed_inputs=[input_text(s.input) for s in config.seeds], judge_client=judge_client,
-                              task_description=config.task.description)
+        critic, self.judges = task_critic(config, self.teacher,
+                                          lambda judge: TeacherClient(make_backend(judge), RemoteCache(cache_server)))
         self.maker = ItemMaker(config, self.teacher, critic, failures)
 
     async def check(self) -> None:
@@ -128,29 +117,16 @@ class GenerationWorker:
                 return index, (FAILED, str(err))
         return list(await asyncio.gather(*(one(i) for i in indices)))
 
-    def usage(self) -> dict[str, Any]:
-        total = TeacherUsage()
-        for client in [self.teacher, *self.judges]:
-            _add_usage(total, asdict(client.usage))
-        return asdict(total)
+    def usages(self) -> list[dict[str, Any]]:
+        """What each of its teacher clients spent."""
+        return [asdict(client.usage) for client in [self.teacher, *self.judges]]
 
     def notes(self) -> list[str]:
         return self.maker.notes
 
 
-def _add_usage(total: TeacherUsage, usage: dict[str, Any]) -> None:
-    for field in fields(TeacherUsage):
-        value = usage.get(field.name)
-        if isinstance(value, dict):
-            merged = getattr(total, field.name)
-            for key, count in value.items():
-                merged[key] = merged.get(key, 0) + count
-        elif value is not None:
-            setattr(total, field.name, getattr(total, field.name) + value)
-
-
 class WorkersUsage:
-    """What the stats read from a teacher client, for the workers together: their usage, the driver's cache."""
+    """What the stats read from a teacher client, for one of a worker's clients: its usage, the driver's cache."""
 
     def __init__(self, usage: TeacherUsage, cache: RequestCache):
         self.usage, self.cache, self.backend = usage, cache, None
@@ -176,11 +152,10 @@ class RayWorkers:
     async def check(self) -> None:
         await asyncio.gather(*(actor.check.remote() for actor in self.actors))
 
-    async def usage(self) -> TeacherUsage:
-        total = TeacherUsage()
-        for usage in await asyncio.gather(*(actor.usage.remote() for actor in self.actors)):
-            _add_usage(total, usage)
-        return total
+    async def usages(self) -> list[TeacherUsage]:
+        """What every teacher client of every worker spent (the stats add them up)."""
+        spent = await asyncio.gather(*(actor.usages.remote() for actor in self.actors))
+        return [TeacherUsage(**usage) for per_worker in spent for usage in per_worker]
 
     def close(self) -> None:
         import ray
@@ -200,7 +175,7 @@ async def fill_on_workers(generation, workers: RayWorkers) -> None:
     await asyncio.gather(*(actor.use_wordings.remote(wordings) for actor in workers.actors))
     lists_per_worker = max(1, config.teacher.concurrency // per_list) + 1
     free = [actor for actor in workers.actors for _ in range(lists_per_worker)]
-    running: dict[asyncio.Future, tuple[Any, list[int], Any]] = {}  # -> (worker, indices, Ray call)
+    running: dict[asyncio.Future, tuple[Any, Any]] = {}  # -> (worker, Ray call)
     number = 0
 
     def more_wanted() -> bool:
@@ -216,35 +191,23 @@ async def fill_on_workers(generation, workers: RayWorkers) -> None:
                 actor = free.pop(0)
                 generation._in_flight += len(indices)
                 call = actor.make.remote(indices)
-                running[asyncio.ensure_future(call)] = (actor, indices, call)
+                running[asyncio.ensure_future(call)] = (actor, call)
             if not running:
                 return
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
-                actor, indices, _ = running.pop(future)
+                actor, _ = running.pop(future)
                 free.append(actor)
-                generation._in_flight -= len(indices)
                 for index, result in future.result():
-                    if isinstance(result, tuple) and len(result) == 2 and result[0] == FAILED:
-                        generation._finish(index, None)
-                        generation._on_failure(TeacherRequestFailed(result[1]))
-                    else:
-                        generation._consecutive_failures = 0
-                        generation._finish(index, result)
+                    failed = isinstance(result, tuple) and len(result) == 2 and result[0] == FAILED
+                    generation.settle(index, TeacherRequestFailed(result[1]) if failed else result)
             if generation.store.accepted >= generation.target:
                 return  # lists still running are cached by their workers for a later, larger run
     finally:
         import ray
 
-        for future, (_, _, call) in running.items():  # lists no longer wanted: their replies so far stay cached
+        for future, (_, call) in running.items():  # lists no longer wanted: their replies so far stay cached
             future.cancel()
             ray.cancel(call)
         generation.write_what_came_back()
 
-
-def driver_critic(config: GenerateConfig) -> Critic:
-    """The driver's critic: its memory and stateful checks decide what is kept; it sends no request (the workers'
-    critics review, with their own judge clients)."""
-    return build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
-                        seed_inputs=[input_text(s.input) for s in config.seeds], judge_client=lambda verifier: None,
-                        task_description=config.task.description)

@@ -20,9 +20,9 @@ from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, wri
 from kit.distill import derived_values
 from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
-from kit.distill.critic import Candidate, Critic, Rejection, build_critic
+from kit.distill.critic import Candidate, Critic, Rejection
 from kit.distill.critic.base import Answer, input_text
-from kit.distill.items import ItemMaker, TargetReached
+from kit.distill.items import ItemMaker, TargetReached, task_critic
 from kit.distill.prompts import ParseError, answer_from_value
 from kit.distill.sample_store import SAMPLES, STATS, SampleStore, probe_ids, read_jsonl, sample_id, split_ids, write_dataset
 from kit.distill.stats import GenerationProgress, build_stats, step_names
@@ -86,19 +86,10 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
     try:
         if workers is not None:
             await workers.check()
-            critic = distributed.driver_critic(config)
+            critic, _ = task_critic(config, None, None)  # it remembers and rechecks; the workers review
         else:
             await teacher.backend.check()
-
-            def judge_client(verifier) -> TeacherClient:
-                if verifier.teacher is None:
-                    return teacher
-                judges.append(make_teacher(verifier.teacher, folder / CACHE_FILE))
-                return judges[-1]
-
-            critic = build_critic(config.critic.verifiers, schema=config.output.json_schema,
-                                  eval_file=config.eval_file, seed_inputs=[input_text(s.input) for s in config.seeds],
-                                  judge_client=judge_client, task_description=config.task.description)
+            critic, judges = task_critic(config, teacher, lambda judge: make_teacher(judge, folder / CACHE_FILE))
             for judge in judges:
                 await judge.backend.check()
         generation = Generation(config, store, teacher, critic)
@@ -113,7 +104,7 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         clients: list = [teacher, *judges]
         if workers is not None:
             generation.maker.notes += await workers.actors[0].notes.remote()
-            clients = [distributed.WorkersUsage(await workers.usage(), workers.cache_view)]
+            clients = [distributed.WorkersUsage(usage, workers.cache_view) for usage in await workers.usages()]
         elapsed = time.time() - started
         seeds, seed_notes = await seed_rows(config, critic) if config.data.train_on_seeds else ([], [])
         stats = build_stats(config, store, step_names(critic), clients, elapsed,
@@ -225,13 +216,20 @@ class Generation:
             except TargetReached:
                 return
             except TeacherRequestFailed as err:
-                self._in_flight -= 1
-                self._finish(index, None)
-                self._on_failure(err)
+                self.settle(index, err)
                 continue
-            self._in_flight -= 1
+            self.settle(index, (candidate, rejection))
+
+    def settle(self, index: int, outcome: tuple | TeacherRequestFailed) -> None:
+        """An index taken is back (made here or by a Ray worker): its (candidate, rejection), written in plan
+        order, or the teacher failure that passes it over (counted; too many in a row stop the stage)."""
+        self._in_flight -= 1
+        if isinstance(outcome, TeacherRequestFailed):
+            self._finish(index, None)
+            self._on_failure(outcome)
+        else:
             self._consecutive_failures = 0
-            self._finish(index, (candidate, rejection))
+            self._finish(index, outcome)
 
     def _finish(self, index: int, result: tuple | None) -> None:
         """Write every finished result whose earlier indices are all written, in plan order (without awaiting).

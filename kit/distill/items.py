@@ -9,8 +9,9 @@ import asyncio
 from typing import Any, Callable
 
 from kit.core.errors import UserError
-from kit.distill.config import GenerateConfig
-from kit.distill.critic import Candidate, Critic, Rejection
+from kit.distill.config import GenerateConfig, TeacherConfig
+from kit.distill.critic import Candidate, Critic, Rejection, build_critic
+from kit.distill.critic.base import input_text
 from kit.distill.prompts import (
     ParseError,
     answer_messages,
@@ -36,6 +37,25 @@ from kit.distill.vote import vote
 
 class TargetReached(Exception):
     pass
+
+
+def task_critic(config: GenerateConfig, teacher: TeacherClient | None,
+                new_client: Callable[[TeacherConfig], TeacherClient] | None) -> tuple[Critic, list[TeacherClient]]:
+    """The recipe's critic, and the clients made for judges that name a teacher of their own (`new_client`);
+    other judges use the task's `teacher`. Without `new_client` no client is made (a critic that only remembers
+    and rechecks, as the Ray driver's)."""
+    judges: list[TeacherClient] = []
+
+    def judge_client(verifier) -> TeacherClient | None:
+        if verifier.teacher is None or new_client is None:
+            return teacher
+        judges.append(new_client(verifier.teacher))
+        return judges[-1]
+
+    critic = build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
+                          seed_inputs=[input_text(s.input) for s in config.seeds], judge_client=judge_client,
+                          task_description=config.task.description)
+    return critic, judges
 
 
 class ItemMaker:

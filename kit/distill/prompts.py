@@ -287,8 +287,8 @@ def parse_wordings(text: str) -> list[str]:
         raise ParseError("reply has no 'wordings' list")
     seen: dict[str, str] = {}
     for item in items:
-        if isinstance(item, str) and (text := " ".join(item.split())):
-            seen.setdefault(text.casefold(), text)
+        if isinstance(item, str) and (wording := " ".join(item.split())):
+            seen.setdefault(wording.casefold(), wording)
     if not seen:
         raise ParseError("the 'wordings' list is empty")
     return list(seen.values())

@@ -62,7 +62,6 @@ class OpenAITeacher(TeacherBackend):
         form = "json_schema" if config.response_format == "auto" else config.response_format
         self.endpoints = [Endpoint(url, httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout),
                                    form) for url in dict.fromkeys(urls)]
-        self.base_url = self.endpoints[0].url
 
     @property
     def where(self) -> str:
@@ -98,7 +97,7 @@ class OpenAITeacher(TeacherBackend):
             result = await self._complete_at(endpoint, messages, schema, params)
         except TransientTeacherError as err:
             endpoint.failures += 1
-            if err.connection or err.set_aside:
+            if err.set_aside:
                 self._set_aside(endpoint, err.retry_after)
             raise
         finally:
