@@ -38,6 +38,12 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "full-2e-5": {"train": {"method": "full", "learning_rate": 2e-5}},
     "system-prompt": {"student": {"system_prompt": None}},
     "no-derived": {"data": {"derived_values": False}},
+    "keep-best": {"train": {"keep": "best", "early_stopping_patience": 2}},
+    "keep-last": {"train": {"keep": "last", "early_stopping_patience": 0}},
+    "keep-last-8": {"train": {"keep": "last", "early_stopping_patience": 0, "epochs": 8}},
+    "keep-last-12": {"train": {"keep": "last", "early_stopping_patience": 0, "epochs": 12}},
+    "keep-last-lr5e-4-8": {"train": {"keep": "last", "early_stopping_patience": 0, "epochs": 8,
+                                     "learning_rate": 5e-4}},
 }
 
 

@@ -84,6 +84,24 @@ def test_training_answers_write_the_arithmetic_and_keep_everything_else():
             json.loads(s["output"])
 
 
+def test_values_no_rule_explains_are_named_and_left_out_only_where_the_rule_holds_for_most():
+    slips = [timer("timer 4 hours", 24000), timer("set a deadline for the homework", 1800)]
+    alarms = [sample(text, {"tool": "set_alarm", "arguments": {"time": hhmm}}) for text, hhmm in
+              [("alarm at 6pm", "18:00"), ("wake me at 7:30", "07:30"), ("alarm 5am", "05:00"),
+               ("alarm for my flight", "09:00")]]
+    samples = SAMPLES + [timer("timer 3 hours", 10800)] + slips + alarms
+    rules = learned.learn(samples)
+    assert rules["clock_fields"] == ["time"] and "duration_seconds" in rules["derived_numbers"]
+    out = learned.inconsistent(samples, rules)
+    assert set(out) == {"timer 4 hours", "set a deadline for the homework", "alarm for my flight"}
+    assert out["timer 4 hours"].startswith("'duration_seconds' 24000 is no number of the request times")
+    assert out["alarm for my flight"] == "'time' 09:00 is no time the request gives"
+    assert learned.unexplained("volume to 30", SAMPLES[5]["output"], rules) is None  # no derived field in it
+    # a rule that explains only half of its field's values does not overrule the teacher
+    many = SAMPLES + [timer(f"timer for a while {'x' * i}", 600) for i in range(5)]
+    assert learned.inconsistent(many, learned.learn(many)) == {}
+
+
 def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     from datasets import load_from_disk
 

@@ -282,7 +282,8 @@ def test_values_derived_by_a_rule_are_trained_in_the_students_form_and_can_be_tu
     learned = json.loads((run_dir.dataset / "derived_values.json").read_text())
     fields = learned["derived_numbers"]
     assert fields["value"][0] == 60 and manifest.outputs["derived_values"] == "dataset/derived_values.json"
-    assert json.loads((run_dir.data / "stats.json").read_text())["derived_values"] == learned
+    stats = json.loads((run_dir.data / "stats.json").read_text())["derived_values"]
+    assert {k: stats[k] for k in learned} == learned and stats["left_out"] == len(stats["left_out_examples"])
     data = load_from_disk(str(run_dir.dataset))
     generated = [r for split in ("train", "validation") for r in data[split] if not r["id"].startswith("seed-")]
     for row in generated:

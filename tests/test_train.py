@@ -341,7 +341,7 @@ def test_early_stopping_ends_training_when_validation_stops_improving(tiny_llama
     validation = rows[:40]
     run = save_splits(RunDir(tmp_path / "run"), [answered_with(row, "X" * 16) for row in rows], validation)
     student = fitted_to(validation, tiny_llama, tmp_path / "student")
-    config = fast_config(max_steps=None, epochs=6, batch_size=64, early_stopping_patience=1)
+    config = fast_config(max_steps=None, epochs=6, batch_size=64, early_stopping_patience=1, keep="best")
     train(config, str(student), run, show_progress=False)
     metrics = json.loads((run.train / "metrics.json").read_text())
     assert metrics["stopped_early"] and len(metrics["validation_loss_by_epoch"]) < 6

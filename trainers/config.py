@@ -46,7 +46,14 @@ class TrainConfig(StrictModel):
                                 "gradient checkpointing")
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(50, ge=1, description="save a checkpoint every N optimizer steps")
-    early_stopping_patience: int = Field(2, ge=0, description="epochs without validation improvement; 0 = off")
+    # a small student's validation loss turns up long before its answers stop improving (it grows surer of the
+    # few tokens it still gets wrong): tool-calling, one build's data, shipped exact match 48.6% with the epoch of
+    # lowest validation loss (epoch 2 of 5, stopped at 4), 64.5% with the last of 5 epochs, 71.0% after 8
+    early_stopping_patience: int = Field(0, ge=0, description="epochs without validation improvement before "
+                                                              "training stops; 0 = off (the default)")
+    keep: Literal["best", "last"] = Field(
+        "last", description="the weights the adapter ends with: last = the last step's (the default); best = the "
+                            "epoch with the lowest validation loss")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads per process; default: usable cores / local processes")
     seed: int = 0

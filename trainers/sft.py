@@ -103,7 +103,7 @@ class TrainStage:
         resume_from = last_complete_checkpoint(paths.checkpoints)
         trainer, progress = build_trainer(train_config, base, teacher, plan.context["data"], paths, device,
                                           show_progress, system_prompt, init_adapter=config.init_adapter)
-        summary = _fit(trainer, paths, resume_from)
+        summary = _fit(trainer, paths, resume_from, keep_best=train_config.keep == "best")
         trainer.save_model(str(paths.adapter))
         if not processes.is_main_process:
             _leave_process_group(processes)
@@ -258,7 +258,7 @@ def _resolve_teacher(config: TrainConfig):
     return resolve_base(config.distill.teacher)
 
 
-def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]:
+def _fit(trainer, paths: TrainPaths, resume_from: Path | None, keep_best: bool = True) -> dict[str, Any]:
     from trainers.callbacks import KeepBestWeights  # lazy: imports transformers
 
     best = next(c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBestWeights))
@@ -273,7 +273,7 @@ def _fit(trainer, paths: TrainPaths, resume_from: Path | None) -> dict[str, Any]
     evals = [e for e in state.log_history if "eval_loss" in e]
     final = evals[-1] if evals and evals[-1].get("step") == state.global_step else trainer.evaluate()
     best_step = state.global_step
-    if best.best_loss is not None and best.best_loss < final["eval_loss"] and best.restore(trainer.model):
+    if keep_best and best.best_loss is not None and best.best_loss < final["eval_loss"] and best.restore(trainer.model):
         final, best_step = {"eval_loss": best.best_loss, "step": best.best_step}, best.best_step
     return {"initial": initial, "final": final, "best_step": best_step, "resumed_from_step": _step_of(resume_from)}
 

@@ -11,6 +11,11 @@ samples, and the training answers that write them in the model's own form (runti
   samples, and half of those holding such a time there, take it from a time the request writes its own way
   ("6pm" -> "18:00", "9:30" -> "09:30"). The training answer copies the request's time as written.
 
+A sample whose value in a derived field no rule explains (a timer of "3 hours" labelled 18000 seconds, a
+"deadline for the homework" labelled 1800, a calendar time the request never gives) is a teacher's slip the
+rest of the data contradicts: `unexplained` names it and the dataset leaves it out of training (the sample
+store keeps it), for each field whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
+
 The rules are saved with the dataset (kit.core.dataset.DERIVED_VALUES), whence export puts them in the bundle.
 The runtime offers those forms per request and turns them back into the teacher's (runtime.derived_numbers,
 runtime.clock_times); the teacher's answers, the `output` column and every score stay as the schema asks.
@@ -29,6 +34,7 @@ from runtime.derived_numbers import request_numbers, term
 MIN_SUPPORT = 2
 MIN_SHARE = 0.1
 MAX_FACTORS = 6
+MIN_EXPLAINED = 0.5  # a rule that explains no more than half of its field's values cannot overrule the teacher
 
 
 def _members(value: Any) -> Iterator[tuple[str, Any]]:
@@ -133,6 +139,42 @@ def student_answer(input_text: str, output: str, learned: dict[str, Any]) -> str
     if rewritten == answer:
         return output
     return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":"))
+
+
+def unexplained(input_text: str, output: str, learned: dict[str, Any]) -> str | None:
+    """Why the answer breaks a learned rule ("'duration_seconds' 18000 is no number of the request times 60 or
+    1"), or None when every derived value in it is explained (or there is nothing to check)."""
+    answer = _parsed(output)
+    numbers = learned.get("derived_numbers") or {}
+    clock = set(learned.get("clock_fields") or ())
+    if answer is None or not (numbers or clock):
+        return None
+    request = request_numbers(input_text) if numbers else []
+    times = {to_24h(span) for span in clock_spans(input_text)} if clock else set()
+    for key, value in _members(answer):
+        if key in numbers and _is_number(value) and expression_for(value, request, numbers[key]) is None:
+            factors = " or ".join(str(f) for f in numbers[key])
+            return f"'{key}' {value} is no number of the request times {factors}"
+        if key in clock and isinstance(value, str) and HH_MM.match(value) and value not in times:
+            return f"'{key}' {value} is no time the request gives"
+    return None
+
+
+def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict[str, str]:
+    """{sample id: reason} for the samples whose derived values no learned rule explains, counting only the
+    fields whose rule explains more than MIN_EXPLAINED of the samples holding them."""
+    reasons = {s["id"]: unexplained(str(s.get("input", "")), s.get("output"), learned) for s in samples}
+    holding: Counter = Counter()
+    broken: Counter = Counter()
+    for sample in samples:
+        answer = _parsed(sample.get("output"))
+        fields = {key for key, _ in _members(answer)} if answer is not None else set()
+        for key in fields & (set(learned.get("derived_numbers") or ()) | set(learned.get("clock_fields") or ())):
+            holding[key] += 1
+        if reasons[sample["id"]]:
+            broken[reasons[sample["id"]].split("'")[1]] += 1
+    strong = {key for key in holding if broken[key] < (1 - MIN_EXPLAINED) * holding[key]}
+    return {i: why for i, why in reasons.items() if why and why.split("'")[1] in strong}
 
 
 def _rewrite(value: Any, numbers: dict[str, list[int | float]], request: list[int | float], clock: set[str],

@@ -119,9 +119,12 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         swaps, stats["value_swaps"] = await swap_rows(config, critic, samples, seeds, held_out)
         learned = derived_values.learn(samples) if config.data.derived_values and config.output.format == "json" \
             else {"derived_numbers": {}, "clock_fields": []}
-        stats["derived_values"] = learned
+        # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
+        slips = derived_values.inconsistent(samples, learned) if config.data.derived_values else {}
+        stats["derived_values"] = learned | {"left_out": len(slips), "left_out_examples": [
+            {"id": i, "reason": why} for i, why in list(slips.items())[:20]]}
         atomic_write_json(folder / STATS, stats)
-        split = write_dataset(samples, run_dir.dataset,
+        split = write_dataset([s for s in samples if s["id"] not in slips], run_dir.dataset,
                               system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
                               extra_train=seeds + swaps, held_out=held_out,
