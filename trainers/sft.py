@@ -296,7 +296,7 @@ def _metrics(trainer, progress, summary, base, config: TrainConfig, device: str,
         "max_steps": state.max_steps,
         "epochs_done": state.epoch,
         "stopped_early": state.global_step < state.max_steps,
-        "best_step": summary["best_step"],  # the adapter holds this step's weights (lowest validation loss)
+        "best_step": summary["best_step"],  # the adapter holds this step's weights (keep: best, lowest validation loss)
         "resumed_from_step": summary["resumed_from_step"],
         "validation_loss_before": summary["initial"].get("eval_loss"),
         "validation_loss_after": summary["final"].get("eval_loss"),
