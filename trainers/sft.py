@@ -258,7 +258,7 @@ def _resolve_teacher(config: TrainConfig):
     return resolve_base(config.distill.teacher)
 
 
-def _fit(trainer, paths: TrainPaths, resume_from: Path | None, keep_best: bool = True) -> dict[str, Any]:
+def _fit(trainer, paths: TrainPaths, resume_from: Path | None, keep_best: bool) -> dict[str, Any]:
     from trainers.callbacks import KeepBestWeights  # lazy: imports transformers
 
     best = next(c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBestWeights))

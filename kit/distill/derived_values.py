@@ -145,36 +145,49 @@ def unexplained(input_text: str, output: str, learned: dict[str, Any]) -> str | 
     """Why the answer breaks a learned rule ("'duration_seconds' 18000 is no number of the request times 60 or
     1"), or None when every derived value in it is explained (or there is nothing to check)."""
     answer = _parsed(output)
-    numbers = learned.get("derived_numbers") or {}
-    clock = set(learned.get("clock_fields") or ())
-    if answer is None or not (numbers or clock):
+    numbers, clock = _rules(learned)
+    slip = _slip(input_text, answer, numbers, clock) if answer is not None else None
+    return slip[1] if slip else None
+
+
+def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict[str, str]:
+    """{sample id: reason} for the samples whose derived values no learned rule explains, counting only the
+    fields whose rule explains more than MIN_EXPLAINED of the samples holding them."""
+    numbers, clock = _rules(learned)
+    ruled = set(numbers) | clock
+    holding: Counter = Counter()
+    broken: Counter = Counter()
+    slips: dict[str, tuple[str, str]] = {}
+    for sample in samples:
+        answer = _parsed(sample.get("output"))
+        if answer is None or not ruled:
+            continue
+        holding.update({key for key, _ in _members(answer)} & ruled)
+        slip = _slip(str(sample.get("input", "")), answer, numbers, clock)
+        if slip:
+            slips[sample["id"]] = slip
+            broken[slip[0]] += 1
+    strong = {key for key in holding if broken[key] < (1 - MIN_EXPLAINED) * holding[key]}
+    return {i: why for i, (key, why) in slips.items() if key in strong}
+
+
+def _rules(learned: dict[str, Any]) -> tuple[dict[str, list[int | float]], set[str]]:
+    return learned.get("derived_numbers") or {}, set(learned.get("clock_fields") or ())
+
+
+def _slip(input_text: str, answer: Any, numbers: dict[str, list[int | float]], clock: set[str]) -> tuple[str, str] | None:
+    """(field, reason) for the first derived value of `answer` no rule explains, or None."""
+    if not (numbers or clock):
         return None
     request = request_numbers(input_text) if numbers else []
     times = {to_24h(span) for span in clock_spans(input_text)} if clock else set()
     for key, value in _members(answer):
         if key in numbers and _is_number(value) and expression_for(value, request, numbers[key]) is None:
             factors = " or ".join(str(f) for f in numbers[key])
-            return f"'{key}' {value} is no number of the request times {factors}"
+            return key, f"'{key}' {value} is no number of the request times {factors}"
         if key in clock and isinstance(value, str) and HH_MM.match(value) and value not in times:
-            return f"'{key}' {value} is no time the request gives"
+            return key, f"'{key}' {value} is no time the request gives"
     return None
-
-
-def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict[str, str]:
-    """{sample id: reason} for the samples whose derived values no learned rule explains, counting only the
-    fields whose rule explains more than MIN_EXPLAINED of the samples holding them."""
-    reasons = {s["id"]: unexplained(str(s.get("input", "")), s.get("output"), learned) for s in samples}
-    holding: Counter = Counter()
-    broken: Counter = Counter()
-    for sample in samples:
-        answer = _parsed(sample.get("output"))
-        fields = {key for key, _ in _members(answer)} if answer is not None else set()
-        for key in fields & (set(learned.get("derived_numbers") or ()) | set(learned.get("clock_fields") or ())):
-            holding[key] += 1
-        if reasons[sample["id"]]:
-            broken[reasons[sample["id"]].split("'")[1]] += 1
-    strong = {key for key in holding if broken[key] < (1 - MIN_EXPLAINED) * holding[key]}
-    return {i: why for i, why in reasons.items() if why and why.split("'")[1] in strong}
 
 
 def _rewrite(value: Any, numbers: dict[str, list[int | float]], request: list[int | float], clock: set[str],

@@ -120,7 +120,7 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         learned = derived_values.learn(samples) if config.data.derived_values and config.output.format == "json" \
             else {"derived_numbers": {}, "clock_fields": []}
         # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
-        slips = derived_values.inconsistent(samples, learned) if config.data.derived_values else {}
+        slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
         stats["derived_values"] = learned | {"left_out": len(slips), "left_out_examples": [
             {"id": i, "reason": why} for i, why in list(slips.items())[:20]]}
         atomic_write_json(folder / STATS, stats)
