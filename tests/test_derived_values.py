@@ -102,6 +102,33 @@ def test_values_no_rule_explains_are_named_and_left_out_only_where_the_rule_hold
     assert learned.inconsistent(many, learned.learn(many)) == {}
 
 
+def labelled(text: str, seconds: int, label: str) -> dict:
+    return sample(text, {"tool": "set_timer", "arguments": {"duration_seconds": seconds, "label": label}})
+
+
+def test_a_label_repeating_the_words_a_derived_value_came_from_is_dropped_unless_the_seeds_write_it():
+    repeats = [labelled("set a timer for 8 minutes", 480, "8 minutes"), labelled("timer one hour", 60, "one hour")]
+    kept = [labelled("timer 20 minutes for the 2 loaves", 1200, "the 2 loaves"),  # 2 is not the 20 it came from
+            labelled("a 4 minute timer for eggs", 240, "eggs"), labelled("tea timer 3 minutes", 180, "tea")]
+    alarms = [sample(t, {"tool": "set_alarm", "arguments": {"time": hhmm, "label": label}}) for t, hhmm, label in
+              [("alarm 6:45 for the gym", "06:45", "gym"), ("alarm at 7pm", "19:00", "7pm alarm"),
+               ("wake me at 5am", "05:00", "work")]]
+    samples = SAMPLES + repeats + kept + alarms
+    rules = learned.learn(samples)
+    out = learned.repeated_spans(samples, rules)
+    assert set(out) == {"set a timer for 8 minutes", "timer one hour", "alarm at 7pm"}
+    assert json.loads(out["set a timer for 8 minutes"][0]) == {"tool": "set_timer", "arguments": {"duration_seconds": 480}}
+    assert json.loads(out["alarm at 7pm"][0])["arguments"] == {"time": "19:00"}
+    assert out["timer one hour"][1] == "'label' repeats the request words a derived value beside it was taken from"
+    # seeds that label a timer with its duration say the author wants it; seeds that label it otherwise, that not
+    assert learned.repeated_spans(samples, rules, [labelled("timer 9 minutes", 540, "9 minutes")]) == {}
+    assert set(learned.repeated_spans(samples, rules, [labelled("timer 9 minutes for rice", 540, "rice")])) == \
+        {"set a timer for 8 minutes", "timer one hour", "alarm at 7pm"}
+    # without seeds, a habit most samples share is the task's
+    habit = samples + [labelled(f"timer {n} minutes", n * 60, f"{n} minutes") for n in (2, 6, 7, 11)]
+    assert "timer 2 minutes" not in learned.repeated_spans(habit, learned.learn(habit))
+
+
 def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     from datasets import load_from_disk
 

@@ -78,8 +78,9 @@ class FakeTeacher:
             content = {"inputs": [words() for _ in range(props["inputs"]["minItems"])]}
         elif "answer" in props and self.minutes:
             question = body["messages"][-1]["content"]
-            content = {"reasoning": "minutes to seconds", "answer": {"value": int(question.split()[-2]) * 60,
-                                                                       "unit": "s"}}
+            minutes = int(question.split()[-2])  # a third of the answers note the minutes again: a repeat
+            note = f"{minutes} minutes" if minutes % 3 == 0 else "timer"
+            content = {"reasoning": "minutes to seconds", "answer": {"value": minutes * 60, "unit": "s", "note": note}}
         elif "answer" in props:
             question = body["messages"][-1]["content"]
             stable = int(hashlib.sha256(question.encode()).hexdigest()[:6], 16) % 1000
@@ -284,12 +285,16 @@ def test_values_derived_by_a_rule_are_trained_in_the_students_form_and_can_be_tu
     assert fields["value"][0] == 60 and manifest.outputs["derived_values"] == "dataset/derived_values.json"
     stats = json.loads((run_dir.data / "stats.json").read_text())["derived_values"]
     assert {k: stats[k] for k in learned} == learned and stats["left_out"] == len(stats["left_out_examples"])
+    # an optional note repeating the request's "N minutes" is dropped from the training answer, kept in the store
+    repeats = {s["id"] for s in read_jsonl(run_dir.data / "samples.jsonl") if "minutes" in s["output"]}
+    assert repeats and stats["repaired"] == len(repeats) == len(stats["repaired_examples"])
     data = load_from_disk(str(run_dir.dataset))
     generated = [r for split in ("train", "validation") for r in data[split] if not r["id"].startswith("seed-")]
     for row in generated:
         trained = json.loads(row["messages"][-1]["content"])
         minutes = row["input"].split()[-2]
         assert trained["value"] == f"{minutes} * 60" and json.loads(row["output"])["value"] == int(minutes) * 60
+        assert trained.get("note", "timer") == "timer" and ("note" in trained) == (row["id"] not in repeats)
         assert json.loads(AnswerRules(derived_numbers=fields).finish(row["messages"][-1]["content"])) == \
             json.loads(row["output"])
     sent = teacher.count
@@ -517,8 +522,15 @@ def test_topics_are_taken_in_turn_so_every_topic_gets_its_share():
     for per_request in (1, 4):
         config = SimpleNamespace(seeds=[object()] * 3, data=DataConfig(topics=topics, inputs_per_request=per_request),
                                  round=RoundConfig())
-        plan = [plan_item(config, i) for i in range(50 * per_request)]
-        assert Counter(p.topic for p in plan) == {t: 10 * per_request for t in topics}
+        plan = [plan_item(config, i) for i in range(60 * per_request)]
+        fresh = [p for p in plan if p.evolve_seed is None]
+        rewrites = [p for p in plan if p.evolve_seed is not None]
+        assert fresh and rewrites and all(p.topic is None for p in rewrites)
+        # the units that rewrite a seed do not cost a topic its turn, and the seeds are rewritten in turn too
+        topic_counts = Counter(p.topic for p in fresh)
+        assert set(topic_counts) == set(topics) and max(topic_counts.values()) - min(topic_counts.values()) <= per_request
+        seed_counts = Counter(p.evolve_seed for p in rewrites)
+        assert set(seed_counts) == {0, 1, 2} and max(seed_counts.values()) - min(seed_counts.values()) <= per_request
         if per_request > 1:  # the items of one list share its plan
             assert all(plan[i].topic == plan[i - i % per_request].topic for i in range(len(plan)))
     assert plan_item(config, 7) == plan_item(config, 7)  # the same recipe gives the same plan

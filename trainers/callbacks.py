@@ -101,9 +101,11 @@ class KeepBestWeights(TrainerCallback):
     """The trainable (LoRA) weights of the evaluation with the lowest validation loss, kept in memory, so the
     adapter saved at the end is the best epoch's, not the last one's (transformers' load_best_model_at_end,
     without a checkpoint per evaluation). The evaluation before training counts: if training only made the
-    validation loss worse, the untrained adapter is what is saved."""
+    validation loss worse, the untrained adapter is what is saved. With `keep_weights=False` (train.keep: last)
+    only the best loss and its step are tracked: no copy of the weights in memory or in the checkpoints."""
 
-    def __init__(self):
+    def __init__(self, keep_weights: bool = True):
+        self.keep_weights = keep_weights
         self.best_loss: float | None = None
         self.best_step: int | None = None
         self._weights: dict | None = None
@@ -113,7 +115,8 @@ class KeepBestWeights(TrainerCallback):
         if loss is None or model is None or (self.best_loss is not None and loss >= self.best_loss):
             return
         self.best_loss, self.best_step = loss, state.global_step
-        self._weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        if self.keep_weights:
+            self._weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     def on_save(self, args, state, control, **kwargs):
         """Each checkpoint carries the best weights so far (a resumed run still ends with the best epoch's); the

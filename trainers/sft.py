@@ -179,7 +179,8 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
         collator = DistillCollator(collator or DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
                                                                                padding_free=config.packing))
     progress = TrainProgress(show=show_progress)
-    callbacks: list[Any] = [progress, SaveAfterEpochEvaluation(), KeepBestWeights()]
+    keep_best = KeepBestWeights(keep_weights=config.keep == "best")  # keep: last tracks the best loss only
+    callbacks: list[Any] = [progress, SaveAfterEpochEvaluation(), keep_best]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     model, peft_config = _student_model(config, base, device, init_adapter)

@@ -16,6 +16,12 @@ A sample whose value in a derived field no rule explains (a timer of "3 hours" l
 rest of the data contradicts: `unexplained` names it and the dataset leaves it out of training (the sample
 store keeps it), for each field whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
 
+A string member that repeats the request words a derived value beside it was taken from (a timer's label "5
+minutes" next to its 300 seconds, an alarm's label "6:45") holds nothing the request gives beyond that value: the
+teacher's habit of filling an optional field. `repeated_spans` finds those members and drops them from the
+training answer, unless the seeds show the field repeating such words (the author wants it) or, without seeds
+that show the field beside a derived value, half or more of the samples do.
+
 The rules are saved with the dataset (kit.core.dataset.DERIVED_VALUES), whence export puts them in the bundle.
 The runtime offers those forms per request and turns them back into the teacher's (runtime.derived_numbers,
 runtime.clock_times); the teacher's answers, the `output` column and every score stay as the schema asks.
@@ -169,6 +175,73 @@ def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict
             broken[slip[0]] += 1
     strong = {key for key in holding if broken[key] < (1 - MIN_EXPLAINED) * holding[key]}
     return {i: why for i, (key, why) in slips.items() if key in strong}
+
+
+def repeated_spans(samples: list[dict[str, Any]], learned: dict[str, Any],
+                   seeds: list[dict[str, Any]] = ()) -> dict[str, tuple[str, str]]:
+    """{sample id: (answer without the repeating members, reason)} for the samples with a string member that
+    repeats the request words a derived value beside it was taken from, for each field neither the seeds nor
+    most samples write that way."""
+    numbers, clock = _rules(learned)
+    if not (numbers or clock):
+        return {}
+
+    def scan(rows):
+        found, beside, repeating = {}, Counter(), Counter()
+        for row in rows:
+            answer = _parsed(row.get("output"))
+            if answer is None:
+                continue
+            text = str(row.get("input", ""))
+            cleaned, dropped, held = _without_repeats(answer, request_numbers(text), numbers, clock)
+            beside.update(held)
+            repeating.update(dropped)
+            if dropped:
+                found[row["id"]] = (cleaned, dropped)
+        return found, beside, repeating
+
+    found, beside, repeating = scan(samples)
+    _, seeds_beside, seeds_repeating = scan(seeds)
+    slipped = {key for key in repeating if not seeds_repeating[key]
+               and (seeds_beside[key] or repeating[key] * 2 < beside[key])}
+    out = {}
+    for sample_id, (cleaned, dropped) in found.items():
+        if set(dropped) <= slipped:
+            fields = ", ".join(f"'{key}'" for key in dropped)
+            out[sample_id] = (json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")),
+                              f"{fields} repeats the request words a derived value beside it was taken from")
+    return out
+
+
+def _without_repeats(value: Any, request: list[int | float], numbers: dict[str, list[int | float]],
+                     clock: set[str]) -> tuple[Any, list[str], list[str]]:
+    """`value` without the string members that repeat the request words a derived sibling was taken from, the
+    keys dropped, and the string keys seen beside a derived value (dropped or not)."""
+    if isinstance(value, list):
+        parts = [_without_repeats(item, request, numbers, clock) for item in value]
+        return [p[0] for p in parts], [k for p in parts for k in p[1]], [k for p in parts for k in p[2]]
+    if not isinstance(value, dict):
+        return value, [], []
+    used: set[int | float] = set()  # the request numbers a derived number here was made from
+    times: set[str] = set()  # the clock times a clock field here took from the request
+    for key, item in value.items():
+        if key in numbers and _is_number(item) and (expression := expression_for(item, request, numbers[key])):
+            used |= {float(t.split("*")[0]) for t in expression.split("+")}
+        elif key in clock and isinstance(item, str) and HH_MM.match(item):
+            times.add(item)
+    out, dropped, held = {}, [], []
+    for key, item in value.items():
+        if isinstance(item, str) and key not in numbers and key not in clock and (used or times):
+            held.append(key)
+            if {float(n) for n in request_numbers(item)} & used or {to_24h(s) for s in clock_spans(item)} & times:
+                dropped.append(key)
+                continue
+        if isinstance(item, (dict, list)):
+            item, inner_dropped, inner_held = _without_repeats(item, request, numbers, clock)
+            dropped += inner_dropped
+            held += inner_held
+        out[key] = item
+    return out, dropped, held
 
 
 def _rules(learned: dict[str, Any]) -> tuple[dict[str, list[int | float]], set[str]]:

@@ -121,10 +121,17 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
             else {"derived_numbers": {}, "clock_fields": []}
         # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
         slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
+        # an optional member repeating the words a derived value came from ("5 minutes" as a timer's label)
+        seed_answers = [{"id": f"seed-{n}", "input": seed.input, "output": seed.output if isinstance(seed.output, str)
+                         else json.dumps(seed.output)} for n, seed in enumerate(config.seeds, 1)]
+        repaired = _schema_valid(config, derived_values.repeated_spans(samples, learned, seed_answers))
         stats["derived_values"] = learned | {"left_out": len(slips), "left_out_examples": [
-            {"id": i, "reason": why} for i, why in list(slips.items())[:20]]}
+            {"id": i, "reason": why} for i, why in list(slips.items())[:20]], "repaired": len(repaired),
+            "repaired_examples": [{"id": i, "reason": why} for i, (_, why) in list(repaired.items())[:20]]}
         atomic_write_json(folder / STATS, stats)
-        split = write_dataset([s for s in samples if s["id"] not in slips], run_dir.dataset,
+        trained = [s | {"output": repaired[s["id"]][0]} if s["id"] in repaired else s
+                   for s in samples if s["id"] not in slips]  # the sample store keeps the teacher's answers
+        split = write_dataset(trained, run_dir.dataset,
                               system_prompt=config.task.effective_system_prompt,
                               validation_fraction=config.data.validation_fraction, seed=config.data.seed,
                               extra_train=seeds + swaps, held_out=held_out,
@@ -309,6 +316,17 @@ def _round_stats(config: GenerateConfig, rows: list[dict[str, Any]], generation:
         probe = json.loads(summary.read_text())
         stats |= {"probed": probe.get("probed"), "failed": probe.get("failed")}
     return stats
+
+
+def _schema_valid(config: GenerateConfig, repairs: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """The repaired answers that still follow the output schema (a member it requires stays: no repair)."""
+    schema = config.output.resolved_schema()
+    if not repairs or schema is None:
+        return repairs
+    from jsonschema import Draft202012Validator  # lazy: jsonschema is slow to import
+
+    validator = Draft202012Validator(schema)
+    return {i: (answer, why) for i, (answer, why) in repairs.items() if validator.is_valid(json.loads(answer))}
 
 
 async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[str, Any]], list[str]]:

@@ -79,26 +79,55 @@ def plan_item(config, index: int, failures: Sequence[str] = (),
     # the items of one list share one plan: the teacher writes them in one reply, for the same wishes
     unit = index // per_request
     salt = round_salt(config)
-    rng = random.Random(f"{salt}:{index}" if per_request == 1 else f"{salt}:list{per_request}:{unit}")
-    seeds = config.seeds
+    rng = _unit_rng(salt, per_request, unit)
     pick = lambda options: rng.choice(options) if options else None  # noqa: E731
     share = data.failure_share
-    if failures and math.floor((unit + 1) * share) > math.floor(unit * share):  # this unit imitates a failure
+    if failures and _imitates_failure(unit, share):
         like = failures[math.floor(unit * share) % len(failures)]
         return PlanItem(index=index, evolve_seed=None, evolution="", topic=None, persona=pick(data.personas),
                         difficulty=pick(data.difficulty_levels), like=like)
-    evolve = rng.random() < data.evolve_fraction
-    topic = _in_turn(data.topics, unit, f"{salt}:topics")
+    # topics are taken in turn over the units that write fresh inputs, seeds over those that rewrite one: counted
+    # over all units, the units a seed rewrite takes would cost their topic its turn (one build's 200 samples held
+    # 11 timers against 25 calls)
+    kinds = _unit_kinds(salt, per_request, data.evolve_fraction, share if failures else 0.0, unit)
+    evolve = kinds[unit] == "evolve"
+    rng.random()  # the draw that decided it (kinds), so every later draw is that unit's own
+    before = kinds[:unit].count(kinds[unit])
+    topic = None if evolve else _in_turn(data.topics, before, f"{salt}:topics")
     return PlanItem(
         index=index,
-        evolve_seed=rng.randrange(len(seeds)) if evolve else None,
+        evolve_seed=_in_turn(list(range(len(config.seeds))), before, f"{salt}:seeds") if evolve else None,
         evolution=rng.choice(data.evolutions or EVOLUTIONS),
         topic=topic,
         persona=pick(data.personas),
         difficulty=pick(data.difficulty_levels),
-        wordings=() if evolve else _wordings_in_turn((wordings or {}).get(topic or "", ()), unit,
+        wordings=() if evolve else _wordings_in_turn((wordings or {}).get(topic or "", ()), before,
                                                      max(1, len(data.topics)), per_request, f"{salt}:wordings:{topic}"),
     )
+
+
+def _unit_rng(salt: str, per_request: int, unit: int) -> random.Random:
+    return random.Random(f"{salt}:{unit}" if per_request == 1 else f"{salt}:list{per_request}:{unit}")
+
+
+def _imitates_failure(unit: int, share: float) -> bool:
+    return math.floor((unit + 1) * share) > math.floor(unit * share)
+
+
+_KINDS: dict[tuple, list[str]] = {}  # (salt, per_request, evolve_fraction, failure share) -> each unit's kind
+
+
+def _unit_kinds(salt: str, per_request: int, evolve_fraction: float, failure_share: float, unit: int) -> list[str]:
+    """What units 0..`unit` do ("like" a failure, "evolve" a seed, or "fresh" inputs on a topic), decided by each
+    unit's own first draw, as plan_item decides it."""
+    kinds = _KINDS.setdefault((salt, per_request, evolve_fraction, failure_share), [])
+    while len(kinds) <= unit:
+        k = len(kinds)
+        if failure_share and _imitates_failure(k, failure_share):
+            kinds.append("like")
+        else:
+            kinds.append("evolve" if _unit_rng(salt, per_request, k).random() < evolve_fraction else "fresh")
+    return kinds
 
 
 def _wordings_in_turn(options: Sequence[str], unit: int, topics: int, per_request: int, salt: str) -> tuple[str, ...]:
@@ -112,7 +141,7 @@ def _wordings_in_turn(options: Sequence[str], unit: int, topics: int, per_reques
     return tuple(order[(start + j) % len(order)] for j in range(per_request))
 
 
-def _in_turn(options: list[str], unit: int, salt: str) -> str | None:
+def _in_turn(options: Sequence[Any], unit: int, salt: str) -> Any:
     """Every option once per round, in an order shuffled per round: topics stay balanced however few
     inputs are written (drawing at random leaves some topics with a handful of samples)."""
     if not options:
