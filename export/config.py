@@ -102,6 +102,8 @@ class BundleInfo(StrictModel):
                                           "numbers, with their factors (runtime.derived_numbers)")
     clock_fields: list[str] = Field(default_factory=list, description="24-hour time keys the student copies as the "
                                                                       "request writes them (runtime.clock_times)")
+    no_repeat_fields: list[str] = Field(default_factory=list, description="string keys dropped where they repeat the "
+                                        "words a derived value beside them was made from (runtime.answer_rules)")
     eval: dict[str, Any] = Field(default_factory=dict)
     version: str = "0.1.0"
 

@@ -4,7 +4,9 @@
 - derived numbers (runtime.derived_numbers): a number made from a request number by a constant factor may be
   written as the arithmetic ("5 * 60"), worked out afterwards;
 - clock fields (runtime.clock_times): a 24-hour time may be copied as the request writes it ("6pm"), converted
-  afterwards.
+  afterwards;
+- no-repeat fields: a string member that repeats the words a derived value beside it was made from (a timer's
+  label "5 minute" next to "5 * 60") is dropped, as it was from the training answers (kit.distill.derived_values).
 
 `Expert.run`, `kit chat`, the server (for the bundle's own schema), the eval and the probe all decode and finish
 answers this way, so every score is what an app gets. Standard library only.
@@ -25,13 +27,14 @@ class AnswerRules:
     copy_fields: tuple[str, ...] = ()
     derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
     clock_fields: tuple[str, ...] = ()
+    no_repeat_fields: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, source: Any) -> "AnswerRules":
         """The rules of a manifest (or any object / dict with those attributes / keys)."""
         get = source.get if isinstance(source, dict) else (lambda key, default: getattr(source, key, default))
         return cls(tuple(get("copy_fields", ()) or ()), dict(get("derived_numbers", {}) or {}),
-                   tuple(get("clock_fields", ()) or ()))
+                   tuple(get("clock_fields", ()) or ()), tuple(get("no_repeat_fields", ()) or ()))
 
     @property
     def rewrites_answers(self) -> bool:
@@ -56,5 +59,33 @@ class AnswerRules:
             value = json.loads(text)
         except ValueError:
             return text
-        done = clock_times.resolve_value(derived_numbers.resolve_value(value, self.derived_numbers), self.clock_fields)
+        done = self._without_repeats(value) if self.no_repeat_fields else value
+        done = clock_times.resolve_value(derived_numbers.resolve_value(done, self.derived_numbers), self.clock_fields)
         return text if done == value else json.dumps(done, ensure_ascii=False, separators=(",", ":"))
+
+    def _without_repeats(self, value: Any) -> Any:
+        """`value` without the no-repeat members that repeat the numbers an expression beside them uses or the time
+        a clock field beside them holds (read before either is worked out)."""
+        if isinstance(value, list):
+            return [self._without_repeats(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        used: set[float] = set()
+        times: set[str] = set()
+        for key, item in value.items():
+            if key in self.derived_numbers and isinstance(item, str) and derived_numbers.EXPRESSION.match(item):
+                used |= {float(term.split("*")[0]) for term in item.split("+")}
+            elif key in self.clock_fields and isinstance(item, str):
+                time = item if clock_times.HH_MM.match(item) else clock_times.to_24h(item)
+                times |= {time} if time else set()
+        return {key: self._without_repeats(item) for key, item in value.items()
+                if not (key in self.no_repeat_fields and isinstance(item, str) and repeats(item, used, times))}
+
+
+def repeats(text: str, numbers: set[float], times: set[str]) -> bool:
+    """Whether `text` writes one of `numbers` (request numbers a derived value was made from) or a time of day that
+    is one of `times` ("HH:MM")."""
+    if not (numbers or times):
+        return False
+    return bool({float(n) for n in derived_numbers.request_numbers(text)} & numbers
+                or {clock_times.to_24h(span) for span in clock_times.clock_spans(text)} & times)

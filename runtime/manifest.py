@@ -53,6 +53,8 @@ class Manifest:
     # {JSON key: factors}: numbers the model writes as arithmetic over the request's numbers (derived_numbers)
     derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
     clock_fields: list[str] = field(default_factory=list)  # 24-hour "HH:MM" keys copied as the request's times
+    # string keys dropped where they repeat the words a derived value beside them was made from (answer_rules)
+    no_repeat_fields: list[str] = field(default_factory=list)
     # {"adapter": file, "base": file, ...}: a LoRA adapter GGUF and the unmerged base it applies to (served
     # several experts to one base by `Expert.load_many` / `kit serve A B`); empty when the bundle has none
     lora_adapter: dict[str, Any] = field(default_factory=dict)

@@ -115,18 +115,34 @@ def test_a_label_repeating_the_words_a_derived_value_came_from_is_dropped_unless
                ("wake me at 5am", "05:00", "work")]]
     samples = SAMPLES + repeats + kept + alarms
     rules = learned.learn(samples)
+    assert rules["no_repeat_fields"] == ["label"]  # "tool" is never beside a derived value
     out = learned.repeated_spans(samples, rules)
     assert set(out) == {"set a timer for 8 minutes", "timer one hour", "alarm at 7pm"}
     assert json.loads(out["set a timer for 8 minutes"][0]) == {"tool": "set_timer", "arguments": {"duration_seconds": 480}}
     assert json.loads(out["alarm at 7pm"][0])["arguments"] == {"time": "19:00"}
     assert out["timer one hour"][1] == "'label' repeats the request words a derived value beside it was taken from"
     # seeds that label a timer with its duration say the author wants it; seeds that label it otherwise, that not
-    assert learned.repeated_spans(samples, rules, [labelled("timer 9 minutes", 540, "9 minutes")]) == {}
-    assert set(learned.repeated_spans(samples, rules, [labelled("timer 9 minutes for rice", 540, "rice")])) == \
-        {"set a timer for 8 minutes", "timer one hour", "alarm at 7pm"}
+    assert learned.learn(samples, [labelled("timer 9 minutes", 540, "9 minutes")])["no_repeat_fields"] == []
+    assert learned.learn(samples, [labelled("timer 9 minutes for rice", 540, "rice")])["no_repeat_fields"] == ["label"]
     # without seeds, a habit most samples share is the task's
     habit = samples + [labelled(f"timer {n} minutes", n * 60, f"{n} minutes") for n in (2, 6, 7, 11)]
-    assert "timer 2 minutes" not in learned.repeated_spans(habit, learned.learn(habit))
+    assert learned.learn(habit)["no_repeat_fields"] == [] and learned.repeated_spans(habit, learned.learn(habit)) == {}
+
+
+def test_the_runtime_drops_a_repeat_the_model_writes_before_working_the_value_out():
+    rules = AnswerRules(derived_numbers={"duration_seconds": [60, 1]}, clock_fields=("time",),
+                        no_repeat_fields=("label",))
+    finish = lambda answer: json.loads(rules.finish(json.dumps(answer)))  # noqa: E731
+    assert finish({"tool": "set_timer", "arguments": {"duration_seconds": "5 * 60", "label": "5 minute"}}) == \
+        {"tool": "set_timer", "arguments": {"duration_seconds": 300}}
+    assert finish({"tool": "set_timer", "arguments": {"duration_seconds": "5 * 60", "label": "tea"}}) == \
+        {"tool": "set_timer", "arguments": {"duration_seconds": 300, "label": "tea"}}
+    assert finish({"tool": "set_alarm", "arguments": {"time": "6:45 am", "label": "6:45 alarm"}}) == \
+        {"tool": "set_alarm", "arguments": {"time": "06:45"}}
+    assert finish({"tool": "set_alarm", "arguments": {"time": "6:45 am", "label": "gym"}})["arguments"]["label"] == "gym"
+    # without the rule (an older bundle) the label stays
+    older = AnswerRules(derived_numbers={"duration_seconds": [60, 1]})
+    assert json.loads(older.finish('{"duration_seconds": "5 * 60", "label": "5 minute"}'))["label"] == "5 minute"
 
 
 def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
@@ -142,7 +158,7 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
     assert derived_values(tmp_path / "dataset") == json.loads(json.dumps(fields))  # the rules travel with it
-    assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "clock_fields": []}
+    assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "clock_fields": [], "no_repeat_fields": []}
 
 
 def test_the_request_schema_offers_expressions_over_its_own_numbers():

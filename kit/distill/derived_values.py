@@ -16,11 +16,12 @@ A sample whose value in a derived field no rule explains (a timer of "3 hours" l
 rest of the data contradicts: `unexplained` names it and the dataset leaves it out of training (the sample
 store keeps it), for each field whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
 
-A string member that repeats the request words a derived value beside it was taken from (a timer's label "5
-minutes" next to its 300 seconds, an alarm's label "6:45") holds nothing the request gives beyond that value: the
-teacher's habit of filling an optional field. `repeated_spans` finds those members and drops them from the
-training answer, unless the seeds show the field repeating such words (the author wants it) or, without seeds
-that show the field beside a derived value, half or more of the samples do.
+- No-repeat fields: a string member that repeats the request words a derived value beside it was taken from (a
+  timer's label "5 minutes" next to its 300 seconds, an alarm's label "6:45") holds nothing the request gives
+  beyond that value: the teacher's habit of filling an optional field. A string field seen beside derived values
+  is a no-repeat field unless the seeds show it repeating such words (the author wants it) or, without seeds
+  that show it beside a derived value, half or more of the samples do. `repeated_spans` drops such members from
+  the training answers and the runtime drops them from the model's (runtime.answer_rules).
 
 The rules are saved with the dataset (kit.core.dataset.DERIVED_VALUES), whence export puts them in the bundle.
 The runtime offers those forms per request and turns them back into the teacher's (runtime.derived_numbers,
@@ -35,6 +36,7 @@ from itertools import combinations, product
 from typing import Any, Iterator
 
 from runtime.clock_times import HH_MM, clock_spans, to_24h
+from runtime.answer_rules import repeats
 from runtime.derived_numbers import request_numbers, term
 
 MIN_SUPPORT = 2
@@ -67,10 +69,23 @@ def _parsed(text: str) -> Any:
         return None
 
 
-def learn(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """{"derived_numbers": {field: factors}, "clock_fields": [field, ...]} for `samples` (rows with `input` and
-    JSON `output` text); empty parts when no rule holds."""
-    return {"derived_numbers": learn_numbers(samples), "clock_fields": learn_clock_fields(samples)}
+def learn(samples: list[dict[str, Any]], seeds: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """{"derived_numbers": {field: factors}, "clock_fields": [field, ...], "no_repeat_fields": [field, ...]} for
+    `samples` (rows with `input` and JSON `output` text; `seeds` in the same form, the author's own answers); empty
+    parts when no rule holds."""
+    learned = {"derived_numbers": learn_numbers(samples), "clock_fields": learn_clock_fields(samples)}
+    return learned | {"no_repeat_fields": learn_no_repeat_fields(samples, seeds, learned)}
+
+
+def learn_no_repeat_fields(samples: list[dict[str, Any]], seeds: list[dict[str, Any]], learned: dict[str, Any]) -> list[str]:
+    """The string fields seen beside a derived value that should never repeat the words it was taken from."""
+    numbers, clock = _rules(learned)
+    if not (numbers or clock):
+        return []
+    _, beside, repeating = _scan(samples, numbers, clock)
+    _, seeds_beside, seeds_repeating = _scan(seeds, numbers, clock)
+    return sorted(key for key in set(beside) | set(seeds_beside) if not seeds_repeating[key]
+                  and (seeds_beside[key] or repeating[key] * 2 < beside[key]))
 
 
 def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]:
@@ -177,52 +192,51 @@ def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict
     return {i: why for i, (key, why) in slips.items() if key in strong}
 
 
-def repeated_spans(samples: list[dict[str, Any]], learned: dict[str, Any],
-                   seeds: list[dict[str, Any]] = ()) -> dict[str, tuple[str, str]]:
-    """{sample id: (answer without the repeating members, reason)} for the samples with a string member that
-    repeats the request words a derived value beside it was taken from, for each field neither the seeds nor
-    most samples write that way."""
+def repeated_spans(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """{sample id: (answer without the repeating members, reason)} for the samples with a member of a no-repeat
+    field that repeats the request words a derived value beside it was taken from."""
     numbers, clock = _rules(learned)
-    if not (numbers or clock):
+    keep = set(learned.get("no_repeat_fields") or ())
+    if not keep:
         return {}
-
-    def scan(rows):
-        found, beside, repeating = {}, Counter(), Counter()
-        for row in rows:
-            answer = _parsed(row.get("output"))
-            if answer is None:
-                continue
-            text = str(row.get("input", ""))
-            cleaned, dropped, held = _without_repeats(answer, request_numbers(text), numbers, clock)
-            beside.update(held)
-            repeating.update(dropped)
-            if dropped:
-                found[row["id"]] = (cleaned, dropped)
-        return found, beside, repeating
-
-    found, beside, repeating = scan(samples)
-    _, seeds_beside, seeds_repeating = scan(seeds)
-    slipped = {key for key in repeating if not seeds_repeating[key]
-               and (seeds_beside[key] or repeating[key] * 2 < beside[key])}
     out = {}
-    for sample_id, (cleaned, dropped) in found.items():
-        if set(dropped) <= slipped:
-            fields = ", ".join(f"'{key}'" for key in dropped)
-            out[sample_id] = (json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")),
-                              f"{fields} repeats the request words a derived value beside it was taken from")
+    for sample_id, (cleaned, dropped) in _scan(samples, numbers, clock, keep)[0].items():
+        fields = ", ".join(f"'{key}'" for key in dict.fromkeys(dropped))
+        out[sample_id] = (json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")),
+                          f"{fields} repeats the request words a derived value beside it was taken from")
     return out
 
 
+def _scan(rows: list[dict[str, Any]], numbers: dict[str, list[int | float]], clock: set[str],
+          only: set[str] | None = None) -> tuple[dict[str, tuple[Any, list[str]]], Counter, Counter]:
+    """({row id: (answer without repeats, keys dropped)}, string keys seen beside a derived value, keys repeating
+    its words) over `rows`; `only`: drop these keys only."""
+    found: dict[str, tuple[Any, list[str]]] = {}
+    beside: Counter = Counter()
+    repeating: Counter = Counter()
+    for row in rows:
+        answer = _parsed(row.get("output"))
+        if answer is None:
+            continue
+        cleaned, dropped, held = _without_repeats(answer, request_numbers(str(row.get("input", ""))), numbers,
+                                                  clock, only)
+        beside.update(held)
+        repeating.update(dropped)
+        if dropped:
+            found[row["id"]] = (cleaned, dropped)
+    return found, beside, repeating
+
+
 def _without_repeats(value: Any, request: list[int | float], numbers: dict[str, list[int | float]],
-                     clock: set[str]) -> tuple[Any, list[str], list[str]]:
-    """`value` without the string members that repeat the request words a derived sibling was taken from, the
-    keys dropped, and the string keys seen beside a derived value (dropped or not)."""
+                     clock: set[str], only: set[str] | None = None) -> tuple[Any, list[str], list[str]]:
+    """`value` without the string members (of the `only` keys, when given) that repeat the request words a derived
+    sibling was taken from, the keys dropped, and the string keys seen beside a derived value (dropped or not)."""
     if isinstance(value, list):
-        parts = [_without_repeats(item, request, numbers, clock) for item in value]
+        parts = [_without_repeats(item, request, numbers, clock, only) for item in value]
         return [p[0] for p in parts], [k for p in parts for k in p[1]], [k for p in parts for k in p[2]]
     if not isinstance(value, dict):
         return value, [], []
-    used: set[int | float] = set()  # the request numbers a derived number here was made from
+    used: set[float] = set()  # the request numbers a derived number here was made from
     times: set[str] = set()  # the clock times a clock field here took from the request
     for key, item in value.items():
         if key in numbers and _is_number(item) and (expression := expression_for(item, request, numbers[key])):
@@ -233,11 +247,11 @@ def _without_repeats(value: Any, request: list[int | float], numbers: dict[str, 
     for key, item in value.items():
         if isinstance(item, str) and key not in numbers and key not in clock and (used or times):
             held.append(key)
-            if {float(n) for n in request_numbers(item)} & used or {to_24h(s) for s in clock_spans(item)} & times:
+            if (only is None or key in only) and repeats(item, used, times):
                 dropped.append(key)
                 continue
         if isinstance(item, (dict, list)):
-            item, inner_dropped, inner_held = _without_repeats(item, request, numbers, clock)
+            item, inner_dropped, inner_held = _without_repeats(item, request, numbers, clock, only)
             dropped += inner_dropped
             held += inner_held
         out[key] = item

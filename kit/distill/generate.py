@@ -117,14 +117,15 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         stats["round"] = _round_stats(config, store.samples.rows, generation, held_out)
         samples = generation.earlier_rows + store.samples.rows
         swaps, stats["value_swaps"] = await swap_rows(config, critic, samples, seeds, held_out)
-        learned = derived_values.learn(samples) if config.data.derived_values and config.output.format == "json" \
-            else {"derived_numbers": {}, "clock_fields": []}
-        # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
-        slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
-        # an optional member repeating the words a derived value came from ("5 minutes" as a timer's label)
         seed_answers = [{"id": f"seed-{n}", "input": seed.input, "output": seed.output if isinstance(seed.output, str)
                          else json.dumps(seed.output)} for n, seed in enumerate(config.seeds, 1)]
-        repaired = _schema_valid(config, derived_values.repeated_spans(samples, learned, seed_answers))
+        learned = derived_values.learn(samples, seed_answers) if config.data.derived_values and \
+            config.output.format == "json" else {"derived_numbers": {}, "clock_fields": [], "no_repeat_fields": []}
+        learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
+        # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
+        slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
+        # a member repeating the words a derived value came from ("5 minutes" as a timer's label) is dropped
+        repaired = derived_values.repeated_spans(samples, learned)
         stats["derived_values"] = learned | {"left_out": len(slips), "left_out_examples": [
             {"id": i, "reason": why} for i, why in list(slips.items())[:20]], "repaired": len(repaired),
             "repaired_examples": [{"id": i, "reason": why} for i, (_, why) in list(repaired.items())[:20]]}
@@ -318,15 +319,33 @@ def _round_stats(config: GenerateConfig, rows: list[dict[str, Any]], generation:
     return stats
 
 
-def _schema_valid(config: GenerateConfig, repairs: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
-    """The repaired answers that still follow the output schema (a member it requires stays: no repair)."""
+def _optional_fields(config: GenerateConfig, keys: list[str], samples: list[dict[str, Any]]) -> list[str]:
+    """The `keys` every sample's answer still follows the output schema without (a required member is never
+    dropped)."""
     schema = config.output.resolved_schema()
-    if not repairs or schema is None:
-        return repairs
+    if not keys or schema is None:
+        return keys
     from jsonschema import Draft202012Validator  # lazy: jsonschema is slow to import
 
     validator = Draft202012Validator(schema)
-    return {i: (answer, why) for i, (answer, why) in repairs.items() if validator.is_valid(json.loads(answer))}
+    answers = [value for s in samples if (value := _json_or_none(s.get("output"))) is not None]
+    return [key for key in keys
+            if all(validator.is_valid(_without_key(a, key)) for a in answers)]
+
+
+def _json_or_none(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _without_key(value: Any, key: str) -> Any:
+    if isinstance(value, list):
+        return [_without_key(item, key) for item in value]
+    if isinstance(value, dict):
+        return {k: _without_key(v, key) for k, v in value.items() if k != key}
+    return value
 
 
 async def seed_rows(config: GenerateConfig, critic: Critic) -> tuple[list[dict[str, Any]], list[str]]:
