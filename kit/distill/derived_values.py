@@ -92,10 +92,7 @@ def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]
     """{field: factors} for the derived number fields of `samples`."""
     support: dict[str, Counter] = defaultdict(Counter)
     holding: Counter = Counter()
-    for sample in samples:
-        answer = _parsed(sample.get("output"))
-        if answer is None:
-            continue
+    for sample, answer in _answered(samples):
         numbers = [n for n in request_numbers(str(sample.get("input", ""))) if n > 0]
         for key, value in _members(answer):
             if not _is_number(value):
@@ -117,16 +114,21 @@ def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
     """The string fields of `samples` whose "HH:MM" times are the request's own times, converted."""
     support: Counter = Counter()
     holding: Counter = Counter()
-    for sample in samples:
-        answer = _parsed(sample.get("output"))
-        if answer is None:
-            continue
+    for sample, answer in _answered(samples):
         times = {to_24h(span) for span in clock_spans(str(sample.get("input", "")))}
         for key, value in _members(answer):
             if isinstance(value, str) and HH_MM.match(value):
                 holding[key] += 1
                 support[key] += value in times
     return sorted(key for key, count in support.items() if count >= max(MIN_SUPPORT, holding[key] / 2))
+
+
+def _answered(rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(row, its parsed JSON answer) for each row whose `output` parses."""
+    for row in rows:
+        answer = _parsed(row.get("output"))
+        if answer is not None:
+            yield row, answer
 
 
 def _whole(ratio: float) -> int | None:
@@ -214,10 +216,7 @@ def _scan(rows: list[dict[str, Any]], numbers: dict[str, list[int | float]], clo
     found: dict[str, tuple[Any, list[str]]] = {}
     beside: Counter = Counter()
     repeating: Counter = Counter()
-    for row in rows:
-        answer = _parsed(row.get("output"))
-        if answer is None:
-            continue
+    for row, answer in _answered(rows):
         cleaned, dropped, held = _without_repeats(answer, request_numbers(str(row.get("input", ""))), numbers,
                                                   clock, only)
         beside.update(held)
