@@ -74,10 +74,10 @@ class AnswerRules:
         times: set[str] = set()
         for key, item in value.items():
             if key in self.derived_numbers and isinstance(item, str) and derived_numbers.EXPRESSION.match(item):
-                used |= {float(term.split("*")[0]) for term in item.split("+")}
+                used |= derived_numbers.expression_numbers(item)
             elif key in self.clock_fields and isinstance(item, str):
-                time = item if clock_times.HH_MM.match(item) else clock_times.to_24h(item)
-                times |= {time} if time else set()
+                if time := item if clock_times.HH_MM.match(item) else clock_times.to_24h(item):
+                    times.add(time)
         return {key: self._without_repeats(item) for key, item in value.items()
                 if not (key in self.no_repeat_fields and isinstance(item, str) and repeats(item, used, times))}
 

@@ -67,6 +67,11 @@ def term(number: int | float, factor: int | float) -> str:
     return _fmt(number) if factor == 1 else f"{_fmt(number)} * {_fmt(factor)}"
 
 
+def expression_numbers(expression: str) -> set[float]:
+    """The request numbers an expression is made from ("1 * 3600 + 30 * 60" -> {1.0, 30.0})."""
+    return {float(t.split("*")[0]) for t in expression.split("+")}
+
+
 def expressions(numbers: list[int | float], factors: list[int | float]) -> list[str]:
     """Every expression over `numbers` (in request order) and `factors`: one term each, then sums of two terms
     over two different numbers in their request order (left out when there would be too many)."""

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 from runtime.clock_times import HH_MM, clock_spans, to_24h
 from runtime.answer_rules import repeats
-from runtime.derived_numbers import request_numbers, term
+from runtime.derived_numbers import expression_numbers, request_numbers, term
 
 MIN_SUPPORT = 2
 MIN_SHARE = 0.1
@@ -92,7 +92,7 @@ def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]
     """{field: factors} for the derived number fields of `samples`."""
     support: dict[str, Counter] = defaultdict(Counter)
     holding: Counter = Counter()
-    for sample, answer in _answered(samples):
+    for sample, answer in answered(samples):
         numbers = [n for n in request_numbers(str(sample.get("input", ""))) if n > 0]
         for key, value in _members(answer):
             if not _is_number(value):
@@ -114,7 +114,7 @@ def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
     """The string fields of `samples` whose "HH:MM" times are the request's own times, converted."""
     support: Counter = Counter()
     holding: Counter = Counter()
-    for sample, answer in _answered(samples):
+    for sample, answer in answered(samples):
         times = {to_24h(span) for span in clock_spans(str(sample.get("input", "")))}
         for key, value in _members(answer):
             if isinstance(value, str) and HH_MM.match(value):
@@ -123,7 +123,7 @@ def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
     return sorted(key for key, count in support.items() if count >= max(MIN_SUPPORT, holding[key] / 2))
 
 
-def _answered(rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
+def answered(rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
     """(row, its parsed JSON answer) for each row whose `output` parses."""
     for row in rows:
         answer = _parsed(row.get("output"))
@@ -178,13 +178,12 @@ def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict
     fields whose rule explains more than MIN_EXPLAINED of the samples holding them."""
     numbers, clock = _rules(learned)
     ruled = set(numbers) | clock
+    if not ruled:
+        return {}
     holding: Counter = Counter()
     broken: Counter = Counter()
     slips: dict[str, tuple[str, str]] = {}
-    for sample in samples:
-        answer = _parsed(sample.get("output"))
-        if answer is None or not ruled:
-            continue
+    for sample, answer in answered(samples):
         holding.update({key for key, _ in _members(answer)} & ruled)
         slip = _slip(str(sample.get("input", "")), answer, numbers, clock)
         if slip:
@@ -216,7 +215,7 @@ def _scan(rows: list[dict[str, Any]], numbers: dict[str, list[int | float]], clo
     found: dict[str, tuple[Any, list[str]]] = {}
     beside: Counter = Counter()
     repeating: Counter = Counter()
-    for row, answer in _answered(rows):
+    for row, answer in answered(rows):
         cleaned, dropped, held = _without_repeats(answer, request_numbers(str(row.get("input", ""))), numbers,
                                                   clock, only)
         beside.update(held)
@@ -239,7 +238,7 @@ def _without_repeats(value: Any, request: list[int | float], numbers: dict[str, 
     times: set[str] = set()  # the clock times a clock field here took from the request
     for key, item in value.items():
         if key in numbers and _is_number(item) and (expression := expression_for(item, request, numbers[key])):
-            used |= {float(t.split("*")[0]) for t in expression.split("+")}
+            used |= expression_numbers(expression)
         elif key in clock and isinstance(item, str) and HH_MM.match(item):
             times.add(item)
     out, dropped, held = {}, [], []

@@ -328,16 +328,8 @@ def _optional_fields(config: GenerateConfig, keys: list[str], samples: list[dict
     from jsonschema import Draft202012Validator  # lazy: jsonschema is slow to import
 
     validator = Draft202012Validator(schema)
-    answers = [value for s in samples if (value := _json_or_none(s.get("output"))) is not None]
-    return [key for key in keys
-            if all(validator.is_valid(_without_key(a, key)) for a in answers)]
-
-
-def _json_or_none(text: Any) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return None
+    answers = [answer for _, answer in derived_values.answered(samples)]
+    return [key for key in keys if all(validator.is_valid(_without_key(a, key)) for a in answers)]
 
 
 def _without_key(value: Any, key: str) -> Any:
