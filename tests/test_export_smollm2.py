@@ -175,3 +175,21 @@ def test_known_trap_naive_gguf_is_refused_and_the_export_keeps_the_original_toke
     original = probe_gguf(source, {"tokenize": TEXTS})
     ours = probe_gguf(exported, {"tokenize": TEXTS})
     assert original.ok and ours.ok and ours.result["tokens"] == original.result["tokens"]
+
+
+def test_q5_k_fallback_for_rows_of_576_is_q5_0_not_q5_1(student_export, tmp_path):
+    """SmolLM2-135M's rows are 576 wide, not a multiple of the k-quants' 256: llama.cpp gives such tensors Q5_1
+    under Q5_K_M, which loses a small fine-tune with an importance matrix; the export gives them Q5_0 and keeps
+    every other choice of llama.cpp's mixture. Q5_1 asked for by name stays Q5_1."""
+    from collections import Counter
+
+    from export.gguf import quantize_with_imatrix, tensor_types
+
+    root, _ = student_export
+    f16, imatrix = root / "export" / "model-F16.gguf", root / "export" / "imatrix.gguf"
+    mixture = tensor_types(quantize_with_imatrix(f16, tmp_path / "q5km.gguf", "Q5_K_M", imatrix, threads=1))
+    kinds = Counter(mixture.values())
+    assert "Q5_1" not in kinds and kinds["Q5_0"] > 100 and kinds["Q5_K"] + kinds["Q6_K"] == 30, kinds
+    assert mixture["blk.0.ffn_down.weight"] in ("Q5_K", "Q6_K") and mixture["token_embd.weight"] == "Q8_0"
+    named = tensor_types(quantize_with_imatrix(f16, tmp_path / "q51.gguf", "Q5_1", imatrix, threads=1))
+    assert Counter(named.values())["Q5_1"] > 100
