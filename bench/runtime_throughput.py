@@ -80,7 +80,8 @@ def mode_expert(args):
     expert = Expert.load(args.bundle, n_ctx=2048, n_threads=args.threads)
 
     def generate(prompt: str, max_tokens: int):
-        ttft, decode, text = timed(expert.stream(messages(prompt), max_tokens=max_tokens, temperature=0))
+        ttft, decode, text = timed(expert.stream(messages(prompt), max_tokens=max_tokens, temperature=0,
+                                                cache_prompt=False))
         return ttft, decode, expert.backend.count_tokens(text)
     return generate
 

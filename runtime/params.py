@@ -23,6 +23,9 @@ class GenerationParams:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # constrain the output to this JSON schema
     json_object: bool = False  # constrain the output to any JSON value
+    # start from the longest prompt prefix a slot still holds (GGUF), like llama-server's `cache_prompt`; False
+    # reads the prompt from its first token, so the answer cannot depend on what was decoded before it
+    cache_prompt: bool = True
 
     @classmethod
     def from_defaults(cls, defaults: GenerationDefaults) -> "GenerationParams":

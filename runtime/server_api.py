@@ -74,13 +74,15 @@ class SamplingRequest(BaseModel):
     repeat_penalty: float | None = Field(default=None, gt=0)  # llama.cpp-server extension
     stop: str | list[str] | None = None
     seed: int | None = None
+    cache_prompt: bool | None = None  # llama.cpp-server extension: false reads the prompt from scratch
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     def params(self, base: GenerationParams) -> GenerationParams:
         return base.updated(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                            top_k=self.top_k, repeat_penalty=self.repeat_penalty, stop=self.stop, seed=self.seed)
+                            top_k=self.top_k, repeat_penalty=self.repeat_penalty, stop=self.stop, seed=self.seed,
+                            cache_prompt=self.cache_prompt)
 
 
 class ChatCompletionRequest(SamplingRequest):

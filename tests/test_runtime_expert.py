@@ -113,6 +113,23 @@ def test_stream_chat_and_complete_agree_under_greedy(expert):
 
 
 @pytest.mark.slow
+def test_one_slot_reuses_the_cached_prompt_prefix_and_cache_prompt_false_reads_from_scratch(expert):
+    """Like llama-server's default `cache_prompt`: the bundle's system prompt and the template head are read
+    once; on one slot the answers are the ones a prompt read from its first token gets."""
+    people = ["Ana is 41.", "Bob Stone is 63 and lives in Leeds.", "Lena, 17, plays chess."]
+    scratch = [expert.run(text, cache_prompt=False) for text in people]
+    before = expert.backend.cache_stats()
+    cached = [expert.run(text) for text in people]
+    after = expert.backend.cache_stats()
+    assert cached == scratch
+    reused = after["reused_tokens"] - before["reused_tokens"]
+    prompts = after["prompt_tokens"] - before["prompt_tokens"]
+    assert reused > prompts / 2, (reused, prompts)  # the system prompt is most of each prompt
+    expert.run(people[0], cache_prompt=False)
+    assert expert.backend.cache_stats()["reused_tokens"] == after["reused_tokens"]
+
+
+@pytest.mark.slow
 def test_threads_share_one_expert_safely(expert):
     messages = [{"role": "user", "content": "Tom is 40."}]
     expected = expert.chat(messages, max_tokens=10)

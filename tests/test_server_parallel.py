@@ -135,3 +135,14 @@ def test_sixteen_concurrent_streams_mixed_formats_and_two_disconnects(parallel_s
     assert _metric(parallel_server, "microkit_slots") == 4
     assert _metric(parallel_server, "microkit_prefix_cache_hit_ratio") > 0
     assert _metric(parallel_server, "microkit_completion_tokens_per_second") > 0
+
+
+def test_cache_prompt_false_in_the_request_reads_the_prompt_from_scratch(parallel_server):
+    """llama-server's per-request `cache_prompt` field: false starts from the prompt's first token."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PEOPLE[2]}], "max_tokens": 16, "temperature": 0}
+    with httpx.Client(timeout=120) as http:
+        cached = http.post(parallel_server + "/v1/chat/completions", json=body).json()
+        reused = _metric(parallel_server, "microkit_prefix_cache_reused_tokens_total")
+        scratch = http.post(parallel_server + "/v1/chat/completions", json=body | {"cache_prompt": False}).json()
+    assert _metric(parallel_server, "microkit_prefix_cache_reused_tokens_total") == reused
+    assert scratch["choices"][0]["message"]["content"] == cached["choices"][0]["message"]["content"]

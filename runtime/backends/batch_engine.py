@@ -49,6 +49,7 @@ class _Request:
     text: str = ""  # handed out so far
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
     adapter: str | None = None  # the LoRA adapter (by name) decoded with; None: the base model alone
+    cache_prompt: bool = True  # may start from a cached prefix; False: read from the first token
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class BatchEngine:
             bos_token=model.token_get_text(bos) if bos != -1 else "") if template else None
         self.parallel = parallel
         # False: every prompt is read from its first token, so a greedy answer never depends on the requests
-        # before it (a reused prefix changes the batch shapes, and with them the float rounding)
+        # before it (a reused prefix changes the batch shapes, and with them the float rounding); a request's
+        # own `cache_prompt` False does the same for that request
         self.reuse_prefix = reuse_prefix
         self.vocab = model.vocab
         self.n_ctx, self.n_batch = n_ctx, n_batch
@@ -182,7 +184,8 @@ class BatchEngine:
         self._check_length(tokens, 1)
         max_tokens = min(params.max_tokens, self.n_ctx - len(tokens))
         request = _Request(list(tokens), self._params_sampler(params), max_tokens, concurrent.futures.Future(),
-                           stops=StopStrings(params.stop), events=queue.Queue(), adapter=adapter)
+                           stops=StopStrings(params.stop), events=queue.Queue(), adapter=adapter,
+                           cache_prompt=params.cache_prompt)
         if self._closed:
             request.sampler.close()
             raise RuntimeError("the engine was closed")
@@ -323,9 +326,10 @@ class BatchEngine:
     def _next_ready(self, free: _Slot) -> tuple[_Request, _Slot, int] | None:
         """The first waiting request not held back by a read in progress, the slot holding its longest
         cached prefix (the free slot itself on a tie) and that prefix's length."""
-        if not self.reuse_prefix:
-            return (self._pending.pop(0), free, 0) if self._pending else None
         for position, request in enumerate(self._pending):
+            if not (self.reuse_prefix and request.cache_prompt):
+                del self._pending[position]
+                return request, free, 0
             same = [s for s in self.slots if s.cached_adapter == request.adapter]
             source, shared = free, _common_prefix(free.cached, request.tokens) if free in same else 0
             for other in same:

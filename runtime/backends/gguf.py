@@ -16,8 +16,9 @@ from runtime.params import GenerationParams, GenerationStats
 
 class GGUFBackend:
     """GGUF through the runtime's `BatchEngine`: up to `parallel` requests decoded together (continuous batching
-    in one llama.cpp context, cached prompt prefixes shared across slots). With `parallel` 1 every prompt is
-    read from scratch, so a greedy answer does not depend on earlier requests."""
+    in one llama.cpp context). A request starts from the longest prompt prefix a slot still holds (the system
+    prompt and template head are read once), as llama-server does by default; a request with `cache_prompt`
+    False is read from its first token."""
 
     name = "gguf"
     constrains_json = True
@@ -37,8 +38,7 @@ class GGUFBackend:
         try:
             self.engine = BatchEngine(str(model_path), parallel=self.parallel, n_ctx=options.n_ctx,
                                       n_threads=options.n_threads or default_threads(),
-                                      n_gpu_layers=-1 if self.device == "gpu" else 0, require_chat_template=False,
-                                      reuse_prefix=self.parallel > 1)
+                                      n_gpu_layers=-1 if self.device == "gpu" else 0, require_chat_template=False)
         except ValueError as err:
             raise BundleError(f"llama.cpp cannot load {model_path} ({err}); is it a complete GGUF file?") from None
         self.llm = self.engine.llama  # tokenizer and metadata; the engine owns the decoding context
