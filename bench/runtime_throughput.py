@@ -124,7 +124,7 @@ def mode_server(args):
 
     def generate(prompt: str, max_tokens: int):
         body = {"model": model, "messages": messages(prompt), "max_tokens": max_tokens, "temperature": 0,
-                "stream": True, "stream_options": {"include_usage": True}}
+                "stream": True, "stream_options": {"include_usage": True}, "cache_prompt": False}
         start = time.perf_counter()
         first = end = None
         tokens = 0
