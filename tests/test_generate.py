@@ -618,3 +618,14 @@ def test_teacher_url_takes_several_endpoints_comma_separated():
     assert TeacherConfig(base_url=["http://a/v1", "http://b/v1"]).base_urls == ["http://a/v1", "http://b/v1"]
     with pytest.raises(ValueError):
         TeacherConfig(base_url=[])
+
+
+def test_unit_plans_are_remembered_for_a_few_rounds_only():
+    """Each unit's kind is drawn once per plan and remembered, but only the newest plans are kept."""
+    from kit.distill import prompts
+
+    first = prompts._unit_kinds("plan-0", 4, 0.4, 0.0, 30)
+    for n in range(1, 3 * prompts._KINDS_KEPT):
+        prompts._unit_kinds(f"plan-{n}", 4, 0.4, 0.0, 30)
+    assert len(prompts._KINDS) <= prompts._KINDS_KEPT
+    assert prompts._unit_kinds("plan-0", 4, 0.4, 0.0, 30) == first  # drawn again, the same plan

@@ -115,12 +115,16 @@ def _imitates_failure(unit: int, share: float) -> bool:
 
 
 _KINDS: dict[tuple, list[str]] = {}  # (salt, per_request, evolve_fraction, failure share) -> each unit's kind
+_KINDS_KEPT = 8  # plans remembered (one per generate round in flight); the oldest is forgotten first
 
 
 def _unit_kinds(salt: str, per_request: int, evolve_fraction: float, failure_share: float, unit: int) -> list[str]:
     """What units 0..`unit` do ("like" a failure, "evolve" a seed, or "fresh" inputs on a topic), decided by each
     unit's own first draw, as plan_item decides it."""
-    kinds = _KINDS.setdefault((salt, per_request, evolve_fraction, failure_share), [])
+    key = (salt, per_request, evolve_fraction, failure_share)
+    if key not in _KINDS and len(_KINDS) >= _KINDS_KEPT:
+        del _KINDS[next(iter(_KINDS))]
+    kinds = _KINDS.setdefault(key, [])
     while len(kinds) <= unit:
         k = len(kinds)
         if failure_share and _imitates_failure(k, failure_share):
