@@ -174,8 +174,8 @@ def compute_imatrix(f16: Path, texts: list[str], out: Path, threads: int | None 
 
 # llama.cpp gives a tensor whose rows are not a multiple of 256 (the k-quants' block) a fallback type: Q4_K -> Q5_0,
 # Q6_K -> Q8_0, but Q5_K -> Q5_1, and Q5_1 with an importance matrix loses a small fine-tune (the 135M tool-calling
-# student, 576 wide: Q5_K_M 45.8% / 48.6% exact match on two builds whose F16 scored 70.1% / 72.9%; with Q5_0 in
-# place of every Q5_1, 67.3% on both, as Q4_K_M's 66.4% / 67.3%). Those tensors get the replacement instead.
+# student, 576 wide: Q5_K_M 45.8% / 48.6% exact match on two builds whose F16 scored 70.1% / 72.9%; pinned as below
+# with Q5_0 in place of every Q5_1, 65.4% / 67.3%, as Q4_K_M's 66.4% / 67.3%). Those tensors get the replacement.
 FALLBACK_REPLACEMENTS = {"Q5_1": "Q5_0"}
 
 
@@ -191,14 +191,14 @@ def quantize_with_imatrix(f16: Path, out: Path, quant: str, imatrix: Path, threa
     that fell back to a type in FALLBACK_REPLACEMENTS for some tensors is quantized once more with every tensor's
     type pinned (`--tensor-type-file`) as the first pass chose it, those given the replacement (pinning all of
     them keeps llama.cpp's per-layer choices where they were); a type asked for by name is left as asked."""
-    def quantize(partial: Path, pins: Path | None = None) -> dict[str, str]:
+    def quantize(partial: Path, pins: Path | None = None) -> None:
         args = ["--imatrix", str(imatrix), *(["--tensor-type-file", str(pins)] if pins else []),
                 str(f16), str(partial), quant, *([str(threads)] if threads else [])]
         run_tool("llama-quantize", args, f"quantizing {f16.name} to {quant}")
-        return tensor_types(partial)
 
     with atomic_output(out) as partial, tempfile.TemporaryDirectory(prefix="microkit-quantize-") as tmp:
-        chosen = quantize(partial)
+        quantize(partial)
+        chosen = tensor_types(partial)
         if any(kind in FALLBACK_REPLACEMENTS and kind != quant for kind in chosen.values()):
             pins = {name: FALLBACK_REPLACEMENTS.get(kind, kind) for name, kind in chosen.items() if kind != "F32"}
             pin_file = Path(tmp) / "tensor_types.txt"

@@ -325,7 +325,8 @@ class BatchEngine:
 
     def _next_ready(self, free: _Slot) -> tuple[_Request, _Slot, int] | None:
         """The first waiting request not held back by a read in progress, the slot holding its longest
-        cached prefix (the free slot itself on a tie) and that prefix's length."""
+        cached prefix (the free slot itself on a tie) and that prefix's length; a request that may not use a
+        cached prefix (`cache_prompt` False, or an engine without reuse) goes to the free slot from position 0."""
         for position, request in enumerate(self._pending):
             if not (self.reuse_prefix and request.cache_prompt):
                 del self._pending[position]
