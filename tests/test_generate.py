@@ -34,7 +34,8 @@ class FakeTeacher:
 
     def __init__(self, faults: dict[int, str] | None = None, delay_s: float = 0.0, hang_s: float = 3.0,
                  unit_from_input: bool = False, minutes: bool = False, jitter_s: float = 0.0,
-                 vocab: list[str] | None = None):
+                 vocab: list[str] | None = None, echo_ask: bool = False):
+        self.echo_ask = echo_ask  # the last input of every list repeats the request's own ask, as small teachers do
         self.faults = dict(faults or {})
         self.unit_from_input = unit_from_input  # answers copy the request's last word as their unit
         self.minutes = minutes  # inputs end "N minutes", answers give N * 60 seconds
@@ -76,6 +77,9 @@ class FakeTeacher:
             content = {"wordings": [f"{topic}-{k}" for k in range(props["wordings"]["minItems"] - 1)] + [f"{topic}-0"]}
         elif "inputs" in props:  # a list of inputs, as many as the schema asks
             content = {"inputs": [words() for _ in range(props["inputs"]["minItems"])]}
+            if self.echo_ask:
+                ask = next(m["content"] for m in body["messages"] if m["role"] == "user").split("\n")[0]
+                content["inputs"][-1] = ask.lower().replace("write 4", "write four")
         elif "answer" in props and self.minutes:
             question = body["messages"][-1]["content"]
             minutes = int(question.split()[-2])  # a third of the answers note the minutes again: a repeat
@@ -416,6 +420,7 @@ def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_te
     for body in lists:
         assert body["messages"][-1]["content"].startswith("Write 4 new inputs, different from the examples")
         assert "\nTopic: ferries" in body["messages"][-1]["content"]
+        assert "\nAll 4 ask for the topic's action, each opening with a different word." in body["messages"][-1]["content"]
         assert body["max_tokens"] == 4 * 64  # room for the whole list
     # each list is asked for once and feeds four items, each answered in its own request
     assert len({json.dumps([b["messages"], b["seed"]]) for b in lists}) == len(lists)
@@ -432,6 +437,34 @@ def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_te
     before = len(teacher.requests)
     run(generate_config(recipe), run_dir)
     assert len(teacher.requests) == before
+
+
+def test_an_input_that_repeats_the_requests_own_ask_is_rejected_and_openings_can_be_left_free(tmp_path, fake_teacher):
+    teacher = fake_teacher(echo_ask=True)
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=9, data_extra=(
+        ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries], distinct_openings: false")))
+    run_dir = RunDir(tmp_path / "run")
+    run(generate_config(recipe), run_dir)
+    kept = read_jsonl(run_dir.data / "samples.jsonl")
+    echoes = [r for r in read_jsonl(run_dir.data / "rejected.jsonl") if r["reason"].startswith("input: the input "
+                                                                                                 "repeats")]
+    assert len(kept) == 9 and echoes  # the last of every list echoed "write four new inputs, different from ..."
+    assert all(r["verifier"] == "parse" for r in echoes)
+    assert not any("different from the examples" in row["input"] for row in kept)
+    lists = [b["messages"][-1]["content"] for b in teacher.requests if "inputs" in
+             (b.get("response_format") or {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
+    assert lists and not any("opening with a different word" in ask for ask in lists)
+
+
+def test_echoes_ask_needs_five_words_of_the_ask_in_a_row():
+    from kit.distill.prompts import echoes_ask
+
+    messages = [{"role": "system", "content": "You write inputs."},
+                {"role": "user", "content": "Rewrite this input 4 different ways, each so that you change every "
+                                            "name:\nput dentist appointment on my calendar"}]
+    assert echoes_ask(messages, "rewrite this input to 4 different ways, each so that you change every name: x")
+    assert not echoes_ask(messages, "put dentist appointment on my calendar for 2027-01-02")  # the quoted seed
+    assert not echoes_ask(messages, "change every alarm to 7am")  # 2 words in a row
 
 
 def kit(*args: str, cwd: Path) -> subprocess.Popen:

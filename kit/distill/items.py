@@ -16,6 +16,7 @@ from kit.distill.prompts import (
     ParseError,
     answer_messages,
     answer_schema,
+    echoes_ask,
     input_messages,
     input_schema,
     inputs_messages,
@@ -149,10 +150,14 @@ class ItemMaker:
                                            teacher.sampling(request_seed(config.data.seed, index,
                                                                             round_role(config, "input"))))
             try:
-                return parse_input(config, reply.text, self.with_reference)
+                entry = parse_input(config, reply.text, self.with_reference)
             except ParseError as err:
                 err.raw = reply.text
                 raise
+            entry = _unless_echo(entry, input_messages(config, item, self.with_reference), reply.text)
+            if isinstance(entry, ParseError):
+                raise entry
+            return entry
         number = index // count
         task = self._input_lists.get(number)
         if task is None:
@@ -167,8 +172,8 @@ class ItemMaker:
         config, teacher = self.config, self.teacher
         first = number * count
         item = plan_item(config, first, self.failures, self.wordings)
-        reply = await teacher.complete(inputs_messages(config, item, count, self.with_reference),
-                                       inputs_schema(config, count, self.with_reference),
+        messages = inputs_messages(config, item, count, self.with_reference)
+        reply = await teacher.complete(messages, inputs_schema(config, count, self.with_reference),
                                        teacher.sampling(request_seed(config.data.seed, first,
                                                                          round_role(config, f"inputs{count}")),
                                                         max_tokens=config.teacher.max_tokens * count))
@@ -179,7 +184,8 @@ class ItemMaker:
         for entry in entries:
             if isinstance(entry, ParseError):
                 entry.raw = reply.text
-        return entries
+        return [entry if isinstance(entry, ParseError) else _unless_echo(entry, messages, reply.text)
+                for entry in entries]
 
     def _stop_if_done(self) -> None:
         """Before paying for another request: is the target already met? (Replies already paid for are
@@ -197,3 +203,12 @@ class ItemMaker:
         if result.reason and not self.votes_on_results:
             return Rejection("self_consistency", result.reason)
         return None
+
+
+def _unless_echo(entry: tuple[Any, Any], messages: list[dict[str, str]], raw: str) -> tuple[Any, Any] | ParseError:
+    """The parsed input, or a parse error when it repeats the request's own instruction (prompts.echoes_ask)."""
+    if echoes_ask(messages, entry[0]):
+        err = ParseError("the input repeats the request's instruction")
+        err.raw = raw
+        return err
+    return entry

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +23,12 @@ EVOLUTIONS = (  # each completes "Rewrite this input so that you ..."
 )
 LIKE_ASK = ("the same kind of request needing the same kind of answer, with other details (other names, numbers, "
             "times, dates, places and wording)")
+# asked of a fresh list: left alone, a small teacher opens nearly every input of a topic the way the one seed of
+# that topic does (24 of 24 messages "text X that ...", 18 of 22 songs "play ..."), and a student trained on them
+# misreads "tell Alex I'll call him back" or "send Lena the message ..."; asked this, 47 of 72 inputs opened with a
+# word no other input of their list had, against 39 of 72 (Qwen2.5-Coder-1.5B, 18 lists of 4)
+OPENINGS_ASK = "All {count} ask for the topic's action, each opening with a different word."
+ECHO_WORDS = 5  # an input sharing this many consecutive words with the request's own ask is an echo of it
 MAX_SHOTS = 16  # seeds shown in every prompt, always the same ones in the same order
 
 
@@ -155,6 +162,21 @@ def _in_turn(options: Sequence[Any], unit: int, salt: str) -> Any:
     return order[unit % len(order)]
 
 
+def echoes_ask(messages: list[dict[str, str]], task_input: Any) -> bool:
+    """True when a written input repeats `ECHO_WORDS` consecutive words of what the input request asked (its
+    first user line: "Rewrite this input 4 different ways, each so that you ..."): a small teacher sometimes
+    writes the instruction itself as an input ("rewrite this input to 4 different ways, ..."), and its answer
+    then teaches the student nothing it will meet."""
+    ask = next(m["content"] for m in messages if m["role"] == "user").split("\n", 1)[0]
+    grams = _word_grams(ask, ECHO_WORDS)
+    return bool(grams) and not grams.isdisjoint(_word_grams(input_text(task_input), ECHO_WORDS))
+
+
+def _word_grams(text: str, n: int) -> set[tuple[str, ...]]:
+    tokens = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
 def shots(config) -> list:
     """The seeds every prompt shows. Prompts put everything fixed first and the item's own words last:
     a local teacher then re-reads only the tail (its context keeps the shared prefix)."""
@@ -270,6 +292,8 @@ def inputs_messages(config, item: PlanItem, count: int, with_reference: bool) ->
     else:
         user = f"Write {count} new inputs, different from the examples and from each other." + "".join(
             f"\n{label}: {value}" for label, value in _wishes(item)) + _wording_ask(item)
+        if config.data.distinct_openings and not item.wordings and not inputs_are_objects(config):
+            user += f"\n{OPENINGS_ASK.format(count=count)}"
     if with_reference:
         user += f"\nGive each a correct reference answer. {_format_note(config)}"
     return [{"role": "system", "content": _input_system(config, reply)}, {"role": "user", "content": user}]
