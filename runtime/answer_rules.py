@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Collection
 
 from runtime import clock_times, derived_numbers
 from runtime.copy_fields import copy_schema
@@ -66,10 +66,9 @@ class AnswerRules:
     def _without_repeats(self, value: Any) -> Any:
         """`value` without the no-repeat members that repeat the numbers an expression beside them uses or the time
         a clock field beside them holds (read before either is worked out)."""
-        if isinstance(value, list):
-            return [self._without_repeats(item) for item in value]
-        if not isinstance(value, dict):
-            return value
+        return without_repeats(value, self._sources, lambda key: key in self.no_repeat_fields)[0]
+
+    def _sources(self, value: dict[str, Any]) -> tuple[set[float], set[str]]:
         used: set[float] = set()
         times: set[str] = set()
         for key, item in value.items():
@@ -78,8 +77,38 @@ class AnswerRules:
             elif key in self.clock_fields and isinstance(item, str):
                 if time := item if clock_times.HH_MM.match(item) else clock_times.to_24h(item):
                     times.add(time)
-        return {key: self._without_repeats(item) for key, item in value.items()
-                if not (key in self.no_repeat_fields and isinstance(item, str) and repeats(item, used, times))}
+        return used, times
+
+
+Sources = Callable[[dict[str, Any]], tuple[set[float], set[str]]]
+
+
+def without_repeats(value: Any, sources: Sources, beside: Callable[[str], bool],
+                    only: Collection[str] | None = None) -> tuple[Any, list[str], list[str]]:
+    """`value` (any JSON) without the string members that repeat what a derived value of their own object was made
+    from: `sources(object)` gives the request numbers and "HH:MM" times its derived members used, `beside(key)`
+    which string members are checked, `only` (when given) which of those may go. Also returns the keys dropped and
+    the keys checked (dropped or not). The runtime drops what a model writes (AnswerRules.finish), the distill stage
+    what a teacher wrote (kit.distill.derived_values)."""
+    if isinstance(value, list):
+        parts = [without_repeats(item, sources, beside, only) for item in value]
+        return [p[0] for p in parts], [k for p in parts for k in p[1]], [k for p in parts for k in p[2]]
+    if not isinstance(value, dict):
+        return value, [], []
+    numbers, times = sources(value)
+    out, dropped, checked = {}, [], []
+    for key, item in value.items():
+        if isinstance(item, str) and (numbers or times) and beside(key):
+            checked.append(key)
+            if (only is None or key in only) and repeats(item, numbers, times):
+                dropped.append(key)
+                continue
+        if isinstance(item, (dict, list)):
+            item, inner_dropped, inner_checked = without_repeats(item, sources, beside, only)
+            dropped += inner_dropped
+            checked += inner_checked
+        out[key] = item
+    return out, dropped, checked
 
 
 def repeats(text: str, numbers: set[float], times: set[str]) -> bool:

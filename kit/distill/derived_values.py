@@ -36,7 +36,7 @@ from itertools import combinations, product
 from typing import Any, Iterator
 
 from runtime.clock_times import HH_MM, clock_spans, to_24h
-from runtime.answer_rules import repeats
+from runtime.answer_rules import without_repeats
 from runtime.derived_numbers import expression_numbers, request_numbers, term
 
 MIN_SUPPORT = 2
@@ -229,31 +229,17 @@ def _without_repeats(value: Any, request: list[int | float], numbers: dict[str, 
                      clock: set[str], only: set[str] | None = None) -> tuple[Any, list[str], list[str]]:
     """`value` without the string members (of the `only` keys, when given) that repeat the request words a derived
     sibling was taken from, the keys dropped, and the string keys seen beside a derived value (dropped or not)."""
-    if isinstance(value, list):
-        parts = [_without_repeats(item, request, numbers, clock, only) for item in value]
-        return [p[0] for p in parts], [k for p in parts for k in p[1]], [k for p in parts for k in p[2]]
-    if not isinstance(value, dict):
-        return value, [], []
-    used: set[float] = set()  # the request numbers a derived number here was made from
-    times: set[str] = set()  # the clock times a clock field here took from the request
-    for key, item in value.items():
-        if key in numbers and _is_number(item) and (expression := expression_for(item, request, numbers[key])):
-            used |= expression_numbers(expression)
-        elif key in clock and isinstance(item, str) and HH_MM.match(item):
-            times.add(item)
-    out, dropped, held = {}, [], []
-    for key, item in value.items():
-        if isinstance(item, str) and key not in numbers and key not in clock and (used or times):
-            held.append(key)
-            if (only is None or key in only) and repeats(item, used, times):
-                dropped.append(key)
-                continue
-        if isinstance(item, (dict, list)):
-            item, inner_dropped, inner_held = _without_repeats(item, request, numbers, clock, only)
-            dropped += inner_dropped
-            held += inner_held
-        out[key] = item
-    return out, dropped, held
+    def sources(obj: dict[str, Any]) -> tuple[set[float], set[str]]:
+        used: set[float] = set()  # the request numbers a derived number here was made from
+        times: set[str] = set()  # the clock times a clock field here took from the request
+        for key, item in obj.items():
+            if key in numbers and _is_number(item) and (expression := expression_for(item, request, numbers[key])):
+                used |= expression_numbers(expression)
+            elif key in clock and isinstance(item, str) and HH_MM.match(item):
+                times.add(item)
+        return used, times
+
+    return without_repeats(value, sources, lambda key: key not in numbers and key not in clock, only)
 
 
 def _rules(learned: dict[str, Any]) -> tuple[dict[str, list[int | float]], set[str]]:
