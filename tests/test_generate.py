@@ -405,7 +405,7 @@ def test_recipe_evolutions_and_labelled_wishes_shape_the_input_requests(tmp_path
 def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_teacher):
     teacher = fake_teacher()
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=10, data_extra=(
-        ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries]")))
+        ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries], distinct_openings: true")))
     run_dir = RunDir(tmp_path / "run")
     manifest = run(generate_config(recipe), run_dir)
     assert manifest.figures["accepted"] == 10
@@ -439,10 +439,10 @@ def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_te
     assert len(teacher.requests) == before
 
 
-def test_an_input_that_repeats_the_requests_own_ask_is_rejected_and_openings_can_be_left_free(tmp_path, fake_teacher):
+def test_an_input_that_repeats_the_requests_own_ask_is_rejected_and_openings_are_free_by_default(tmp_path, fake_teacher):
     teacher = fake_teacher(echo_ask=True)
     recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=9, data_extra=(
-        ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries], distinct_openings: false")))
+        ", inputs_per_request: 4, evolve_fraction: 0.0, topics: [ferries]")))
     run_dir = RunDir(tmp_path / "run")
     run(generate_config(recipe), run_dir)
     kept = read_jsonl(run_dir.data / "samples.jsonl")

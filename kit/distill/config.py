@@ -208,10 +208,11 @@ class DataConfig(StrictModel):
                           "with one of them, in turn: a teacher left alone writes most requests one way ('call Bob', "
                           "'call Sam'), and a student never shown 'ring Dr. Patel' misroutes it. 0: off; costs one "
                           "teacher request per topic (listed in stats.json)")
-    distinct_openings: bool = Field(True, description="a fresh list of inputs is asked to open each input with a "
+    distinct_openings: bool = Field(False, description="a fresh list of inputs is asked to open each input with a "
                                     "different word: a small teacher otherwise opens nearly every input of a topic as "
                                     "that topic's seed does ('text X that ...'), and the student meets no other way "
-                                    "of asking (text inputs; lists of 2 or more, without `wordings`)")
+                                    "of asking (text inputs; lists of 2 or more, without `wordings`). Off by default: "
+                                    "with the 1.5B teacher it did not pay (README, levers table)")
     answers_per_input: int = Field(1, ge=1, le=16, description=">1 enables self-consistency voting")
     reasoning: bool = Field(True, description="the teacher reasons step by step before each answer (kept in the "
                                               "dataset's `reasoning` column); off: about half the teacher tokens")

@@ -26,7 +26,9 @@ LIKE_ASK = ("the same kind of request needing the same kind of answer, with othe
 # asked of a fresh list: left alone, a small teacher opens nearly every input of a topic the way the one seed of
 # that topic does (24 of 24 messages "text X that ...", 18 of 22 songs "play ..."), and a student trained on them
 # misreads "tell Alex I'll call him back" or "send Lena the message ..."; asked this, 47 of 72 inputs opened with a
-# word no other input of their list had, against 39 of 72 (Qwen2.5-Coder-1.5B, 18 lists of 4)
+# word no other input of their list had, against 39 of 72 (Qwen2.5-Coder-1.5B, 18 lists of 4); over a whole build's
+# 200 kept samples the openings moved little (74 distinct first words per tool against 69) and the student did not
+# gain, so `data.distinct_openings` is off by default
 OPENINGS_ASK = "All {count} ask for the topic's action, each opening with a different word."
 ECHO_WORDS = 5  # an input sharing this many consecutive words with the request's own ask is an echo of it
 MAX_SHOTS = 16  # seeds shown in every prompt, always the same ones in the same order
