@@ -39,18 +39,37 @@ EXPRESSION = re.compile(rf"^\s*{_TERM}(?:\s*\+\s*{_TERM})*\s*$")
 def request_numbers(text: str) -> list[int | float]:
     """The numbers a request writes, as digits or as words (one .. ninety), in order, each once; not the hours
     and minutes of a time of day ("6pm", "10:45 p.m.": runtime.clock_times)."""
-    times = [m.span() for m in CLOCK.finditer(text) if to_24h(m.group(0)) is not None]
-    found: list[tuple[int, int | float]] = []
-    for match in _NUMBER.finditer(text):
-        if not any(start <= match.start() < end for start, end in times):
-            found.append((match.start(), _number(match.group(1))))
-    for match in _WORD.finditer(text):
-        found.append((match.start(), _WORDS[match.group(1).lower()]))
     out: list[int | float] = []
-    for _, value in sorted(found, key=lambda item: item[0]):
+    for _, value, _ in _number_matches(text):
         if value not in out:
             out.append(value)
     return out
+
+
+def number_units(text: str) -> dict[int | float, list[str]]:
+    """{request number: the words written right after it, in order} ("3 hours" -> {3: ["hour"]}, "a 5-minute
+    timer" -> {5: ["minute"]}); a word is lower-cased, a plural's "s" cut. The unit a number is counted in."""
+    units: dict[int | float, list[str]] = {}
+    for _, value, end in _number_matches(text):
+        if match := _UNIT.match(text, end):
+            word = match.group(1).lower()
+            units.setdefault(value, []).append(word[:-1] if len(word) > 3 and word.endswith("s") else word)
+    return units
+
+
+_UNIT = re.compile(r"\s*-?\s*([A-Za-z]+)")
+
+
+def _number_matches(text: str) -> list[tuple[int, int | float, int]]:
+    """(start, value, end) of every request number, in order (numbers inside clock times left out)."""
+    times = [m.span() for m in CLOCK.finditer(text) if to_24h(m.group(0)) is not None]
+    found: list[tuple[int, int | float, int]] = []
+    for match in _NUMBER.finditer(text):
+        if not any(start <= match.start() < end for start, end in times):
+            found.append((match.start(), _number(match.group(1)), match.end()))
+    for match in _WORD.finditer(text):
+        found.append((match.start(), _WORDS[match.group(1).lower()], match.end()))
+    return sorted(found, key=lambda item: item[0])
 
 
 def _number(text: str) -> int | float:

@@ -106,6 +106,30 @@ def labelled(text: str, seconds: int, label: str) -> dict:
     return sample(text, {"tool": "set_timer", "arguments": {"duration_seconds": seconds, "label": label}})
 
 
+def test_a_factor_only_samples_breaking_their_units_rule_show_is_no_factor_and_those_samples_are_slips():
+    from runtime.derived_numbers import number_units
+
+    assert number_units("a 5-minute timer, then 2 Hours and 30 secs") == {5: ["minute"], 2: ["hour"], 30: ["sec"]}
+    assert number_units("timer for one hour at 6:45pm") == {1: ["hour"]}  # words count; clock times do not
+    rows = [timer("set a timer for 5 minutes", 300), timer("timer 12 minutes", 720), timer("8 minute timer", 480),
+            timer("timer 1 hour", 3600), timer("a 2 hour timer", 7200), timer("4 hours for the roast", 14400),
+            timer("set a timer for 3 hours", 1800), timer("timer 2 hours and 30 minutes", 1200),  # the teacher's slips
+            timer("timer 45 seconds", 45), timer("90 seconds please", 90)]
+    rules = learned.learn(rows)
+    assert rules["derived_numbers"] == {"duration_seconds": [60, 3600, 1]}  # 600 (two slips) is not learned
+    assert learned.unit_factors(rows, rules["derived_numbers"]) == {
+        "duration_seconds": {"minute": (60, 3), "hour": (3600, 3), "second": (1, 2)}}
+    slips = learned.inconsistent(rows, rules)
+    assert set(slips) == {"set a timer for 3 hours", "timer 2 hours and 30 minutes"}
+    assert slips["set a timer for 3 hours"] == ("'duration_seconds' 1800 is no number of the request times 60 or "
+                                                "3600 or 1")
+    # learned with the slip's factor (as a smaller dataset may), the unit's rule still names it
+    assert learned._unit_slip("set a timer for 3 hours", {"duration_seconds": 1800},
+                              {"duration_seconds": [60, 3600, 1, 600]}, learned.unit_factors(rows, rules[
+                                  "derived_numbers"])) == (
+        "duration_seconds", "'duration_seconds' takes '3 hour' as 3 * 600, where 'hour' is * 3600 in 3 samples")
+
+
 def test_a_label_repeating_the_words_a_derived_value_came_from_is_dropped_unless_the_seeds_write_it():
     repeats = [labelled("set a timer for 8 minutes", 480, "8 minutes"), labelled("timer one hour", 60, "one hour")]
     kept = [labelled("timer 20 minutes for the 2 loaves", 1200, "the 2 loaves"),  # 2 is not the 20 it came from

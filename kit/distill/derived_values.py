@@ -12,8 +12,9 @@ samples, and the training answers that write them in the model's own form (runti
   ("6pm" -> "18:00", "9:30" -> "09:30"). The training answer copies the request's time as written.
 
 A sample whose value in a derived field no rule explains (a timer of "3 hours" labelled 18000 seconds, a
-"deadline for the homework" labelled 1800, a calendar time the request never gives) is a teacher's slip the
-rest of the data contradicts: `unexplained` names it and the dataset leaves it out of training (the sample
+"deadline for the homework" labelled 1800, a calendar time the request never gives), or that takes a request
+number in another factor than the word after it takes in the other samples ("3 hours" labelled 1800 = 3 * 600,
+where "hour" is * 3600 in most samples: `unit_factors`), is a teacher's slip the rest of the data contradicts: `unexplained` names it and the dataset leaves it out of training (the sample
 store keeps it), for each field whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
 
 - No-repeat fields: a string member that repeats the request words a derived value beside it was taken from (a
@@ -37,7 +38,7 @@ from typing import Any, Iterator
 
 from runtime.clock_times import HH_MM, clock_spans, to_24h
 from runtime.answer_rules import without_repeats
-from runtime.derived_numbers import expression_numbers, request_numbers, term
+from runtime.derived_numbers import expression_numbers, number_units, request_numbers, term
 
 MIN_SUPPORT = 2
 MIN_SHARE = 0.1
@@ -89,7 +90,17 @@ def learn_no_repeat_fields(samples: list[dict[str, Any]], seeds: list[dict[str, 
 
 
 def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]:
-    """{field: factors} for the derived number fields of `samples`."""
+    """{field: factors} for the derived number fields of `samples`; a factor only samples that break their unit's
+    rule show ("3 hours" -> 1800 twice: 3 * 600, where "hour" is * 3600) is no factor."""
+    fields = _factors(samples)
+    units = unit_factors(samples, fields)
+    if not units:
+        return fields
+    return _factors([row for row, answer in answered(samples)
+                     if _unit_slip(str(row.get("input", "")), answer, fields, units) is None])
+
+
+def _factors(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]:
     support: dict[str, Counter] = defaultdict(Counter)
     holding: Counter = Counter()
     for sample, answer in answered(samples):
@@ -108,6 +119,56 @@ def learn_numbers(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]
         if any(f != 1 and counts[f] >= floor for f in factors):
             fields[key] = factors
     return dict(sorted(fields.items()))
+
+
+def unit_factors(samples: list[dict[str, Any]], numbers: dict[str, list[int | float]]) -> dict[str, dict[str, tuple]]:
+    """{field: {unit word: (factor, samples)}}: the factor a derived field takes for a request number written with
+    that word after it ("hour" -> 3600), where at least `MIN_SUPPORT` samples, and more than half of those
+    writing the word, agree."""
+    table: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for row, answer in answered(samples):
+        for key, number, factor, unit in _unit_terms(str(row.get("input", "")), answer, numbers):
+            table[key][unit][factor] += 1
+    out: dict[str, dict[str, tuple]] = {}
+    for key, units in table.items():
+        for unit, counts in units.items():
+            factor, count = counts.most_common(1)[0]
+            if count >= MIN_SUPPORT and count * 2 > sum(counts.values()):
+                out.setdefault(key, {})[unit] = (factor, count)
+    return out
+
+
+def _unit_terms(input_text: str, answer: Any, numbers: dict[str, list[int | float]]) -> Iterator[tuple]:
+    """(field, request number, factor, the word after that number) for each term of each derived value of
+    `answer` that a learned factor explains."""
+    if not numbers:
+        return
+    request = request_numbers(input_text)
+    units = number_units(input_text)
+    for key, value in _members(answer):
+        if key in numbers and _is_number(value) and (expression := expression_for(value, request, numbers[key])):
+            for part in expression.split("+"):
+                number, _, factor = part.partition("*")
+                words = units.get(_as_number(number))
+                if words:
+                    yield key, _as_number(number), _as_number(factor) if factor else 1, words[0]
+
+
+def _as_number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _unit_slip(input_text: str, answer: Any, numbers: dict[str, list[int | float]],
+               units: dict[str, dict[str, tuple]]) -> tuple[str, str] | None:
+    """(field, reason) for the first derived value that takes a request number in another factor than its unit
+    word does in the other samples ("3 hours" -> 1800 = 3 * 600, where "hour" is * 3600), or None."""
+    for key, number, factor, unit in _unit_terms(input_text, answer, numbers):
+        rule = units.get(key, {}).get(unit)
+        if rule and rule[0] != factor:
+            return key, (f"'{key}' takes '{term(number, 1)} {unit}' as {term(number, factor)}, where '{unit}' is "
+                         f"* {term(rule[0], 1)} in {rule[1]} samples")
+    return None
 
 
 def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
@@ -183,9 +244,11 @@ def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict
     holding: Counter = Counter()
     broken: Counter = Counter()
     slips: dict[str, tuple[str, str]] = {}
+    units = unit_factors(samples, numbers)
     for sample, answer in answered(samples):
         holding.update({key for key, _ in _members(answer)} & ruled)
-        slip = _slip(str(sample.get("input", "")), answer, numbers, clock)
+        text = str(sample.get("input", ""))
+        slip = _slip(text, answer, numbers, clock) or _unit_slip(text, answer, numbers, units)
         if slip:
             slips[sample["id"]] = slip
             broken[slip[0]] += 1
