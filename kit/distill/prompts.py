@@ -24,7 +24,7 @@ EVOLUTIONS = (  # each completes "Rewrite this input so that you ..."
 LIKE_ASK = ("the same kind of request needing the same kind of answer, with other details (other names, numbers, "
             "times, dates, places and wording)")
 # asked of a fresh list: left alone, a small teacher opens nearly every input of a topic the way the one seed of
-# that topic does (24 of 24 messages "text X that ...", 18 of 22 songs "play ..."), and a student trained on them
+# that topic does (22 of 24 messages "text X ...", 18 of 22 songs "play ..."), and a student trained on them
 # misreads "tell Alex I'll call him back" or "send Lena the message ..."; asked this, 47 of 72 inputs opened with a
 # word no other input of their list had, against 39 of 72 (Qwen2.5-Coder-1.5B, 18 lists of 4); over a whole build's
 # 200 kept samples the openings moved little (74 distinct first words per tool against 69) and the student did not
