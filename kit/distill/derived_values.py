@@ -14,8 +14,9 @@ samples, and the training answers that write them in the model's own form (runti
 A sample whose value in a derived field no rule explains (a timer of "3 hours" labelled 18000 seconds, a
 "deadline for the homework" labelled 1800, a calendar time the request never gives), or that takes a request
 number in another factor than the word after it takes in the other samples ("3 hours" labelled 1800 = 3 * 600,
-where "hour" is * 3600 in most samples: `unit_factors`), is a teacher's slip the rest of the data contradicts: `unexplained` names it and the dataset leaves it out of training (the sample
-store keeps it), for each field whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
+where "hour" is * 3600 in most samples: `unit_factors`), is a teacher's slip the rest of the data contradicts:
+`unexplained` names it and the dataset leaves it out of training (the sample store keeps it), for each field
+whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
 
 - No-repeat fields: a string member that repeats the request words a derived value beside it was taken from (a
   timer's label "5 minutes" next to its 300 seconds, an alarm's label "6:45") holds nothing the request gives
@@ -146,17 +147,10 @@ def _unit_terms(input_text: str, answer: Any, numbers: dict[str, list[int | floa
     request = request_numbers(input_text)
     units = number_units(input_text)
     for key, value in _members(answer):
-        if key in numbers and _is_number(value) and (expression := expression_for(value, request, numbers[key])):
-            for part in expression.split("+"):
-                number, _, factor = part.partition("*")
-                words = units.get(_as_number(number))
-                if words:
-                    yield key, _as_number(number), _as_number(factor) if factor else 1, words[0]
-
-
-def _as_number(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() else value
+        if key in numbers and _is_number(value):
+            for number, factor in _terms_for(value, request, numbers[key]) or ():
+                if words := units.get(number):
+                    yield key, number, factor, words[0]
 
 
 def _unit_slip(input_text: str, answer: Any, numbers: dict[str, list[int | float]],
@@ -201,12 +195,19 @@ def _whole(ratio: float) -> int | None:
 def expression_for(value: int | float, numbers: list[int | float], factors: list[int | float]) -> str | None:
     """The first expression over the request's numbers that makes `value`: one term (factors in order of
     support), else two terms over two numbers in their request order; None when none does."""
+    terms = _terms_for(value, numbers, factors)
+    return " + ".join(term(number, factor) for number, factor in terms) if terms else None
+
+
+def _terms_for(value: int | float, numbers: list[int | float],
+              factors: list[int | float]) -> list[tuple[int | float, int | float]] | None:
+    """The (request number, factor) terms of `expression_for`'s expression, or None."""
     for number, factor in product(numbers, factors):
         if abs(number * factor - value) < 1e-9:
-            return term(number, factor)
+            return [(number, factor)]
     for (a, b), (fa, fb) in product(combinations(numbers, 2), product(factors, factors)):
         if not (fa == 1 and fb == 1) and abs(a * fa + b * fb - value) < 1e-9:
-            return f"{term(a, fa)} + {term(b, fb)}"
+            return [(a, fa), (b, fb)]
     return None
 
 

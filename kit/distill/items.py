@@ -145,8 +145,8 @@ class ItemMaker:
         config, teacher = self.config, self.teacher
         count = config.data.inputs_per_request
         if count == 1:
-            reply = await teacher.complete(input_messages(config, item, self.with_reference),
-                                           input_schema(config, self.with_reference),
+            messages = input_messages(config, item, self.with_reference)
+            reply = await teacher.complete(messages, input_schema(config, self.with_reference),
                                            teacher.sampling(request_seed(config.data.seed, index,
                                                                             round_role(config, "input"))))
             try:
@@ -154,7 +154,7 @@ class ItemMaker:
             except ParseError as err:
                 err.raw = reply.text
                 raise
-            entry = _unless_echo(entry, input_messages(config, item, self.with_reference), reply.text)
+            entry = _unless_echo(entry, messages, reply.text)
             if isinstance(entry, ParseError):
                 raise entry
             return entry
