@@ -125,7 +125,7 @@ def test_decontaminate_cuts_a_paraphrase_and_keeps_a_shared_generic_phrase(tmp_p
     eval_file.write_text("\n".join(json.dumps({"input": q, "output": "x"}) for q in (
         "What is the average number of items per order for customers in Berlin?",
         "What is the total number of reviews with a rating of 5?",
-        "set a timer for 5 minutes")) + "\n")
+        "set a timer for 5 minutes", "wake me up at 7", "what's the weather in Tokyo today")) + "\n")
     c = critic(DecontaminateVerifier(type="decontaminate"), eval_file=eval_file)
     paraphrase = review(c, candidate("y", "what's the average number of items per order for the customers in Berlin"))
     assert paraphrase is not None and "eval item 1" in paraphrase.reason
@@ -134,7 +134,12 @@ def test_decontaminate_cuts_a_paraphrase_and_keeps_a_shared_generic_phrase(tmp_p
     assert review(c, candidate("y", "What is the average number of products in each category?")) is None
     assert review(c, candidate("y", "What is the total number of orders shipped to Spain last year?")) is None
     assert review(c, candidate("y", "set a timer for 10 minutes")) is None
-    assert any("50% of one eval item's word 4-grams" in note for note in c.notes)
+    # a five-word item has two 4-grams: one stock phrase is half of it, and is kept; the whole item is cut
+    assert review(c, candidate("y", "wake me up at 6:45 tomorrow")) is None
+    assert review(c, candidate("y", "wake me up at 7:15 please")) is None  # "7:15" is one word, not "7"
+    assert "eval item 4" in review(c, candidate("y", "please wake me up at 7 tomorrow")).reason
+    assert review(c, candidate("y", "what's the weather in Paris tomorrow?")) is None
+    assert any("50% of one eval item's word 4-grams, and more than one" in note for note in c.notes)
 
 
 def test_decontaminate_without_eval_file_says_so():

@@ -227,6 +227,13 @@ def test_clock_spans_are_the_times_a_request_writes_and_convert_to_24_hours():
     assert to_24h("12am") == "00:00" and to_24h("12:15 PM") == "12:15" and to_24h("13pm") is None
 
 
+def test_a_bare_hour_after_at_is_a_clock_span_but_a_count_after_at_is_not():
+    assert clock_spans("wake me up at 7") == ["at 7"] and to_24h("at 7") == "07:00"
+    assert clock_spans("meet at 12, then at 7pm or at 8 o'clock") == ["at 12", "7pm", "8 o'clock"]
+    assert clock_spans("volume at 65 percent, at 20 degrees, at 5 minutes, at 45, at 7:30") == ["7:30"]
+    assert request_numbers("wake me up at 7") == [] and request_numbers("set the volume at 65") == [65]
+
+
 def test_a_time_field_taken_from_the_requests_times_is_learned_and_trained_as_written():
     samples = [alarm("wake me at 6:15 am", "06:15"), alarm("alarm for 11pm", "23:00"), alarm("alarm 7", "19:00"),
                alarm("alarm at 9:30 for the bus", "09:30"), sample("weather at 5pm", {"time": "later"})]

@@ -153,8 +153,8 @@ class DecontaminateVerifier(StrictModel):
     type: Literal["decontaminate"]
     ngram: int = Field(4, ge=2, le=64, description="word n-gram length (an eval item shorter than n counts whole)")
     max_coverage: float = Field(0.5, gt=0.0, le=1.0, description="cut a sample holding at least this share of one "
-                                "eval item's n-grams: a copy or close paraphrase covers most of an item, a shared "
-                                "generic phrase a small part")
+                                "eval item's n-grams (and more than one): a copy or close paraphrase covers most "
+                                "of an item, a shared generic phrase a small part")
     fields: list[Literal["input", "output"]] = Field(
         default_factory=lambda: ["input"], min_length=1,
         description="what is compared with the same field of the eval set: inputs (the default) and/or outputs. "

@@ -2,20 +2,30 @@
 when the recipe asks).
 
 The rule is a share, not a count: a sample is contamination when it holds at least `max_coverage` of one eval
-item's word n-grams. A copy or a light paraphrase of an eval question covers most of that question's n-grams
-and is cut; a generic phrase the two happen to share ("what is the average number of") covers a small part of
-any one item and is kept. An item shorter than n words counts as one n-gram of its own length, so an exact
-copy of a short request is still caught.
+item's word n-grams, and more than one of them. A copy or a light paraphrase of an eval question covers most of
+that question's n-grams and is cut; a generic phrase the two happen to share ("what is the average number of",
+"wake me up at") covers a small part of any one item and is kept, even of a five-word item, where it is one
+n-gram of two. An item shorter than n words counts as one n-gram of its own length, so an exact copy of a short
+request is still caught. A word keeps its inner apostrophes, colons and points ("what's", "7:30", "2.5"), so a
+contraction or a time does not count as two words of a stock phrase.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
 from kit.core.errors import UserError
-from kit.distill.critic.base import Candidate, CriticContext, Verifier, input_text, words
+from kit.distill.critic.base import Candidate, CriticContext, Verifier, input_text
+
+_WORD = re.compile(r"\w+(?:['’:.]\w+)*")
+
+
+def words(text: str) -> list[str]:
+    """The words of `text`, lower-cased, each with its inner apostrophes, colons and points ("what's", "7:30")."""
+    return _WORD.findall(text.lower())
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -56,7 +66,8 @@ class EvalItems:
                 self.index[gram].append(number)
 
     def most_covered(self, text: str) -> tuple[float, int | None]:
-        """The largest share of one eval item's n-grams that `text` holds, and that item's number."""
+        """The largest share of one eval item's n-grams that `text` holds, and that item's number; an item counts
+        only when the text holds more than one of its n-grams (or its only one)."""
         tokens = words(text)
         mine = {tuple(tokens[i:i + k]) for k in self.lengths for i in range(len(tokens) - k + 1)}
         hits: dict[int, int] = defaultdict(int)
@@ -65,6 +76,8 @@ class EvalItems:
                 hits[number] += 1
         best, item = 0.0, None
         for number, count in hits.items():
+            if count < min(2, len(self.grams[number])):
+                continue
             share = count / len(self.grams[number])
             if share > best:
                 best, item = share, number
@@ -83,11 +96,12 @@ class DecontaminateCheck(Verifier):
         for field in config.fields:
             self.items[field] = EvalItems(eval_texts(context.eval_file, field), config.ngram)
         self.notes.append(f"decontaminate rule: cut a sample holding >= {config.max_coverage:.0%} of one eval "
-                          f"item's word {config.ngram}-grams ({', '.join(config.fields)})")
+                          f"item's word {config.ngram}-grams, and more than one ({', '.join(config.fields)})")
 
     @property
     def rule(self) -> dict:
-        return {"ngram": self.config.ngram, "max_coverage": self.config.max_coverage, "fields": list(self.config.fields)}
+        return {"ngram": self.config.ngram, "max_coverage": self.config.max_coverage, "min_ngrams": 2,
+                "fields": list(self.config.fields)}
 
     async def check(self, candidate: Candidate) -> str | None:
         mine = {"input": candidate.input_text, "output": candidate.answer.output}
