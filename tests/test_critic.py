@@ -8,8 +8,10 @@ import sqlite3
 
 import pytest
 
-from kit.distill.config import DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier, PythonVerifier, SqlVerifier
+from kit.distill.config import (ConfidentVerifier, DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier,
+                               PythonVerifier, SqlVerifier)
 from kit.distill.critic import Answer, Candidate, build_critic
+from kit.distill.critic.confident import answer_confidence
 
 SCHEMA = {"type": "object", "properties": {"value": {"type": "number"}, "unit": {"type": "string"}},
           "required": ["value", "unit"]}
@@ -147,6 +149,28 @@ def test_decontaminate_without_eval_file_says_so():
     assert review(c, candidate("x")) is None and "no eval.file" in c.notes[0]
 
 
+def test_answer_confidence_is_the_least_sure_token_of_the_answer_value():
+    reply = (('{"', 0.99), ("reasoning", 0.2), ('": "', 0.9), ("unsure words", 0.05), ('", "', 0.99), ("answer", 1.0),
+             ('": {"', 0.98), ("tool", 1.0), ('": "', 0.97), ("air", 0.31), ("plane", 0.9), ('"}}', 0.95))
+    assert answer_confidence(reply) == (0.31, "air")  # the reasoning before the answer does not count
+    assert answer_confidence((("42", 0.6),)) == (0.6, "42")  # no answer key: the whole reply
+    assert answer_confidence(None) is None and answer_confidence(()) is None
+
+
+def test_confident_cuts_an_answer_the_teacher_was_torn_on_and_passes_one_without_probabilities():
+    c = critic(ConfidentVerifier(type="confident", min_p=0.5))
+    sure = candidate({"value": 3, "unit": "km"})
+    sure.answers[0].least_p, sure.answers[0].least_token = 0.93, "km"
+    torn = candidate({"value": 3, "unit": "mi"})
+    torn.answers[0].least_p, torn.answers[0].least_token = 0.31, "mi"
+    assert review(c, sure) is None
+    rejection = review(c, torn)
+    assert rejection.verifier == "confident" and "p 0.31 at 'mi'" in rejection.reason
+    assert review(c, candidate({"value": 3, "unit": "km"})) is None  # no probabilities: passes, noted once
+    assert review(c, candidate({"value": 4, "unit": "km"})) is None
+    assert len(c.notes) == 1 and "no token probabilities" in c.notes[0]
+
+
 def test_two_verifiers_of_one_type_both_run_and_are_reported_apart(tmp_path):
     from kit.distill.stats import step_names
 
@@ -166,7 +190,7 @@ def test_two_verifiers_of_one_type_both_run_and_are_reported_apart(tmp_path):
 def test_an_unknown_verifier_type_names_the_known_ones():
     from types import SimpleNamespace
 
-    with pytest.raises(ValueError, match="'spellcheck'.*known types: decontaminate, dedup, distinct_outputs, grounded, "
+    with pytest.raises(ValueError, match="'spellcheck'.*known types: confident, decontaminate, dedup, distinct_outputs, grounded, "
                                          "json_schema, judge, python, sql"):
         critic(SimpleNamespace(type="spellcheck"))
 

@@ -239,6 +239,12 @@ def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix()
     trip = json.loads(together[-1].text)
     assert isinstance(trip["city"], str) and isinstance(trip["days"], int)
     assert together[0].text[:20] == alone.text[:20]  # greedy: the same start alone and in a batch
+    for reply in together:  # a schema reply says how sure the model was of each token; a free one does not
+        if reply.token_probs is None:
+            continue
+        assert "".join(piece for piece, _ in reply.token_probs) == reply.text
+        assert all(0.0 <= p <= 1.0 for _, p in reply.token_probs) and max(p for _, p in reply.token_probs) > 0.5
+    assert [r.token_probs is not None for r in together] == [False, True, False, True, False, True]
     assert reused > 0  # later requests read only what follows the shared system prompt
     assert calls < decoded  # sequences shared decode calls
 

@@ -162,9 +162,16 @@ class DecontaminateVerifier(StrictModel):
                     "correct answer, so outputs are compared only when asked")
 
 
+class ConfidentVerifier(StrictModel):
+    type: Literal["confident"]
+    min_p: float = Field(0.5, gt=0.0, lt=1.0, description="cut a sample whose answer holds a token the teacher gave "
+                         "less than this probability (temperature 1, among the tokens its grammar allowed): the "
+                         "teacher was torn between answers there. Needs a local llama_cpp teacher; others pass")
+
+
 Verifier = Annotated[
     Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, GroundedVerifier, DedupVerifier,
-          DistinctOutputsVerifier, DecontaminateVerifier],
+          DistinctOutputsVerifier, DecontaminateVerifier, ConfidentVerifier],
     Field(discriminator="type"),
 ]
 

@@ -280,7 +280,7 @@ class Generation:
             self.store.add_sample({"id": sid, "index": index, "input": candidate.input,
                                    "output": candidate.answer.output, "reasoning": candidate.answer.reasoning,
                                    "origin": candidate.origin, "votes": candidate.votes,
-                                   "answers": len(candidate.answers)})
+                                   "answers": len(candidate.answers)} | _least_p(candidate.answer))
             self.critic.admit(sid, candidate)
         if self.progress is not None:
             self.progress.update(self.store)
@@ -405,9 +405,15 @@ def _rejection_row(index: int, candidate: Candidate | dict[str, Any], rejection:
     row = {"index": index, "verifier": rejection.verifier, "reason": rejection.reason}
     if isinstance(candidate, Candidate):
         row |= {"input": candidate.input, "output": candidate.answer.output, "origin": candidate.origin}
+        row |= _least_p(candidate.answer)
     else:
         row |= candidate
     return row
+
+
+def _least_p(answer) -> dict[str, Any]:
+    """The teacher's least token probability in the answer, for samples.jsonl and rejected.jsonl (when known)."""
+    return {} if answer.least_p is None else {"least_p": round(answer.least_p, 4), "least_token": answer.least_token}
 
 
 def _check_same_recipe(config: GenerateConfig, folder: Path) -> None:

@@ -12,6 +12,7 @@ from kit.core.errors import UserError
 from kit.distill.config import GenerateConfig, TeacherConfig
 from kit.distill.critic import Candidate, Critic, Rejection, build_critic
 from kit.distill.critic.base import input_text
+from kit.distill.critic.confident import answer_confidence
 from kit.distill.prompts import (
     ParseError,
     answer_messages,
@@ -126,9 +127,13 @@ class ItemMaker:
         answers, problems = [], []
         for r in replies:
             try:
-                answers.append(parse_answer(config, r.text))
+                answer = parse_answer(config, r.text)
             except ParseError as err:
                 problems.append(str(err))
+                continue
+            if (confidence := answer_confidence(r.token_probs)) is not None:
+                answer.least_p, answer.least_token = confidence
+            answers.append(answer)
         if not answers:
             return ({"input": task_input, "origin": item.origin, "raw": replies[0].text[:500]},
                     Rejection("parse", f"answer: {problems[0]}"))

@@ -161,7 +161,7 @@ def _gguf_answers(config: EvaluateConfig, base, adapter: Path, conversations: li
         rules = AnswerRules.of({**(derived or {}), "copy_fields": config.critic.copied_fields})
         futures = [engine.submit(messages, rules.schema(schema, messages[-1]["content"]), params)
                    for messages in conversations]
-        return [future.result()[0] for future in futures]
+        return [future.result().text for future in futures]
     finally:
         engine.close()
         gguf.unlink(missing_ok=True)

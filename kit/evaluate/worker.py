@@ -79,7 +79,7 @@ def _batched_gguf(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
         params = {"temperature": 0.0, "max_tokens": spec["max_new_tokens"]}
         futures = [engine.submit(_messages(spec, case_input), case_schema(spec, case_input), params)
                    for case_input in spec["inputs"]]
-        return [{"text": text, "completion_tokens": tokens} for text, _, tokens in (f.result() for f in futures)]
+        return [{"text": reply.text, "completion_tokens": reply.completion_tokens} for reply in (f.result() for f in futures)]
     finally:
         engine.close()
 

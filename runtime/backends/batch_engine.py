@@ -20,7 +20,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from runtime.backends.grammar import grammar_for
 from runtime.backends.llama_sampling import GrammarLastSampler
@@ -30,6 +30,17 @@ from runtime.sampling import StopStrings
 
 Messages = list[dict[str, str]]
 PREFIX_WAIT_TOKENS = 64  # a request waits for a slot reading at least this many tokens of its prefix
+
+
+class Reply(NamedTuple):
+    """What a `submit` future gives."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    # with `record_probs` and a schema: (token text, probability at temperature 1 among the grammar's allowed
+    # tokens) for each generated token
+    token_probs: tuple[tuple[str, float], ...] | None = None
 
 
 class BatchingUnsupported(Exception):
@@ -149,8 +160,10 @@ class BatchEngine:
 
     # -- called from any thread --------------------------------------------------------------------------
 
-    def submit(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> concurrent.futures.Future:
-        """Queue one chat request; the future gives (text, prompt_tokens, completion_tokens)."""
+    def submit(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any], *,
+               record_probs: bool = False) -> concurrent.futures.Future:
+        """Queue one chat request; the future gives a `Reply` (with `record_probs` and a schema, the probability
+        of each generated token too)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             if self.formatter is None:
@@ -159,7 +172,7 @@ class BatchEngine:
             tokens = self.llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True)
             max_tokens = int(params.get("max_tokens") or 256)
             self._check_length(tokens, max_tokens)
-            sampler = self._sampler(schema, params)
+            sampler = self._sampler(schema, params, record_probs)
         except Exception as err:  # noqa: BLE001 - handed to the caller
             future.set_exception(err)
             return future
@@ -213,7 +226,7 @@ class BatchEngine:
 
     # -- sampling ------------------------------------------------------------------------------------------
 
-    def _sampler(self, schema: dict[str, Any] | None, params: dict[str, Any]):
+    def _sampler(self, schema: dict[str, Any] | None, params: dict[str, Any], record_probs: bool = False):
         """llama-cpp-python's defaults (top-k 40, top-p, min-p 0.05, temperature, seeded draw); greedy at
         temperature 0; a JSON schema becomes a grammar applied grammar-last."""
         lib = self._lib
@@ -230,7 +243,7 @@ class BatchEngine:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
                 (int(seed) & 0xFFFFFFFF) if seed is not None else lib.LLAMA_DEFAULT_SEED))
         grammar = grammar_for(GenerationParams(json_schema=schema)) if schema is not None else None
-        return self._with_grammar(chain, grammar)
+        return self._with_grammar(chain, grammar, record_probs)
 
     def _params_sampler(self, params: GenerationParams):
         """The chain llama-cpp-python's `create_completion` builds for these parameters (penalties, then greedy
@@ -251,12 +264,12 @@ class BatchEngine:
                 (int(params.seed) & 0xFFFFFFFF) if params.seed is not None else lib.LLAMA_DEFAULT_SEED))
         return self._with_grammar(chain, grammar_for(params))
 
-    def _with_grammar(self, chain, grammar):
+    def _with_grammar(self, chain, grammar, record_probs: bool = False):
         """The chain as a sampler; with a grammar, applied the way llama.cpp's common sampler does (grammar-last)."""
         if grammar is None:
             return _ChainSampler(self._lib, chain)
-        return _OwnedGrammarSampler(self._lib, chain, GrammarLastSampler(self.llama._model,
-                                                                           SimpleNamespace(sampler=chain), grammar))
+        return _OwnedGrammarSampler(self._lib, chain, GrammarLastSampler(
+            self.llama._model, SimpleNamespace(sampler=chain), grammar, record_probs=record_probs))
 
     # -- the decode thread ---------------------------------------------------------------------------------
 
@@ -439,7 +452,15 @@ class BatchEngine:
         else:
             text = self.llama.detokenize(request.generated).decode("utf-8", errors="ignore")
         if not request.future.done():
-            request.future.set_result((text, len(request.tokens), len(request.generated)))
+            request.future.set_result(Reply(text, len(request.tokens), len(request.generated),
+                                            self._token_probs(request)))
+
+    def _token_probs(self, request: _Request) -> tuple[tuple[str, float], ...] | None:
+        probs = getattr(getattr(request.sampler, "grammar_sampler", None), "token_probs", None)
+        if probs is None:
+            return None
+        pieces = [self.llama.detokenize([token]).decode("utf-8", errors="ignore") for token in request.generated]
+        return tuple(zip(pieces, probs))  # a stop token ends the answer without a piece of its own
 
     def _forget_idle(self) -> None:
         for slot in self.slots:

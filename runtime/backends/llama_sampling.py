@@ -32,12 +32,13 @@ def lazy_grammar_llama_class():
 
 
 _LLAMA = None
+PROB_TOP_K = 16  # tokens a recorded probability is normalized over (beyond them the mass is negligible)
 
 
 class GrammarLastSampler:
     """A sampler chain plus a grammar, used the way llama.cpp's common sampler uses them."""
 
-    def __init__(self, model, chain, grammar):
+    def __init__(self, model, chain, grammar, record_probs: bool = False):
         import llama_cpp
         import numpy as np
 
@@ -56,6 +57,9 @@ class GrammarLastSampler:
         self._one_array = llama_cpp.llama_token_data_array(data=ctypes.pointer(self._one), size=1, selected=-1,
                                                            sorted=False)
         self.resampled = 0  # tokens the grammar had to correct (for tests and curiosity)
+        # with `record_probs`: for each sampled token, its probability at temperature 1 among the tokens the
+        # grammar allows (those of the model's top PROB_TOP_K; all of them when the grammar had to step in)
+        self.token_probs: list[float] | None = [] if record_probs else None
 
     def _candidates(self, ctx, idx: int):
         import numpy as np
@@ -77,17 +81,41 @@ class GrammarLastSampler:
     def sample(self, ctx, idx: int = -1) -> int:
         lib = self._lib
         candidates = self._candidates(ctx, idx)
+        top = self._top_logits() if self.token_probs is not None else None
         lib.llama_sampler_apply(self.chain.sampler, ctypes.byref(candidates))
         token = candidates.data[candidates.selected].id
         if not self._allowed(token):
             self.resampled += 1
             candidates = self._candidates(ctx, idx)
             lib.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
+            masked = self._view["logit"].copy() if top is not None else None  # disallowed tokens at -inf
             lib.llama_sampler_apply(self.chain.sampler, ctypes.byref(candidates))
             token = candidates.data[candidates.selected].id
+            if masked is not None:
+                self.token_probs.append(_softmax_at(masked, token))
+        elif top is not None:
+            self.token_probs.append(self._allowed_prob(token, *top))
         lib.llama_sampler_accept(self.grammar, token)
         lib.llama_sampler_accept(self.chain.sampler, token)
         return token
+
+    def _top_logits(self):
+        """The ids and logits of the PROB_TOP_K most likely tokens (read before the chain reorders them)."""
+        import numpy as np
+
+        logits = self._view["logit"]
+        ids = np.argpartition(logits, -PROB_TOP_K)[-PROB_TOP_K:]
+        return ids, logits[ids].astype(np.float64)
+
+    def _allowed_prob(self, token: int, ids, logits) -> float:
+        """The sampled token's softmax probability over those of `ids` the grammar allows (the token itself
+        included), at temperature 1; call before the grammar accepts the token."""
+        import numpy as np
+
+        if not any(int(i) == token for i in ids):  # drawn from outside the top k: it held little mass
+            return 0.0
+        keep = np.array([int(i) == token or self._allowed(int(i)) for i in ids])
+        return _softmax_at(logits[keep], [int(i) for i in ids[keep]].index(token))
 
     def close(self) -> None:
         if self.grammar:
@@ -99,3 +127,12 @@ class GrammarLastSampler:
             self.close()
         except Exception:
             pass
+
+
+def _softmax_at(logits, index: int) -> float:
+    """softmax(logits)[index], for float logits where -inf marks a token that may not be drawn."""
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    weights = np.exp(logits - logits.max())
+    return float(weights[index] / weights.sum())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.distill.critic.base import Answer, Candidate, CriticContext, Rejection, Verifier, words
+from kit.distill.critic.confident import ConfidentCheck
 from kit.distill.critic.decontaminate import DecontaminateCheck
 from kit.distill.critic.dedup import DedupCheck
 from kit.distill.critic.distinct import DistinctOutputsCheck
@@ -21,7 +22,7 @@ from kit.distill.critic.sql import SqlCheck
 
 VERIFIERS: dict[str, type[Verifier]] = {cls.type: cls for cls in (
     JsonSchemaCheck, SqlCheck, PythonCheck, JudgeCheck, GroundedCheck, DedupCheck, DistinctOutputsCheck,
-    DecontaminateCheck)}
+    DecontaminateCheck, ConfidentCheck)}
 
 
 def step_label(verifier_type: str, step: int, repeated: bool) -> str:

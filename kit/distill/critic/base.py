@@ -16,6 +16,10 @@ class Answer:
     value: Any
     output: str
     reasoning: str = ""
+    # the least probability the teacher gave a token of this answer (kit.distill.critic.confident); None when
+    # the teacher reports none
+    least_p: float | None = None
+    least_token: str = ""  # the token it was
 
 
 @dataclass

@@ -24,6 +24,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    # (token text, probability) of each generated token, from a teacher that reports them (a local llama_cpp
+    # one, for requests with a JSON schema); None otherwise
+    token_probs: tuple[tuple[str, float], ...] | None = None
 
 
 class TransientTeacherError(Exception):
@@ -113,15 +116,20 @@ class TeacherClient:
             self.usage.cached += 1
             self.usage.cached_prompt_tokens += hit.get("prompt_tokens", 0)
             self.usage.cached_completion_tokens += hit.get("completion_tokens", 0)
-            return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
+            probs = hit.get("token_probs")
+            return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True,
+                              token_probs=tuple((piece, p) for piece, p in probs) if probs is not None else None)
         async with self._slots:
             result = await self._with_retries(messages, schema, params)
         self.usage.requests += 1
         self.usage.prompt_tokens += result.prompt_tokens
         self.usage.completion_tokens += result.completion_tokens
         if self.cache is not None:  # a local cache, or one a remote worker reaches through Ray (awaitable)
-            await _maybe_await(self.cache.put(key, {"text": result.text, "prompt_tokens": result.prompt_tokens,
-                                                    "completion_tokens": result.completion_tokens}, request=body))
+            entry = {"text": result.text, "prompt_tokens": result.prompt_tokens,
+                     "completion_tokens": result.completion_tokens}
+            if result.token_probs is not None:
+                entry["token_probs"] = [list(pair) for pair in result.token_probs]
+            await _maybe_await(self.cache.put(key, entry, request=body))
         return result
 
     async def _with_retries(self, messages: Messages, schema: dict[str, Any] | None, params: dict[str, Any]) -> Completion:
