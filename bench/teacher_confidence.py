@@ -7,7 +7,7 @@ the cut samples with their labels, and the labels that moved (a sampled answer c
     .venv/bin/python bench/teacher_confidence.py examples/tool-calling/recipe.yaml --source runs/tool-calling \
         [--thresholds 0.3,0.5,0.7] [--limit 200]
 
-Reads the teacher's cost from the build's stats.json; asserts nothing.
+Reads only the build's samples.jsonl; asserts nothing.
 """
 
 from __future__ import annotations

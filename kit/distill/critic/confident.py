@@ -47,7 +47,7 @@ class ConfidentCheck(Verifier):
 
     async def check(self, candidate: Candidate) -> str | None:
         answer = candidate.answer
-        if answer.least_p is None:
+        if answer.least_p is None:  # a label the vote composed has no tokens of its own: the vote checked it
             if not self._noted and candidate.votes <= 1:
                 self.notes.append("the teacher reports no token probabilities, so every answer passes "
                                   "(a local llama_cpp teacher reports them)")

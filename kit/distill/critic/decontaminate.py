@@ -23,13 +23,14 @@ from kit.distill.critic.base import Candidate, CriticContext, Verifier, input_te
 _WORD = re.compile(r"\w+(?:['’:.]\w+)*")
 
 
-def words(text: str) -> list[str]:
-    """The words of `text`, lower-cased, each with its inner apostrophes, colons and points ("what's", "7:30")."""
+def _words(text: str) -> list[str]:
+    """The words of `text`, lower-cased, each with its inner apostrophes, colons and points ("what's", "7:30"):
+    unlike `critic.base.words`, which dedup uses, "what's" is one word here, not two."""
     return _WORD.findall(text.lower())
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    tokens = words(text)
+    tokens = _words(text)
     if len(tokens) < n:  # a short text counts as one n-gram of its own, so exact copies are still caught
         return {tuple(tokens)} if tokens else set()
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
@@ -68,7 +69,7 @@ class EvalItems:
     def most_covered(self, text: str) -> tuple[float, int | None]:
         """The largest share of one eval item's n-grams that `text` holds, and that item's number; an item counts
         only when the text holds more than one of its n-grams (or its only one)."""
-        tokens = words(text)
+        tokens = _words(text)
         mine = {tuple(tokens[i:i + k]) for k in self.lengths for i in range(len(tokens) - k + 1)}
         hits: dict[int, int] = defaultdict(int)
         for gram in mine:
