@@ -30,7 +30,7 @@ from kit.recipe.stages import generate_config  # noqa: E402
 
 
 async def probe(config, rows: list[dict]) -> list[dict]:
-    teacher = make_teacher(config.teacher, None)
+    teacher = make_teacher(config.teacher, None, token_probs=True)
     params = {} if config.teacher.answer_temperature is None else {"temperature": config.teacher.answer_temperature}
 
     async def one(row: dict) -> dict:

@@ -4,15 +4,18 @@ generation), the in-process llama_cpp backend and the hf backend."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
 
 from kit.distill.config import TeacherConfig
+from kit.distill.critic.confident import answer_confidence
 from kit.distill.teachers import make_teacher
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -57,9 +60,9 @@ def llama_server(store_gguf, free_port, tmp_path_factory):
     stop(process)
 
 
-def complete_once(config: TeacherConfig, cache_path=None, schema=SCHEMA, runs: int = 1):
+def complete_once(config: TeacherConfig, cache_path=None, schema=SCHEMA, runs: int = 1, token_probs: bool = False):
     async def go():
-        client = make_teacher(config, cache_path)
+        client = make_teacher(config, cache_path, token_probs=token_probs)
         try:
             await client.backend.check()
             replies = [await client.complete(MESSAGES, schema, client.sampling(seed=7)) for _ in range(runs)]
@@ -78,6 +81,72 @@ def test_openai_backend_gets_schema_constrained_json_from_llama_cpp_server(llama
     assert isinstance(reply["city"], str) and isinstance(reply["days"], int)
     assert first.prompt_tokens > 0 and first.completion_tokens > 0
     assert second.cached and second.text == first.text and usage.requests == 1 and usage.cached == 1
+
+
+@pytest.mark.slow
+def test_openai_backend_reports_token_probabilities_from_logprobs_when_asked(llama_server):
+    config = TeacherConfig(backend="openai", base_url=llama_server, model="smollm2", max_tokens=64, temperature=0.2)
+    (asked,), _ = complete_once(config, token_probs=True)
+    assert asked.token_probs, "the endpoint's logprobs should come back as token probabilities"
+    assert "".join(piece for piece, _ in asked.token_probs) == asked.text
+    assert all(0.0 < p <= 1.0 for _, p in asked.token_probs)
+    least = answer_confidence(asked.token_probs)
+    assert least is not None and 0.0 < least[0] <= 1.0
+    (plain,), _ = complete_once(config)
+    assert plain.token_probs is None  # not asked: no logprobs requested
+
+
+class RefusesLogprobs(http.server.BaseHTTPRequestHandler):
+    """An endpoint in front of the llama.cpp server that refuses `logprobs` as OpenAI's reasoning models do."""
+
+    upstream = ""
+    refused = 0
+
+    def do_POST(self):  # noqa: N802 (the http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "logprobs" in body:
+            RefusesLogprobs.refused += 1
+            self._send(400, {"error": {"message": "logprobs are not supported with this model", "param": "logprobs"}})
+            return
+        answer = httpx.post(f"{self.upstream}/chat/completions", json=body, timeout=60)
+        self._send(answer.status_code, answer.json())
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_openai_backend_asks_again_without_logprobs_where_the_endpoint_refuses_them(llama_server):
+    RefusesLogprobs.upstream = llama_server
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusesLogprobs)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        config = TeacherConfig(backend="openai", base_url=f"http://127.0.0.1:{proxy.server_port}/v1",
+                               model="smollm2", max_tokens=64, temperature=0.2)
+
+        async def go():
+            client = make_teacher(config, None, token_probs=True)
+            try:
+                replies = [await client.complete(MESSAGES, SCHEMA, client.sampling(seed=s)) for s in (1, 2)]
+                return replies, client.backend.notes(), client.usage
+            finally:
+                await client.aclose()
+
+        replies, notes, usage = asyncio.run(go())
+    finally:
+        proxy.shutdown()
+    assert all(isinstance(json.loads(r.text)["days"], int) and r.token_probs is None for r in replies)
+    assert usage.failed == 0 and usage.retries == 0  # asked again at once, not retried
+    assert RefusesLogprobs.refused == 1  # the endpoint's refusal is remembered
+    assert any("refused `logprobs`" in note for note in notes)
 
 
 UNIT_RECIPE = """\
@@ -149,11 +218,15 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
 
     (tmp_path / "eval.jsonl").write_text('{"input": "12 inches in cm", "output": {"value": 30.48, "unit": "cm"}}\n')
     recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(UNIT_RECIPE.format(url=json.dumps(llama_server), concurrency=2, target=3))
+    # with a `confident` check that cuts nothing: the endpoint's logprobs reach every sample as its least sure token
+    recipe_path.write_text(UNIT_RECIPE.format(url=json.dumps(llama_server), concurrency=2, target=3).replace(
+        "{type: dedup}", "{type: confident, min_p: 0.001}, {type: dedup}"))
     recipe = load_recipe(recipe_path)
     run_dir = RunDir(tmp_path / "run")
     manifest = run(generate_config(recipe), run_dir)
     assert manifest.figures["accepted"] == 3
+    kept = [json.loads(line) for line in (run_dir.data / "samples.jsonl").read_text().splitlines()]
+    assert all(0.0 < row["least_p"] <= 1.0 and row["least_token"] for row in kept)
     dataset = load_from_disk(str(run_dir.dataset))
     rows = list(dataset["train"]) + list(dataset["validation"])
     # 3 generated samples (one of them validation) and the 2 seeds, which join train
@@ -164,6 +237,7 @@ def test_generate_end_to_end_through_llama_cpp_server(llama_server, tmp_path):
         assert row["messages"][-1] == {"role": "assistant", "content": row["output"]}
     stats = json.loads((run_dir.data / "stats.json").read_text())
     assert stats["teacher"]["requests"] >= 6 and stats["tokens"]["completion"] > 0
+    assert any("before the JSON grammar" in note for note in stats["notes"])
 
 
 @pytest.mark.slow
@@ -174,6 +248,7 @@ def test_llama_cpp_backend_in_process_follows_the_schema(tmp_path):
     value = json.loads(reply.text)
     assert isinstance(value["city"], str) and isinstance(value["days"], int)
     assert usage.completion_tokens > 0
+    assert reply.token_probs is None  # not asked for (no `confident` check)
 
 
 @pytest.mark.slow
@@ -210,6 +285,7 @@ def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix()
 
     backend = LlamaCppTeacher(TeacherConfig(backend="llama_cpp", model="smollm2-135m-instruct", max_tokens=40,
                                             n_ctx=1024, temperature=0.0, concurrency=3))
+    backend.token_probs = True  # as make_teacher sets it for a critic with a `confident` check
     strict = {"type": "object", "properties": {"code": {"const": "QX-17"}}, "required": ["code"]}
     cities = ["Rome", "Oslo", "Lima", "Kyoto", "Quito"]
     greedy = {"max_tokens": 40, "temperature": 0.0}
@@ -239,7 +315,7 @@ def test_llama_cpp_backend_batches_concurrent_requests_and_shares_their_prefix()
     trip = json.loads(together[-1].text)
     assert isinstance(trip["city"], str) and isinstance(trip["days"], int)
     assert together[0].text[:20] == alone.text[:20]  # greedy: the same start alone and in a batch
-    for reply in together:  # a schema reply says how sure the model was of each token; a free one does not
+    for reply in together:  # asked, a schema reply says how sure the model was of each token; a free one does not
         if reply.token_probs is None:
             continue
         assert "".join(piece for piece, _ in reply.token_probs) == reply.text

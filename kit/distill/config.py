@@ -166,7 +166,9 @@ class ConfidentVerifier(StrictModel):
     type: Literal["confident"]
     min_p: float = Field(0.5, gt=0.0, lt=1.0, description="cut a sample whose answer holds a token the teacher gave "
                          "less than this probability (temperature 1, among the tokens its grammar allowed): the "
-                         "teacher was torn between answers there. Needs a local llama_cpp teacher; others pass")
+                         "teacher was torn between answers there. A local llama_cpp teacher reports these; an "
+                         "OpenAI-compatible endpoint's `logprobs` (taken before its grammar) are used where it "
+                         "returns them; other teachers' answers pass")
 
 
 Verifier = Annotated[

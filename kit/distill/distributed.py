@@ -86,13 +86,15 @@ class GenerationWorker:
     def __init__(self, config_json: str, failures: list[str]):
         import ray
 
-        from kit.distill.items import ItemMaker, task_critic
+        from kit.distill.items import ItemMaker, task_critic, wants_token_probs
 
         cache_server = ray.get_actor(CACHE_NAME)
 
         # the config travels as JSON: small enough for Ray to pass inline, so a restarted worker still has it
         self.config = config = GenerateConfig.model_validate_json(config_json)
-        self.teacher = TeacherClient(make_backend(config.teacher), RemoteCache(cache_server))
+        backend = make_backend(config.teacher)
+        backend.token_probs = wants_token_probs(config)
+        self.teacher = TeacherClient(backend, RemoteCache(cache_server))
         critic, self.judges = task_critic(config, self.teacher,
                                           lambda judge: TeacherClient(make_backend(judge), RemoteCache(cache_server)))
         self.maker = ItemMaker(config, self.teacher, critic, failures)
@@ -122,7 +124,7 @@ class GenerationWorker:
         return [asdict(client.usage) for client in [self.teacher, *self.judges]]
 
     def notes(self) -> list[str]:
-        return self.maker.notes
+        return self.maker.notes + self.teacher.backend.notes()
 
 
 class WorkersUsage:

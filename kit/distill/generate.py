@@ -22,7 +22,7 @@ from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection
 from kit.distill.critic.base import Answer, input_text
-from kit.distill.items import ItemMaker, TargetReached, task_critic
+from kit.distill.items import ItemMaker, TargetReached, task_critic, wants_token_probs
 from kit.distill.prompts import ParseError, answer_from_value
 from kit.distill.sample_store import SAMPLES, STATS, SampleStore, probe_ids, read_jsonl, sample_id, split_ids, write_dataset
 from kit.distill.stats import GenerationProgress, build_stats, step_names
@@ -82,7 +82,7 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         workers = distributed.RayWorkers(config, folder / CACHE_FILE, failed_inputs(config.round.failures_file),
                                          config.ray_workers)
     else:
-        teacher = make_teacher(config.teacher, folder / CACHE_FILE)
+        teacher = make_teacher(config.teacher, folder / CACHE_FILE, token_probs=wants_token_probs(config))
     try:
         if workers is not None:
             await workers.check()
@@ -102,6 +102,8 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
             else:
                 await generation.fill()
         clients: list = [teacher, *judges]
+        if teacher is not None:
+            generation.maker.notes += teacher.backend.notes()
         if workers is not None:
             generation.maker.notes += await workers.actors[0].notes.remote()
             clients = [distributed.WorkersUsage(usage, workers.cache_view) for usage in await workers.usages()]

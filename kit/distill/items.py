@@ -41,6 +41,11 @@ class TargetReached(Exception):
     pass
 
 
+def wants_token_probs(config: GenerateConfig) -> bool:
+    """Whether the teacher should report how sure it was of each answer token (a `confident` check reads them)."""
+    return any(v.type == "confident" for v in config.critic.verifiers)
+
+
 def task_critic(config: GenerateConfig, teacher: TeacherClient | None,
                 new_client: Callable[[TeacherConfig], TeacherClient] | None) -> tuple[Critic, list[TeacherClient]]:
     """The recipe's critic, and the clients made for judges that name a teacher of their own (`new_client`);

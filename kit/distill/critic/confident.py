@@ -5,9 +5,11 @@ A teacher asked about a request it cannot place still writes an answer, and a wr
 learns those as the answer for anything it cannot place. What gives such a label away is how the teacher wrote
 it: at the token that picks the tool or the setting it was torn between several. A local llama_cpp teacher
 reports, for each token it writes under the JSON schema, the probability it gave that token (temperature 1,
-among the tokens the grammar allowed, kit.distill.teachers); a sample whose answer holds a token below `min_p` is
-cut, and the reason names the token. The check costs no teacher token. Answers of a teacher that reports no
-probabilities (an HTTP endpoint, a transformers model) pass, and `stats.json` notes it once. Meant for answers
+among the tokens the grammar allowed, kit.distill.teachers); an OpenAI-compatible endpoint is asked for its
+`logprobs`, the model's probabilities before the grammar, which are never higher, so the check is stricter there.
+A sample whose answer holds a token below `min_p` is cut, and the reason names the token. The check costs no
+teacher token. Answers of a teacher that reports no probabilities (a transformers model, an endpoint that refuses
+or ignores `logprobs`) pass, and `stats.json` notes it once. Meant for answers
 that are choices (a tool, its arguments, copied spans, labels, numbers); free text has unsure tokens everywhere.
 """
 
@@ -50,7 +52,7 @@ class ConfidentCheck(Verifier):
         if answer.least_p is None:  # a label the vote composed has no tokens of its own: the vote checked it
             if not self._noted and candidate.votes <= 1:
                 self.notes.append("the teacher reports no token probabilities, so every answer passes "
-                                  "(a local llama_cpp teacher reports them)")
+                                  "(a local llama_cpp teacher reports them, and endpoints that return `logprobs`)")
                 self._noted = True
             return None
         if answer.least_p < self.config.min_p:

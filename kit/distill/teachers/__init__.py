@@ -28,9 +28,13 @@ def make_backend(config: TeacherConfig) -> TeacherBackend:
     return getattr(import_module(module), cls)(config)
 
 
-def make_teacher(config: TeacherConfig, cache_path: Path | None) -> TeacherClient:
-    """A ready client for the configured backend; `cache_path` None disables the request cache."""
-    return TeacherClient(make_backend(config), RequestCache(cache_path) if cache_path else None)
+def make_teacher(config: TeacherConfig, cache_path: Path | None, token_probs: bool = False) -> TeacherClient:
+    """A ready client for the configured backend; `cache_path` None disables the request cache. With `token_probs`
+    the backend reports how sure it was of each token of a reply under a JSON schema, where it can (the
+    `confident` check reads them)."""
+    backend = make_backend(config)
+    backend.token_probs = token_probs
+    return TeacherClient(backend, RequestCache(cache_path) if cache_path else None)
 
 
 __all__ = ["Completion", "RequestCache", "TEACHERS", "TeacherBackend", "TeacherClient", "TeacherRequestFailed",

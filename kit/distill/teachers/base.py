@@ -24,8 +24,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
-    # (token text, probability) of each generated token, from a teacher that reports them (a local llama_cpp
-    # one, for requests with a JSON schema); None otherwise
+    # (token text, probability) of each generated token of a reply under a JSON schema, from a teacher asked for
+    # them (`make_teacher(..., token_probs=True)`) that reports them; None otherwise
     token_probs: tuple[tuple[str, float], ...] | None = None
 
 
@@ -51,6 +51,11 @@ class TeacherBackend(ABC):
 
     def __init__(self, config: TeacherConfig):
         self.config = config
+        self.token_probs = False  # report each token's probability in replies under a JSON schema (make_teacher)
+
+    def notes(self) -> list[str]:
+        """What stats.json should say about this teacher's replies (e.g. how its token probabilities were taken)."""
+        return []
 
     @property
     def where(self) -> str:

@@ -6,7 +6,8 @@ prefix, so each system prompt gets its own context (the weights are memory-mappe
 on CPU this turns a ~1,300-token few-shot prompt into the few dozen tokens of the new input.
 
 JSON-Schema requests use the runtime's grammar-last sampler: as fast as free sampling, always valid. In the
-batch engine they also report how sure the model was of each token (the `confident` verifier reads it).
+batch engine, when asked (`token_probs`), they also report how sure the model was of each token, among the
+tokens the grammar allowed (the `confident` verifier reads it).
 
 A model that carries its chat template (every current GGUF) runs in a `BatchEngine` instead: up to
 `teacher.concurrency` requests decode together and share cached prefixes across slots.
@@ -100,7 +101,7 @@ class LlamaCppTeacher(TeacherBackend):
                 await asyncio.to_thread(self._start)
         if self._engine is not None:
             try:
-                reply = await asyncio.wrap_future(self._engine.submit(messages, schema, params, record_probs=True))
+                reply = await asyncio.wrap_future(self._engine.submit(messages, schema, params, record_probs=self.token_probs))
             except ContextLengthError as err:
                 raise UserError(f"{err}: raise teacher.n_ctx in the recipe") from None
             return Completion(reply.text, reply.prompt_tokens, reply.completion_tokens, token_probs=reply.token_probs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class Endpoint:
     url: str
     http: Any
     response_format: str  # the JSON-Schema form this endpoint speaks (found out per endpoint)
+    logprobs: bool = True  # False once it refused `logprobs` (some models do); then its replies carry none
     in_flight: int = 0
     requests: int = 0  # answered
     failures: int = 0  # requests that failed here (the retry went elsewhere)
@@ -66,6 +68,18 @@ class OpenAITeacher(TeacherBackend):
     @property
     def where(self) -> str:
         return ", ".join(e.url for e in self.endpoints)
+
+    def notes(self) -> list[str]:
+        if not self.token_probs:
+            return []
+        notes = ["token probabilities come from the endpoint's `logprobs`: the model's own, before the JSON grammar "
+                 "masked its choices, so never above the probability among the tokens the grammar allowed (what a "
+                 "local llama_cpp teacher reports); the `confident` check cuts at least as much as with it"]
+        refused = [e.url for e in self.endpoints if not e.logprobs]
+        if refused:
+            notes.append(f"{', '.join(refused)} refused `logprobs`: its answers carry no token probabilities and "
+                         "pass the `confident` check")
+        return notes
 
     def endpoint_figures(self) -> dict[str, dict[str, Any]] | None:
         """Requests answered and failed per endpoint (None with a single endpoint)."""
@@ -111,13 +125,22 @@ class OpenAITeacher(TeacherBackend):
         body: dict[str, Any] = {"model": self.config.model, "messages": messages, **params}
         if schema is not None:
             body["response_format"] = self._response_format(endpoint, schema)
+            if self.token_probs and endpoint.logprobs:  # the chosen token's own log probability, no alternatives
+                body |= {"logprobs": True, "top_logprobs": 1}  # (llama-cpp-python's server needs top_logprobs)
         response = await self._post(endpoint, body)
-        # llama-cpp-python's server answers a response_format it does not know with 500, others with 400/422
-        sent = body.get("response_format", {}).get("type")
-        if response.status_code >= 400 and sent == "json_schema" and self.config.response_format == "auto" \
-                and "response_format" in response.text:
-            endpoint.response_format = "json_object"  # the endpoint told us which form it speaks; keep using it
-            body["response_format"] = self._response_format(endpoint, schema)
+        for _ in range(2):  # an endpoint may refuse both the response_format form and logprobs, once each
+            if response.status_code < 400:
+                break
+            # llama-cpp-python's server answers a response_format it does not know with 500, others with 400/422
+            sent = body.get("response_format", {}).get("type")
+            if sent == "json_schema" and self.config.response_format == "auto" and "response_format" in response.text:
+                endpoint.response_format = "json_object"  # the endpoint told us which form it speaks; keep using it
+                body["response_format"] = self._response_format(endpoint, schema)
+            elif "logprobs" in body and response.status_code in (400, 422) and "logprob" in response.text:
+                endpoint.logprobs = False  # e.g. a reasoning model: "logprobs are not supported with this model"
+                del body["logprobs"], body["top_logprobs"]
+            else:
+                break
             response = await self._post(endpoint, body)
         return _parse(response, endpoint.url)
 
@@ -181,7 +204,19 @@ def _parse(response, base_url: str) -> Completion:
         usage = data.get("usage") or {}
     except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
         raise TransientTeacherError(f"malformed response: {err.__class__.__name__}") from None
-    return Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                      token_probs=_token_probs(choice.get("logprobs")))
+
+
+def _token_probs(logprobs: Any) -> tuple[tuple[str, float], ...] | None:
+    """(token, probability) per token from a chat choice's `logprobs.content` (the OpenAI form, also vLLM's,
+    llama.cpp's and llama-cpp-python's); None when the endpoint sent none or something else."""
+    try:
+        content = logprobs["content"]
+        pairs = tuple((str(t["token"]), math.exp(min(0.0, float(t["logprob"])))) for t in content)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return pairs or None
 
 
 def _is_number(value: str | None) -> bool:
