@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -44,6 +44,18 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "keep-last-12": {"train": {"keep": "last", "early_stopping_patience": 0, "epochs": 12}},
     "keep-last-lr5e-4-8": {"train": {"keep": "last", "early_stopping_patience": 0, "epochs": 8,
                                      "learning_rate": 5e-4}},
+    # the recipe as it is, another training seed (LoRA init, row order): how far training alone moves the score
+    "train-seed-1": {"train": {"seed": 1}},
+    "train-seed-2": {"train": {"seed": 2}},
+    # the source's samples whose least sure answer token is below a higher `confident` min_p left out (no refill:
+    # the variant trains on fewer rows)
+    "confident-0.7": {},
+    "confident-0.8": {},
+}
+# variant -> which of the source's samples it keeps (every one, for variants not named here)
+SAMPLE_FILTERS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "confident-0.7": lambda row: row.get("least_p", 1.0) >= 0.7,
+    "confident-0.8": lambda row: row.get("least_p", 1.0) >= 0.8,
 }
 
 
@@ -122,10 +134,11 @@ def main() -> None:
     for name in args.variants.split(","):
         if name not in VARIANTS:
             sys.exit(f"unknown variant {name}: use {', '.join(VARIANTS)}")
-        path = variant_recipe(args.recipe, name, VARIANTS[name], len(samples), args.epochs)
+        kept = [dict(row, index=i) for i, row in enumerate(r for r in samples if SAMPLE_FILTERS.get(name, bool)(r))]
+        path = variant_recipe(args.recipe, name, VARIANTS[name], len(kept), args.epochs)
         task = yaml.safe_load(path.read_text())["task"]["name"]
         run = args.runs / task
-        prepare(run, args.source, samples)
+        prepare(run, args.source, kept)
         command = [sys.executable, "-m", "kit", "build", str(path), "--runs", str(args.runs), "--no-serve-check"]
         print(f"==> {name}: {' '.join(command)}", flush=True)
         subprocess.run(command, check=True)

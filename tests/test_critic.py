@@ -184,7 +184,9 @@ def test_two_verifiers_of_one_type_both_run_and_are_reported_apart(tmp_path):
     by_output = review(c, candidate("the distance is four hundred and sixty five km", "how far is it by rail"))
     assert by_input.verifier == "decontaminate (verifier 1)" and "5-gram" in by_input.reason
     assert by_output.verifier == "decontaminate (verifier 3)" and "5-gram" in by_output.reason
-    assert step_names(c)[3:6] == ["decontaminate (verifier 1)", "dedup", "decontaminate (verifier 3)"]
+    # the checks of the input alone come first (before voting and the answer checks), each keeping its number
+    assert step_names(c) == ["parse", "decontaminate (verifier 1)", "dedup", "self_consistency", "input",
+                             "decontaminate (verifier 3)", "duplicate"]
 
 
 def test_an_unknown_verifier_type_names_the_known_ones():

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -622,6 +623,33 @@ def test_the_same_teacher_replies_give_the_same_samples_whatever_order_they_come
     assert any(r["verifier"] == "dedup" for r in rejected_a)  # the order mattered somewhere
     assert [(r["index"], r["id"]) for r in kept_a] == [(r["index"], r["id"]) for r in kept_b]
     assert [(r["index"], r["reason"]) for r in rejected_a] == [(r["index"], r["reason"]) for r in rejected_b]
+
+
+def _written_inputs(reply: dict) -> list[str]:
+    content = json.loads(reply["choices"][0]["message"]["content"])
+    return content["inputs"] if "inputs" in content else [content["input"]]
+
+
+def test_a_near_duplicate_input_is_cut_before_its_answer_is_paid_for(tmp_path, fake_teacher):
+    teacher = fake_teacher(vocab=VOCAB[:2])  # two words: many near-duplicates
+    recipe = load_recipe(write_recipe(tmp_path, teacher.url, target=12, data_extra=", evolve_fraction: 0.0"))
+    run_dir = RunDir(tmp_path / "run")
+    run(generate_config(recipe), run_dir)
+    rejected = read_jsonl(run_dir.data / "rejected.jsonl")
+    unanswered = [r for r in rejected if r["verifier"] == "dedup" and "output" not in r]
+    assert unanswered, "some near-duplicates should be cut before the teacher answers them"
+    def properties(request: dict) -> dict:
+        return request["response_format"]["json_schema"]["schema"]["properties"]
+
+    written = Counter(text for r in teacher.requests if {"input", "inputs"} & set(properties(r))
+                      for text in _written_inputs(teacher.reply(r)))
+    answered = Counter(r["messages"][-1]["content"] for r in teacher.requests if "answer" in properties(r))
+    cut_first = Counter(r["input"] for r in unanswered)
+    # every written input is answered or cut before its answer, never both
+    assert all(answered[text] + cut_first[text] <= written[text] for text in cut_first)
+    stats = json.loads((run_dir.data / "stats.json").read_text())
+    steps = [s["step"] for s in stats["steps"]]
+    assert steps.index("dedup") < steps.index("json_schema")  # the input's own checks come first
 
 
 def test_requests_spread_over_several_endpoints_and_one_that_dies_is_set_aside(tmp_path, fake_teacher):

@@ -268,6 +268,9 @@ class Generation:
         """Runs without awaiting: the re-check, the id check and the write happen as one step."""
         if self.store.accepted >= self.target:
             return  # a late finisher; its requests stay cached for a later, larger run
+        written_input = candidate.get("input") if isinstance(candidate, dict) else candidate.input
+        if written_input is not None:  # the input checks come first, whatever else objected (or was not asked)
+            rejection = self.critic.recheck_input(Candidate(index, written_input, []), rejection)
         if isinstance(candidate, Candidate) and (rejection is None or rejection.verifier in self.critic.stateful_labels):
             # against everything written before this index: a near-duplicate found at review time names the
             # same first objection it would have met had every earlier index been written by then

@@ -121,6 +121,9 @@ class ItemMaker:
         except ParseError as err:
             raw = getattr(err, "raw", "")
             return {"input": None, "origin": item.origin, "raw": raw[:500]}, Rejection("parse", f"input: {err}")
+        # a near-duplicate of a kept sample, or a copy of an eval item, is cut before its answer is paid for
+        if (rejection := await self.critic.review_input(Candidate(index, task_input, [], origin=item.origin))):
+            return {"input": task_input, "origin": item.origin}, rejection
         self._stop_if_done()
         n = config.data.answers_per_input
         messages = answer_messages(config, item, task_input)

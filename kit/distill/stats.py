@@ -17,8 +17,11 @@ from kit.distill.sample_store import SampleStore
 
 
 def step_names(critic: Critic) -> list[str]:
-    """The order every candidate passes through: reply parsing, voting, the recipe's verifiers, the id check."""
-    return ["parse", "self_consistency", "input", *(v.label for v in critic.verifiers), "duplicate"]
+    """The order every candidate passes through: reply parsing, the checks of the input alone, voting, the
+    answer-in-input check, the recipe's other verifiers, the id check."""
+    first = [v.label for v in critic.verifiers if v.input_only]
+    rest = [v.label for v in critic.verifiers if not v.input_only]
+    return ["parse", *first, "self_consistency", "input", *rest, "duplicate"]
 
 
 def build_stats(config, store: SampleStore, steps: list[str], clients: list, elapsed: float, accepted_now: int,

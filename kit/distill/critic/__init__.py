@@ -32,23 +32,51 @@ def step_label(verifier_type: str, step: int, repeated: bool) -> str:
 
 
 class Critic:
+    """The checks that read only the input (`dedup`, `decontaminate` of inputs) come first, in the recipe's order,
+    and run before the teacher is paid to answer an input; the checks of the answer follow, in the recipe's order."""
+
     def __init__(self, verifiers: list[Verifier]):
-        self.verifiers = verifiers
         counts = Counter(v.type for v in verifiers)
         for step, verifier in enumerate(verifiers, 1):
             verifier.step = step
             verifier.label = step_label(verifier.type, step, repeated=counts[verifier.type] > 1)
+        self.verifiers = [v for v in verifiers if v.input_only] + [v for v in verifiers if not v.input_only]
 
     async def review(self, candidate: Candidate) -> Rejection | None:
-        """Run every verifier in order; the first that objects names the rejection. Before any of them: an
-        input that already holds its own answer teaches nothing (teachers sometimes write the answer in)."""
+        """Run every verifier in order; the first that objects names the rejection. After the input checks and
+        before the others: an input that already holds its own answer teaches nothing (teachers sometimes write
+        the answer in)."""
+        if (rejection := await self.review_input(candidate)) is not None:
+            return rejection
         if answer_in_input(candidate):
             return Rejection("input", "the input already contains its answer")
         for verifier in self.verifiers:
-            reason = await verifier.check(candidate)
-            if reason is not None:
+            if not verifier.input_only and (reason := await verifier.check(candidate)) is not None:
                 return Rejection(verifier.label, reason)
         return None
+
+    async def review_input(self, candidate: Candidate) -> Rejection | None:
+        """The checks that read only the input (the candidate needs no answer yet)."""
+        for verifier in self.verifiers:
+            if verifier.input_only:
+                reason = verifier.check_now(candidate) if verifier.stateful else await verifier.check(candidate)
+                if reason is not None:
+                    return Rejection(verifier.label, reason)
+        return None
+
+    def recheck_input(self, candidate: Candidate, rejection: Rejection | None) -> Rejection | None:
+        """The first objection among the input checks as the sample is written, else `rejection` (what was found
+        before). They come first, so the stateful ones name a near-duplicate whatever else objected, or whether
+        the answer was asked for at all: samples are written in plan order and a check only learns of more, so an
+        input cut before its answer is cut here too, and the outcome does not depend on timing."""
+        for verifier in self.verifiers:
+            if not verifier.input_only:
+                break
+            if verifier.stateful and (reason := verifier.check_now(candidate)) is not None:
+                return Rejection(verifier.label, reason)
+            if rejection is not None and rejection.verifier == verifier.label:
+                return rejection
+        return rejection
 
     def recheck(self, candidate: Candidate) -> Rejection | None:
         """Stateful checks again, with no await before the sample is written (concurrent near-duplicates)."""

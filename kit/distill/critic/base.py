@@ -74,6 +74,7 @@ class Verifier:
 
     type: str = ""  # the recipe's `type` that selects this class
     stateful: bool = False
+    input_only: bool = False  # reads only the input: checked before the teacher is paid to answer it
     step: int = 0  # 1-based position among the critic's verifiers (set by the Critic)
     label: str = ""  # how rejections and stats name this step (set by the Critic)
     notes: list[str]

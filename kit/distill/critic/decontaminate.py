@@ -90,6 +90,7 @@ class DecontaminateCheck(Verifier):
 
     def __init__(self, config, context: CriticContext):
         super().__init__(config, context)
+        self.input_only = list(config.fields) == ["input"]
         self.items: dict[str, EvalItems] = {}
         if context.eval_file is None:
             self.notes.append("no eval.file in the recipe: nothing to decontaminate against")
@@ -105,9 +106,8 @@ class DecontaminateCheck(Verifier):
                 "fields": list(self.config.fields)}
 
     async def check(self, candidate: Candidate) -> str | None:
-        mine = {"input": candidate.input_text, "output": candidate.answer.output}
         for field, items in self.items.items():
-            share, item = items.most_covered(mine[field])
+            share, item = items.most_covered(candidate.input_text if field == "input" else candidate.answer.output)
             if item is not None and share >= self.config.max_coverage:
                 return (f"covers {share:.0%} of eval item {item + 1}'s {self.config.ngram}-grams ({field}: "
                         f"'{items.texts[item][:80]}')")

@@ -16,6 +16,7 @@ def shingles(text: str, n: int = 3) -> set[str]:
 class DedupCheck(Verifier):
     type = "dedup"
     stateful = True
+    input_only = True
 
     def __init__(self, config, context: CriticContext):
         super().__init__(config, context)
