@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -111,24 +112,55 @@ def test_decontaminate_cuts_overlap_with_the_eval_set(tmp_path):
     eval_file = tmp_path / "eval.jsonl"
     eval_file.write_text(json.dumps({"input": "a long question about the distance from paris to lyon by train",
                                      "output": "465 km"}) + "\n")
-    c = critic(DecontaminateVerifier(type="decontaminate", ngram=5), eval_file=eval_file)
+    c = critic(DecontaminateVerifier(type="decontaminate", rule="coverage", ngram=5), eval_file=eval_file)
     leaked = candidate("465 km", "tell me the distance from paris to lyon by train please")
     assert "of eval item 1's 5-grams" in review(c, leaked).reason
     assert review(c, candidate("12 km", "how far is the beach from the station")) is None
     assert review(c, candidate("465 km", "how long is the drive to the coast")) is None  # answers: not compared
-    both = critic(DecontaminateVerifier(type="decontaminate", ngram=5, fields=["input", "output"]), eval_file=eval_file)
+    both = critic(DecontaminateVerifier(type="decontaminate", rule="coverage", ngram=5, fields=["input", "output"]),
+                  eval_file=eval_file)
     assert review(both, candidate("465 km", "how far to go")).verifier == "decontaminate"  # short texts: exact copies
 
 
-def test_decontaminate_cuts_a_paraphrase_and_keeps_a_shared_generic_phrase(tmp_path):
-    """The rule is the share of one eval item a sample covers: a paraphrase that keeps most of a question is
-    cut; a new question that only shares a stock phrase with it ("what is the average number of") is kept."""
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("example, copies, new_questions", [
+    ("tool-calling",
+     ["wake me up at 7", "set volume to 50%", "turn on wifi"],
+     ["wake me up at 7:15 please", "wake me up at 6:45 tomorrow", "set a timer for 10 minutes",
+      "set a timer for 5 minutes please", "set the volume to maximum", "turn off the wifi"]),
+    ("text-to-sql",
+     ["What customers have never placed an order?", "How many reviews are there?",
+      "What is the average price of all products in the Electronics category?"],
+     ["What is the average rating given by customers from France?", "How many reviews are there for the Smart Phone?",
+      "List the names of customers who live in the United States and have placed more than 5 orders",
+      "What is the total revenue from orders placed by customers from Spain?",
+      "What is the total stock of all products in the Electronics category?"]),
+])
+def test_decontaminate_cuts_copies_and_paraphrases_and_keeps_new_questions_that_share_stock_words(
+        example, copies, new_questions):
+    """On the examples' own eval sets: a copy, or a paraphrase that changes only stock words, is cut; a question
+    that shares the stock words but changes what makes it itself (a number, a city, a condition) is kept."""
+    c = critic(DecontaminateVerifier(type="decontaminate"), eval_file=EXAMPLES / example / "eval.jsonl")
+    for text in copies:
+        rejection = review(c, candidate("y", text))
+        assert rejection is not None and "like eval item" in rejection.reason, text
+    for text in new_questions:
+        assert review(c, candidate("y", text)) is None, text
+    assert any("70% like one eval item's" in note for note in c.notes)
+    assert c.verifiers[0].rule["rule"] == "similarity" and c.verifiers[0].rule["min_similarity"] == 0.7
+
+
+def test_decontaminate_coverage_rule_cuts_a_paraphrase_and_keeps_a_shared_generic_phrase(tmp_path):
+    """The coverage rule is the share of one eval item a sample covers: a paraphrase that keeps most of a question
+    is cut; a new question that only shares a stock phrase with it ("what is the average number of") is kept."""
     eval_file = tmp_path / "eval.jsonl"
     eval_file.write_text("\n".join(json.dumps({"input": q, "output": "x"}) for q in (
         "What is the average number of items per order for customers in Berlin?",
         "What is the total number of reviews with a rating of 5?",
         "set a timer for 5 minutes", "wake me up at 7", "what's the weather in Tokyo today")) + "\n")
-    c = critic(DecontaminateVerifier(type="decontaminate"), eval_file=eval_file)
+    c = critic(DecontaminateVerifier(type="decontaminate", rule="coverage"), eval_file=eval_file)
     paraphrase = review(c, candidate("y", "what's the average number of items per order for the customers in Berlin"))
     assert paraphrase is not None and "eval item 1" in paraphrase.reason
     assert review(c, candidate("y", "Give me the total number of reviews with a rating of 5 please")) is not None
@@ -177,8 +209,9 @@ def test_two_verifiers_of_one_type_both_run_and_are_reported_apart(tmp_path):
     eval_file = tmp_path / "eval.jsonl"
     eval_file.write_text(json.dumps({"input": "a long question about the distance from paris to lyon by train",
                                      "output": "the distance is four hundred and sixty five km"}) + "\n")
-    c = critic(DecontaminateVerifier(type="decontaminate", ngram=5), DedupVerifier(type="dedup"),
-               DecontaminateVerifier(type="decontaminate", ngram=5, fields=["output"]), eval_file=eval_file)
+    c = critic(DecontaminateVerifier(type="decontaminate", rule="coverage", ngram=5), DedupVerifier(type="dedup"),
+               DecontaminateVerifier(type="decontaminate", rule="coverage", ngram=5, fields=["output"]),
+               eval_file=eval_file)
     assert [(v.type, v.step) for v in c.verifiers] == [("decontaminate", 1), ("dedup", 2), ("decontaminate", 3)]
     by_input = review(c, candidate("12 km", "tell me the distance from paris to lyon by train please"))
     by_output = review(c, candidate("the distance is four hundred and sixty five km", "how far is it by rail"))

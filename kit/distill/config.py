@@ -151,10 +151,17 @@ class GroundedVerifier(StrictModel):
 
 class DecontaminateVerifier(StrictModel):
     type: Literal["decontaminate"]
-    ngram: int = Field(4, ge=2, le=64, description="word n-gram length (an eval item shorter than n counts whole)")
-    max_coverage: float = Field(0.5, gt=0.0, le=1.0, description="cut a sample holding at least this share of one "
-                                "eval item's n-grams (and more than one): a copy or close paraphrase covers most "
-                                "of an item, a shared generic phrase a small part")
+    rule: Literal["similarity", "coverage"] = Field(
+        "similarity", description="similarity: the words of sample and eval item, each weighted by its rarity among "
+                                  "the eval items (min_similarity); coverage: the share of an eval item's word "
+                                  "n-grams the sample holds (ngram, max_coverage)")
+    min_similarity: float = Field(0.7, gt=0.0, le=1.0, description="similarity rule: cut a sample whose words are "
+                                  "at least this much like one eval item's (rarity-weighted share of the words of "
+                                  "both that they have in common; more than one shared word)")
+    ngram: int = Field(4, ge=2, le=64, description="coverage rule: word n-gram length (an eval item shorter than n "
+                       "counts whole)")
+    max_coverage: float = Field(0.5, gt=0.0, le=1.0, description="coverage rule: cut a sample holding at least this "
+                                "share of one eval item's n-grams (and more than one)")
     fields: list[Literal["input", "output"]] = Field(
         default_factory=lambda: ["input"], min_length=1,
         description="what is compared with the same field of the eval set: inputs (the default) and/or outputs. "
