@@ -92,9 +92,7 @@ class GenerationWorker:
 
         # the config travels as JSON: small enough for Ray to pass inline, so a restarted worker still has it
         self.config = config = GenerateConfig.model_validate_json(config_json)
-        backend = make_backend(config.teacher)
-        backend.token_probs = wants_token_probs(config)
-        self.teacher = TeacherClient(backend, RemoteCache(cache_server))
+        self.teacher = TeacherClient(make_backend(config.teacher, wants_token_probs(config)), RemoteCache(cache_server))
         critic, self.judges = task_critic(config, self.teacher,
                                           lambda judge: TeacherClient(make_backend(judge), RemoteCache(cache_server)))
         self.maker = ItemMaker(config, self.teacher, critic, failures)

@@ -79,9 +79,10 @@ class Critic:
         return rejection
 
     def recheck(self, candidate: Candidate) -> Rejection | None:
-        """Stateful checks again, with no await before the sample is written (concurrent near-duplicates)."""
+        """The stateful checks of the answer again, with no await before the sample is written (concurrent
+        near-duplicates); the input's own were asked just before (recheck_input)."""
         for verifier in self.verifiers:
-            if verifier.stateful and (reason := verifier.check_now(candidate)) is not None:
+            if verifier.stateful and not verifier.input_only and (reason := verifier.check_now(candidate)) is not None:
                 return Rejection(verifier.label, reason)
         return None
 

@@ -23,18 +23,19 @@ TEACHERS = {
 }
 
 
-def make_backend(config: TeacherConfig) -> TeacherBackend:
+def make_backend(config: TeacherConfig, token_probs: bool = False) -> TeacherBackend:
+    """The configured backend; with `token_probs` it reports how sure it was of each token of a reply under a JSON
+    schema, where it can (the `confident` check reads them)."""
     module, cls = TEACHERS[config.backend].split(":")
-    return getattr(import_module(module), cls)(config)
+    backend = getattr(import_module(module), cls)(config)
+    backend.token_probs = token_probs
+    return backend
 
 
 def make_teacher(config: TeacherConfig, cache_path: Path | None, token_probs: bool = False) -> TeacherClient:
-    """A ready client for the configured backend; `cache_path` None disables the request cache. With `token_probs`
-    the backend reports how sure it was of each token of a reply under a JSON schema, where it can (the
-    `confident` check reads them)."""
-    backend = make_backend(config)
-    backend.token_probs = token_probs
-    return TeacherClient(backend, RequestCache(cache_path) if cache_path else None)
+    """A ready client for the configured backend (`token_probs`: see make_backend); `cache_path` None disables the
+    request cache."""
+    return TeacherClient(make_backend(config, token_probs), RequestCache(cache_path) if cache_path else None)
 
 
 __all__ = ["Completion", "RequestCache", "TEACHERS", "TeacherBackend", "TeacherClient", "TeacherRequestFailed",
