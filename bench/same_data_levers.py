@@ -51,11 +51,20 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # the variant trains on fewer rows)
     "confident-0.7": {},
     "confident-0.8": {},
+    # training numerics: fp32 throughout (the CPU default before bf16 on AMX) and LoRA without dropout
+    "fp32": {"train": {"precision": "fp32"}},
+    "bf16": {"train": {"precision": "bf16"}},
+    "dropout-0": {"train": {"lora": {"dropout": 0.0}}},
+    # the first 200 of the source's samples (plan order): what the samples past 200 added
+    "first-200": {},
+    "first-150": {},
 }
 # variant -> which of the source's samples it keeps (every one, for variants not named here)
 SAMPLE_FILTERS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "confident-0.7": lambda row: row.get("least_p", 1.0) >= 0.7,
     "confident-0.8": lambda row: row.get("least_p", 1.0) >= 0.8,
+    "first-200": lambda row: row["index"] < 200,
+    "first-150": lambda row: row["index"] < 150,
 }
 
 

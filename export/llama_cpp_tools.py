@@ -18,12 +18,11 @@ def tools_root() -> Path:
 
 
 def tool(name: str) -> Path | None:
-    """The cached build of llama.cpp tool `name` for the installed llama-cpp-python version, or None."""
-    for folder in sorted(tools_root().glob(f"llama.cpp-{llama_cpp_version()}-*")):
-        path = folder / "bin" / name
-        if path.is_file():
-            return path
-    return None
+    """The cached build of llama.cpp tool `name` for the installed llama-cpp-python version, or None; of several
+    builds (other CMAKE_ARGS), the latest made."""
+    builds = [folder / "bin" / name for folder in tools_root().glob(f"llama.cpp-{llama_cpp_version()}-*")]
+    built = [path for path in builds if path.is_file()]
+    return max(built, key=lambda path: path.stat().st_mtime) if built else None
 
 
 def run_tool(name: str, args: list[str], what: str, timeout_s: float = 1800) -> str:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 CACHE="${MICROKIT_HOME:-$HOME/.cache/microkit}"
 LLAMA_VERSION="$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -n 1 | cut -d= -f3)"
-LLAMA_CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-$(scripts/llama_cmake_args.sh)}"
 LLAMA_KEY="$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)"
 SDIST="$CACHE/src/llama_cpp_python-$LLAMA_VERSION.tar.gz"
 TOOLS_DIR="$CACHE/tools/llama.cpp-$LLAMA_VERSION-$LLAMA_KEY"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 CACHE="${MICROKIT_HOME:-$HOME/.cache/microkit}"
 LLAMA_VERSION="$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -n 1 | cut -d= -f3)"
-LLAMA_CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-$(scripts/llama_cmake_args.sh)}"
 LLAMA_KEY="$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)"
 WHEEL_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_VERSION-$LLAMA_KEY"
 SDIST="$CACHE/src/llama_cpp_python-$LLAMA_VERSION.tar.gz"
@@ -66,4 +66,9 @@ echo "==> installing microkit[all,dev] into .venv"
 # torch first and alone: an already installed CUDA build of 2.13.0 satisfies the pin and is kept.
 "${PIP[@]}" install -q "torch==2.13.0"
 "${PIP[@]}" install -q --find-links "$WHEEL_DIR" -e ".[all,dev]"
+# a .venv that holds a llama-cpp-python build of other CMAKE_ARGS (same version, so pip kept it) takes this one
+if [ "$(cat .venv/.llama-cmake-key 2>/dev/null)" != "$LLAMA_KEY" ]; then
+    "${PIP[@]}" install -q --force-reinstall --no-deps "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
+    echo "$LLAMA_KEY" > .venv/.llama-cmake-key
+fi
 echo "==> ready: .venv/bin/kit --help"

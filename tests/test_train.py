@@ -203,8 +203,9 @@ def test_a_prompt_shared_by_the_batch_runs_once_with_the_same_loss_and_gradients
     from trainers.batching import PREFIX_IDS, shared_prefix_length
     from trainers.sft import TrainPaths, build_trainer
 
-    trainer, _ = build_trainer(fast_config(), resolve_base(str(tiny_llama)), None, load_dataset_dict(dataset_run.dataset),
-                               TrainPaths(tmp_path), "cpu", show_progress=False)
+    # fp32: the claim is exactness, which bf16 rounding would blur
+    trainer, _ = build_trainer(fast_config(precision="fp32"), resolve_base(str(tiny_llama)), None,
+                               load_dataset_dict(dataset_run.dataset), TrainPaths(tmp_path), "cpu", show_progress=False)
     examples = [trainer.train_dataset[i] for i in range(6)]
     shared = trainer.data_collator(examples)
     prefix = shared[PREFIX_IDS].shape[1]
@@ -269,6 +270,42 @@ def test_training_lowers_validation_loss_and_writes_figures(dataset_run, tiny_ll
     stamp = (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns
     assert train(fast_config(), str(tiny_llama), run, show_progress=False).key == manifest.key
     assert (run.adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_bf16_training_keeps_the_adapter_in_fp32_over_a_bf16_base(dataset_run, tiny_llama, tmp_path):
+    """precision bf16 on CPU: the frozen base is held in bf16, the LoRA weights train (and are saved) in fp32."""
+    from safetensors.torch import load_file
+    import torch
+
+    from kit.core.dataset import load_dataset_dict
+    from kit.models.base_model import resolve_base
+    from trainers.sft import TrainPaths, build_trainer, train
+
+    trainer, _ = build_trainer(fast_config(precision="bf16"), resolve_base(str(tiny_llama)), None,
+                               load_dataset_dict(dataset_run.dataset), TrainPaths(tmp_path / "t"), "cpu",
+                               show_progress=False)
+    dtypes = {n: p.dtype for n, p in trainer.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    assert trainer.args.bf16
+    run = fresh_run(dataset_run, tmp_path)
+    train(fast_config(precision="bf16"), str(tiny_llama), run, show_progress=False)
+    metrics = json.loads((run.train / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16" and metrics["validation_loss_after"] < metrics["validation_loss_before"]
+    assert {t.dtype for t in load_file(run.adapter / "adapter_model.safetensors").values()} == {torch.float32}
+
+
+def test_precision_auto_is_bf16_on_cuda_and_on_cpus_with_bf16_matrix_units(monkeypatch):
+    import trainers.model as model
+
+    auto = fast_config()
+    assert model.resolve_precision(auto, "cuda") == "bf16"
+    monkeypatch.setattr(model, "cpu_has_bf16_matmul", lambda: True)
+    assert model.resolve_precision(auto, "cpu") == "bf16"
+    monkeypatch.setattr(model, "cpu_has_bf16_matmul", lambda: False)
+    assert model.resolve_precision(auto, "cpu") == "fp32"
+    assert model.resolve_precision(fast_config(precision="bf16"), "cpu") == "bf16"
+    assert model.resolve_precision(fast_config(precision="fp32"), "cuda") == "fp32"
 
 
 def test_full_fine_tuning_trains_every_weight_and_merges_as_the_trained_model(dataset_run, tiny_llama, tmp_path):

@@ -55,6 +55,10 @@ class TrainConfig(StrictModel):
         "last", description="the weights the adapter ends with: last = the last step's (the default); best = the "
                             "epoch with the lowest validation loss")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 on CPU: the frozen base in bf16, the adapter in fp32, matmuls under autocast. Where the CPU has bf16
+    # matrix units (AMX) that trains 1.4x faster (135M student, LoRA; fp32 elsewhere, where bf16 is emulated)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on CUDA and on CPUs with bf16 matrix units (AMX), else fp32")
     threads: int | None = Field(None, ge=1, description="CPU threads per process; default: usable cores / local processes")
     seed: int = 0
     lora: LoraSettings = LoraSettings()

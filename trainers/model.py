@@ -25,6 +25,25 @@ def resolve_device(config: TrainConfig) -> str:
     return config.device
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """True where the CPU multiplies bf16 matrices in hardware (AMX tiles): there bf16 training is faster."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: stay with fp32
+        return False
+
+
+def resolve_precision(config: TrainConfig, device: str) -> str:
+    """'bf16' or 'fp32' for this device: auto takes bf16 on CUDA and on CPUs with AMX."""
+    if config.precision != "auto":
+        return config.precision
+    if device == "cuda":
+        return "bf16"
+    return "bf16" if cpu_has_bf16_matmul() else "fp32"
+
+
 def set_cpu_threads(processes: int, threads: int | None = None) -> int:
     """Use `threads`, else give each local process an equal share of the cores this process may run on."""
     import torch
@@ -45,11 +64,13 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(path: str, config: TrainConfig, device: str):
-    """fp32 on CPU; bf16 on CUDA; 4-bit NF4 weights with bf16 compute for QLoRA."""
+    """Weights in bf16 or fp32 (`resolve_precision`; on CPU, full fine-tuning keeps fp32 weights and computes under
+    bf16 autocast); 4-bit NF4 weights with bf16 compute for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": torch.float32 if device == "cpu" else torch.bfloat16}
+    bf16_weights = resolve_precision(config, device) == "bf16" and (device == "cuda" or config.method != "full")
+    kwargs: dict = {"dtype": torch.bfloat16 if bf16_weights else torch.float32}
     if config.method == "qlora":
         from accelerate import PartialState
         from transformers import BitsAndBytesConfig
@@ -64,11 +85,13 @@ def load_causal_lm(path: str, config: TrainConfig, device: str):
         raise UserError(f"cannot load base model from {path} ({err}): check student.model") from None
 
 
-def load_teacher(path: str, device: str):
+def load_teacher(path: str, device: str, precision: str | None = None):
+    """The distillation teacher, in `precision` (default: fp32 on CPU, bf16 on CUDA)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    precision = precision or ("fp32" if device == "cpu" else "bf16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:

@@ -27,7 +27,8 @@ from trainers.config import TrainConfig, TrainStageConfig
 from trainers.data import KEEP, tokenized_splits
 from trainers.distill import DistillCollator, check_same_tokenizer, with_teacher_topk
 from trainers.figures import loss_curves, plot_loss, write_metrics
-from trainers.model import load_causal_lm, load_tokenizer, lora_config, resolve_device, set_cpu_threads
+from trainers.model import (load_causal_lm, load_tokenizer, lora_config, resolve_device, resolve_precision,
+                            set_cpu_threads)
 
 STAGE = "train"
 
@@ -222,7 +223,7 @@ def training_args(config: TrainConfig, device: str, output_dir: Path, own_collat
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=device == "cpu",
-        bf16=device == "cuda",
+        bf16=resolve_precision(config, device) == "bf16",
         fp16=False,
         # rows arrive tokenized and truncated to max_seq_len (trainers/data.py); batches are concatenated into
         # one row with per-example position ids when packing is on, so no token is padding
@@ -291,6 +292,7 @@ def _metrics(trainer, progress, summary, base, config: TrainConfig, device: str,
         "method": config.method,
         "distill": config.distill.enabled,
         "device": device,
+        "precision": resolve_precision(config, device),
         "threads_per_process": threads,
         "processes": processes,
         "global_step": state.global_step,
