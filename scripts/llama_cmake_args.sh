@@ -5,7 +5,7 @@
 # (bench/teacher_batching.py). AMX stays off: this llama.cpp release crashes loading a model with it.
 # The build cache is keyed by these flags, so a machine with other instruction sets builds its own.
 set -euo pipefail
-flags="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)"
+flags="$(grep -m1 "^flags" "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null || true)"
 has() { [[ " $flags " == *" $1 "* ]]; }
 args="-DGGML_NATIVE=OFF"
 if has avx512f && has avx512cd && has avx512vl && has avx512dq && has avx512bw; then
