@@ -203,9 +203,8 @@ def test_a_prompt_shared_by_the_batch_runs_once_with_the_same_loss_and_gradients
     from trainers.batching import PREFIX_IDS, shared_prefix_length
     from trainers.sft import TrainPaths, build_trainer
 
-    # fp32: the claim is exactness, which bf16 rounding would blur
-    trainer, _ = build_trainer(fast_config(precision="fp32"), resolve_base(str(tiny_llama)), None,
-                               load_dataset_dict(dataset_run.dataset), TrainPaths(tmp_path), "cpu", show_progress=False)
+    trainer, _ = build_trainer(fast_config(), resolve_base(str(tiny_llama)), None, load_dataset_dict(dataset_run.dataset),
+                               TrainPaths(tmp_path), "cpu", show_progress=False)
     examples = [trainer.train_dataset[i] for i in range(6)]
     shared = trainer.data_collator(examples)
     prefix = shared[PREFIX_IDS].shape[1]
@@ -295,17 +294,12 @@ def test_bf16_training_keeps_the_adapter_in_fp32_over_a_bf16_base(dataset_run, t
     assert {t.dtype for t in load_file(run.adapter / "adapter_model.safetensors").values()} == {torch.float32}
 
 
-def test_precision_auto_is_bf16_on_cuda_and_on_cpus_with_bf16_matrix_units(monkeypatch):
-    import trainers.model as model
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
+    from trainers.model import resolve_precision
 
-    auto = fast_config()
-    assert model.resolve_precision(auto, "cuda") == "bf16"
-    monkeypatch.setattr(model, "cpu_has_bf16_matmul", lambda: True)
-    assert model.resolve_precision(auto, "cpu") == "bf16"
-    monkeypatch.setattr(model, "cpu_has_bf16_matmul", lambda: False)
-    assert model.resolve_precision(auto, "cpu") == "fp32"
-    assert model.resolve_precision(fast_config(precision="bf16"), "cpu") == "bf16"
-    assert model.resolve_precision(fast_config(precision="fp32"), "cuda") == "fp32"
+    assert resolve_precision(fast_config(), "cuda") == "bf16" and resolve_precision(fast_config(), "cpu") == "fp32"
+    assert resolve_precision(fast_config(precision="bf16"), "cpu") == "bf16"
+    assert resolve_precision(fast_config(precision="fp32"), "cuda") == "fp32"
 
 
 def test_full_fine_tuning_trains_every_weight_and_merges_as_the_trained_model(dataset_run, tiny_llama, tmp_path):

@@ -25,23 +25,11 @@ def resolve_device(config: TrainConfig) -> str:
     return config.device
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """True where the CPU multiplies bf16 matrices in hardware (AMX tiles): there bf16 training is faster."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # a torch without the probe: stay with fp32
-        return False
-
-
 def resolve_precision(config: TrainConfig, device: str) -> str:
-    """'bf16' or 'fp32' for this device: auto takes bf16 on CUDA and on CPUs with AMX."""
+    """'bf16' or 'fp32' for this device: auto takes bf16 on CUDA, fp32 on CPU."""
     if config.precision != "auto":
         return config.precision
-    if device == "cuda":
-        return "bf16"
-    return "bf16" if cpu_has_bf16_matmul() else "fp32"
+    return "bf16" if device == "cuda" else "fp32"
 
 
 def set_cpu_threads(processes: int, threads: int | None = None) -> int:
