@@ -51,7 +51,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # the variant trains on fewer rows)
     "confident-0.7": {},
     "confident-0.8": {},
-    # training numerics: fp32 throughout (the CPU default before bf16 on AMX) and LoRA without dropout
+    # training numerics: fp32 or bf16 whatever the device (auto: bf16 on CUDA, fp32 on CPU), LoRA without dropout
     "fp32": {"train": {"precision": "fp32"}},
     "bf16": {"train": {"precision": "bf16"}},
     "dropout-0": {"train": {"lora": {"dropout": 0.0}}},

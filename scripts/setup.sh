@@ -15,7 +15,8 @@ LLAMA_KEY="$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)"
 WHEEL_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_VERSION-$LLAMA_KEY"
 SDIST="$CACHE/src/llama_cpp_python-$LLAMA_VERSION.tar.gz"
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# a new .venv gets this llama-cpp-python build from the install below: noted, so it is not installed twice
+[ -x .venv/bin/python ] || { "$PYTHON" -m venv .venv && echo "$LLAMA_KEY" > .venv/.llama-cmake-key; }
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip wheel
 

@@ -73,13 +73,11 @@ def load_causal_lm(path: str, config: TrainConfig, device: str):
         raise UserError(f"cannot load base model from {path} ({err}): check student.model") from None
 
 
-def load_teacher(path: str, device: str, precision: str | None = None):
-    """The distillation teacher, in `precision` (default: fp32 on CPU, bf16 on CUDA)."""
+def load_teacher(path: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    precision = precision or ("fp32" if device == "cpu" else "bf16")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:
