@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import signal
@@ -426,9 +427,11 @@ def test_inputs_written_as_lists_each_item_answered_on_its_own(tmp_path, fake_te
     # each list is asked for once and feeds four items, each answered in its own request
     assert len({json.dumps([b["messages"], b["seed"]]) for b in lists}) == len(lists)
     attempts = len(read_jsonl(run_dir.data / "samples.jsonl")) + len(read_jsonl(run_dir.data / "rejected.jsonl"))
-    # every recorded attempt came from a list; the workers still waiting when the target was met (3 slots x 4
-    # items + 1) may have asked for a few more, which stay cached for a later, larger run
-    assert -(-attempts // 4) <= len(lists) <= -(-(attempts + 3 * 4 + 1) // 4) + 1
+    # every recorded attempt came from a list; workers go on taking items while an earlier, slower one holds
+    # up the writes, and those late finishers are not recorded once the target is met (their replies stay
+    # cached for a later, larger run), so what bounds the lists is the attempt budget, never more
+    budget = math.ceil(recipe.data.target_samples * recipe.critic.max_attempts_factor)
+    assert -(-attempts // 4) <= len(lists) <= -(-budget // 4)
     written = {s for b in lists for s in json.loads(teacher.reply(b)["choices"][0]["message"]["content"])["inputs"]}
     asked = {b["messages"][-1]["content"] for b in answers}
     assert asked <= written and len(asked) >= 10
