@@ -103,6 +103,10 @@ def test_kit_build_is_a_loop_over_the_stages_each_with_its_own_config(tmp_path):
     one_pass = build_steps(example, run, eval_teacher=False, threads=2)
     assert [(s.stage.name, s.stage.folder(s.run or run)) for s in one_pass] == [
         ("generate", run.data), ("train", run.train), ("export", run.export), ("eval", run.eval)]
+    # the example's teacher decodes in the build's process, so training gets a fresh one; an endpoint does not
+    assert [s.fresh_process for s in one_pass] == [False, True, False, False]
+    remote = example.model_copy(update={"teacher": example.teacher.model_copy(update={"backend": "openai"})})
+    assert not any(s.fresh_process for s in build_steps(remote, run, eval_teacher=False, threads=2))
     recipe = example.model_copy(update={"data": example.data.model_copy(update={"rounds": 2}),
                                         "train": example.train.model_copy(update={"later_round_epochs": 3})})
     first = run.round(1, 2)

@@ -28,7 +28,8 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, **kwargs: An
     with tempfile.TemporaryDirectory(prefix="kit-call-") as folder:
         outcome_file = Path(folder) / "outcome.pkl"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        process = subprocess.Popen([sys.executable, "-m", __name__, str(outcome_file)], stdin=subprocess.PIPE, env=env)
+        command = [sys.executable, "-m", __name__, str(outcome_file), str(os.getpid())]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
         try:
             process.stdin.write(pickle.dumps((function, args, kwargs)))
             process.stdin.close()
@@ -52,7 +53,23 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, **kwargs: An
     return outcome[1]
 
 
-def _main(outcome_file: str) -> None:
+def _die_with_the_parent(parent: int) -> None:
+    """On Linux the child is killed when the process that started it dies (a build killed alone must not leave
+    its training running on, writing into the run it would resume)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # the parent died before that took effect
+        os._exit(1)
+
+
+def _main(outcome_file: str, parent: int) -> None:
+    _die_with_the_parent(parent)
     function, args, kwargs = pickle.loads(sys.stdin.buffer.read())
     try:
         outcome: tuple = ("result", function(*args, **kwargs))
@@ -68,4 +85,4 @@ def _main(outcome_file: str) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(sys.argv[1], int(sys.argv[2]))
