@@ -20,8 +20,7 @@ from export.bundle_eval import attach_eval
 from export.stage import EXPORT
 from kit.core.errors import UserError
 from kit.core.run_dir import RunDir
-from kit.core.fresh_process import call_in_fresh_process
-from kit.core.stage import Stage, StageManifest, run_stage, up_to_date
+from kit.core.stage import Stage, StageManifest, run_stage
 from kit.distill.generate import GENERATE
 from kit.evaluate.probe import PROBE
 from kit.evaluate.report import headline
@@ -111,10 +110,7 @@ def _timed(name: str, work: Callable[[], tuple[dict[str, Any], str]]) -> StageRe
 
 
 def _run_step(step: BuildStep, run: RunDir) -> tuple[dict[str, Any], str]:
-    if step.fresh_process and up_to_date(step.stage, run, step.stage.plan(step.config, run)) is None:
-        manifest = call_in_fresh_process(run_stage, step.stage, step.config, run, **step.options)
-    else:
-        manifest = run_stage(step.stage, step.config, run, **step.options)
+    manifest = run_stage(step.stage, step.config, run, fresh_process=step.fresh_process, **step.options)
     return manifest.figures, step.summary(manifest, run)
 
 

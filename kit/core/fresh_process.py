@@ -1,7 +1,7 @@
 """Run one call in a fresh Python process and hand its result or its error back.
 
 The build trains in a fresh process after a local teacher decoded in this one: on a 2-core CPU the same training
-ran at 143 tokens/s inside the build against 180 in a process of its own (tool-calling, 240 samples); a new
+ran at 143 tokens/s inside the build against 181 in a process of its own (tool-calling, 240 samples); a new
 process also gives back the teacher's memory. The child is `python -m kit.core.fresh_process` (nothing of the
 caller's main module is imported again); it shares the terminal, so progress bars show as usual, and an
 interrupt (Ctrl-C reaches both) lets the child stop and save first."""

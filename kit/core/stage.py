@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from kit.core.files import atomic_write_json, fingerprint
+from kit.core.fresh_process import call_in_fresh_process
 from kit.core.run_dir import RunDir
 from kit.core.version import __version__
 
@@ -72,13 +73,16 @@ class Stage(Protocol, Generic[ConfigT]):
 
 
 def run_stage(stage: Stage[ConfigT], config: ConfigT, run_dir: RunDir, *, force: bool = False,
-              **options: Any) -> StageManifest:
+              fresh_process: bool = False, **options: Any) -> StageManifest:
     """Run `stage` unless it is up to date (then its recorded manifest is returned); `options` (progress bars,
-    threads) change how it runs, not what it makes, and go to `make` only."""
+    threads) change how it runs, not what it makes, and go to `make` only. With `fresh_process` the work runs in
+    a process of its own (kit.core.fresh_process); deciding whether it is up to date does not."""
     plan = stage.plan(config, run_dir)
     if not force and (done := up_to_date(stage, run_dir, plan)) is not None:
         console.print(f"{stage.name} is up to date in {stage.folder(run_dir)}")
         return done
+    if fresh_process:
+        return call_in_fresh_process(stage.make, config, run_dir, plan, **options)
     return stage.make(config, run_dir, plan, **options)
 
 
