@@ -100,6 +100,9 @@ class BundleInfo(StrictModel):
     derived_numbers: dict[str, list[int | float]] = Field(
         default_factory=dict, description="JSON number fields the student writes as arithmetic over the request's "
                                           "numbers, with their factors (runtime.derived_numbers)")
+    unit_factors: dict[str, dict[str, int | float]] = Field(
+        default_factory=dict, description="per derived number field, the factor each unit word written after a "
+                                          "request number takes (runtime.derived_numbers)")
     clock_fields: list[str] = Field(default_factory=list, description="24-hour time keys the student copies as the "
                                                                       "request writes them (runtime.clock_times)")
     no_repeat_fields: list[str] = Field(default_factory=list, description="string keys dropped where they repeat the "

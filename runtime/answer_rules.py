@@ -2,7 +2,8 @@
 
 - copied fields (runtime.copy_fields): names, cities, texts are held to the request's own words;
 - derived numbers (runtime.derived_numbers): a number made from a request number by a constant factor may be
-  written as the arithmetic ("5 * 60"), worked out afterwards;
+  written as the arithmetic ("5 * 60"), worked out afterwards; a number written with a unit word the training
+  data showed for the field ("5 minute") takes that unit's factor only;
 - clock fields (runtime.clock_times): a 24-hour time may be copied as the request writes it ("6pm"), converted
   afterwards;
 - no-repeat fields: a string member that repeats the words a derived value beside it was made from (a timer's
@@ -28,13 +29,15 @@ class AnswerRules:
     derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
     clock_fields: tuple[str, ...] = ()
     no_repeat_fields: tuple[str, ...] = ()
+    unit_factors: dict[str, dict[str, int | float]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, source: Any) -> "AnswerRules":
         """The rules of a manifest (or any object / dict with those attributes / keys)."""
         get = source.get if isinstance(source, dict) else (lambda key, default: getattr(source, key, default))
         return cls(tuple(get("copy_fields", ()) or ()), dict(get("derived_numbers", {}) or {}),
-                   tuple(get("clock_fields", ()) or ()), tuple(get("no_repeat_fields", ()) or ()))
+                   tuple(get("clock_fields", ()) or ()), tuple(get("no_repeat_fields", ()) or ()),
+                   dict(get("unit_factors", {}) or {}))
 
     @property
     def rewrites_answers(self) -> bool:
@@ -47,7 +50,7 @@ class AnswerRules:
     def schema(self, schema: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
         """`schema` as a request whose text is `text` is decoded with (the schema itself when nothing applies)."""
         schema = copy_schema(schema, self.copy_fields, text)
-        schema = derived_numbers.derived_schema(schema, self.derived_numbers, text)
+        schema = derived_numbers.derived_schema(schema, self.derived_numbers, text, self.unit_factors)
         return clock_times.clock_schema(schema, self.clock_fields, text)
 
     def finish(self, text: str) -> str:

@@ -8,8 +8,10 @@ bundle may name such fields with the factors its training data showed (`derived_
 each request the output schema's number property of that name may then also be a string from an `enum` of
 expressions over the request's own numbers ("5 * 60", "5 * 3600", "1 * 3600 + 30 * 60"), which llama.cpp's
 grammar enforces; `resolve_value` turns every such string back into the number the schema asks for, so apps,
-the server and the eval see plain JSON. Which number and which factor is still the model's choice.
-Standard library only: the runtime embeds it.
+the server and the eval see plain JSON. Which number and which factor is still the model's choice, but where
+the training data showed the word after a number as a unit of the field (`unit_factors`: {"duration_seconds":
+{"minute": 60, "hour": 3600}}), a number the request writes with such a word is offered with that factor only:
+"a 5 minute timer" offers "5 * 60", never "5 * 3600". Standard library only: the runtime embeds it.
 """
 
 from __future__ import annotations
@@ -52,12 +54,16 @@ def number_units(text: str) -> dict[int | float, list[str]]:
     units: dict[int | float, list[str]] = {}
     for _, value, end in _number_matches(text):
         if match := _UNIT.match(text, end):
-            word = match.group(1).lower()
-            units.setdefault(value, []).append(word[:-1] if len(word) > 3 and word.endswith("s") else word)
+            units.setdefault(value, []).append(_unit_word(match.group(1)))
     return units
 
 
 _UNIT = re.compile(r"\s*-?\s*([A-Za-z]+)")
+
+
+def _unit_word(word: str) -> str:
+    word = word.lower()
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
 def _number_matches(text: str) -> list[tuple[int, int | float, int]]:
@@ -91,12 +97,15 @@ def expression_numbers(expression: str) -> set[float]:
     return {float(t.split("*")[0]) for t in expression.split("+")}
 
 
-def expressions(numbers: list[int | float], factors: list[int | float]) -> list[str]:
+def expressions(numbers: list[int | float], factors: list[int | float],
+                unit_bound: dict[int | float, list[int | float]] | None = None) -> list[str]:
     """Every expression over `numbers` (in request order) and `factors`: one term each, then sums of two terms
-    over two different numbers in their request order (left out when there would be too many)."""
+    over two different numbers in their request order (left out when there would be too many). A number in
+    `unit_bound` takes only the factors given there (those its unit words take)."""
     numbers = numbers[:MAX_NUMBERS]
-    singles = [term(n, f) for n in numbers for f in factors]
-    pairs = [f"{term(a, fa)} + {term(b, fb)}" for a, b in combinations(numbers, 2) for fa in factors for fb in factors
+    own = {n: [f for f in factors if f in (unit_bound or {}).get(n, factors)] or factors for n in numbers}
+    singles = [term(n, f) for n in numbers for f in own[n]]
+    pairs = [f"{term(a, fa)} + {term(b, fb)}" for a, b in combinations(numbers, 2) for fa in own[a] for fb in own[b]
              if not (fa == 1 and fb == 1)]
     out = list(dict.fromkeys(singles + (pairs if len(singles) + len(pairs) <= MAX_EXPRESSIONS else [])))
     return out
@@ -113,18 +122,41 @@ def evaluate(expression: str) -> int | float:
     return int(total) if total.is_integer() else total
 
 
+def unit_bound_factors(text: str, units: dict[str, int | float] | None) -> dict[int | float, list[int | float]]:
+    """{request number: the factors of its unit words} for each number `text` writes only with words after it
+    that are units in `units` ({word: factor}, words as `number_units` gives them): "a 5 minute timer" with
+    {"minute": 60} -> {5: [60]}; a number written once without such a word ("timer 5", "5 eggs") is left out."""
+    if not units:
+        return {}
+    found: dict[int | float, list[int | float] | None] = {}
+    for _, value, end in _number_matches(text):
+        match = _UNIT.match(text, end)
+        word = _unit_word(match.group(1)) if match else None
+        factor = units.get(word) if word is not None else None
+        known = found.setdefault(value, [])
+        if factor is None or known is None:
+            found[value] = None
+        elif factor not in known:
+            known.append(factor)
+    return {value: factors for value, factors in found.items() if factors}
+
+
 def derived_schema(schema: dict[str, Any] | None, fields: dict[str, list[int | float]] | None,
-                   text: str) -> dict[str, Any] | None:
+                   text: str, unit_factors: dict[str, dict[str, int | float]] | None = None) -> dict[str, Any] | None:
     """`schema` where each number property named in `fields` may also be one of the expressions over the
-    numbers of `text` with that field's factors (the schema itself when there is nothing to offer)."""
+    numbers of `text` with that field's factors, a number written with a unit word of that field (`unit_factors`)
+    with its unit's factor only (the schema itself when there is nothing to offer)."""
+    units = unit_factors or {}
     return offered_per_request(schema, fields or {}, lambda: request_numbers(text),
-                               lambda name, prop, numbers: _with_expressions(prop, fields[name], numbers))
+                               lambda name, prop, numbers: _with_expressions(
+                                   prop, fields[name], numbers, unit_bound_factors(text, units.get(name))))
 
 
-def _with_expressions(prop: Any, factors: list[int | float], numbers: list[int | float]) -> Any:
+def _with_expressions(prop: Any, factors: list[int | float], numbers: list[int | float],
+                      unit_bound: dict[int | float, list[int | float]] | None = None) -> Any:
     if not isinstance(prop, dict) or prop.get("type") not in ("integer", "number") or "enum" in prop or "const" in prop:
         return prop
-    return {"anyOf": [{"type": "string", "enum": expressions(numbers, factors)}, prop]}
+    return {"anyOf": [{"type": "string", "enum": expressions(numbers, factors, unit_bound)}, prop]}
 
 
 def resolve_value(value: Any, fields: dict[str, list[int | float]] | list[str]) -> Any:

@@ -119,6 +119,7 @@ def test_a_factor_only_samples_breaking_their_units_rule_show_is_no_factor_and_t
     assert rules["derived_numbers"] == {"duration_seconds": [60, 3600, 1]}  # 600 (two slips) is not learned
     assert learned.unit_factors(rows, rules["derived_numbers"]) == {
         "duration_seconds": {"minute": (60, 3), "hour": (3600, 3), "second": (1, 2)}}
+    assert rules["unit_factors"] == {"duration_seconds": {"hour": 3600, "minute": 60, "second": 1}}
     slips = learned.inconsistent(rows, rules)
     assert set(slips) == {"set a timer for 3 hours", "timer 2 hours and 30 minutes"}
     assert slips["set a timer for 3 hours"] == ("'duration_seconds' 1800 is no number of the request times 60 or "
@@ -182,7 +183,32 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
     assert derived_values(tmp_path / "dataset") == json.loads(json.dumps(fields))  # the rules travel with it
-    assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "clock_fields": [], "no_repeat_fields": []}
+    assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [],
+                                                    "no_repeat_fields": []}
+
+
+def test_a_number_written_with_a_learned_unit_word_is_offered_in_that_units_factor_only():
+    from runtime.derived_numbers import unit_bound_factors
+
+    units = {"minute": 60, "hour": 3600, "second": 1}
+    assert unit_bound_factors("set a 5 minute timer", units) == {5: [60]}
+    assert unit_bound_factors("timer 1 hour 30 minutes and five seconds", units) == {1: [3600], 30: [60], 5: [1]}
+    # a number written without a unit word, or once with one and once without, keeps every factor
+    assert unit_bound_factors("timer 5", units) == {} and unit_bound_factors("5 eggs, 5 minutes", units) == {}
+    assert unit_bound_factors("set a 5 minute timer", {}) == {}
+    rules = AnswerRules(derived_numbers={"duration_seconds": [3600, 60, 1]},
+                        unit_factors={"duration_seconds": units})
+    offered = lambda text: rules.schema(TIMER, text)["properties"]["arguments"]["properties"][  # noqa: E731
+        "duration_seconds"]["anyOf"][0]["enum"]
+    assert offered("set a 5 minute timer") == ["5 * 60"]  # never "5 * 3600", which a 135M student once chose
+    assert offered("timer 1 hour 30 minutes") == ["1 * 3600", "30 * 60", "1 * 3600 + 30 * 60"]
+    assert offered("timer 5 for the eggs") == ["5 * 3600", "5 * 60", "5"]  # no unit word: the model's choice
+    assert offered("a timer for 2 eggs, 4 minutes") == ["2 * 3600", "2 * 60", "2", "4 * 60", "2 * 3600 + 4 * 60",
+                                                         "2 * 60 + 4 * 60", "2 + 4 * 60"]
+    # the bundle carries the rule: a manifest (or an older one without it) gives the same rules
+    assert AnswerRules.of({"derived_numbers": {"duration_seconds": [60]}, "unit_factors": {"duration_seconds": units}}
+                          ).unit_factors == {"duration_seconds": units}
+    assert AnswerRules.of({"derived_numbers": {"duration_seconds": [60]}}).unit_factors == {}
 
 
 def test_the_request_schema_offers_expressions_over_its_own_numbers():

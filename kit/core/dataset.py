@@ -24,9 +24,9 @@ def with_system_prompt(messages: Messages, system: str | None) -> Messages:
 
 
 def derived_values(dataset: Path | None) -> dict[str, Any]:
-    """{"derived_numbers": {...}, "clock_fields": [...], "no_repeat_fields": [...]} of a saved dataset (empty parts
-    when it has none)."""
-    empty: dict[str, Any] = {"derived_numbers": {}, "clock_fields": [], "no_repeat_fields": []}
+    """{"derived_numbers": {...}, "unit_factors": {...}, "clock_fields": [...], "no_repeat_fields": [...]} of a saved
+    dataset (empty parts when it has none)."""
+    empty: dict[str, Any] = {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [], "no_repeat_fields": []}
     if dataset is None:
         return empty
     try:

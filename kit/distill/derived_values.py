@@ -72,11 +72,21 @@ def _parsed(text: str) -> Any:
 
 
 def learn(samples: list[dict[str, Any]], seeds: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """{"derived_numbers": {field: factors}, "clock_fields": [field, ...], "no_repeat_fields": [field, ...]} for
-    `samples` (rows with `input` and JSON `output` text; `seeds` in the same form, the author's own answers); empty
-    parts when no rule holds."""
-    learned = {"derived_numbers": learn_numbers(samples), "clock_fields": learn_clock_fields(samples)}
+    """{"derived_numbers": {field: factors}, "unit_factors": {field: {unit word: factor}}, "clock_fields": [field,
+    ...], "no_repeat_fields": [field, ...]} for `samples` (rows with `input` and JSON `output` text; `seeds` in the
+    same form, the author's own answers); empty parts when no rule holds."""
+    numbers = learn_numbers(samples)
+    learned = {"derived_numbers": numbers, "unit_factors": learn_units(samples, numbers),
+               "clock_fields": learn_clock_fields(samples)}
     return learned | {"no_repeat_fields": learn_no_repeat_fields(samples, seeds, learned)}
+
+
+def learn_units(samples: list[dict[str, Any]], numbers: dict[str, list[int | float]]) -> dict[str, dict[str, Any]]:
+    """{field: {unit word: factor}} for the unit words `unit_factors` finds with one of the field's factors: the
+    runtime offers a request number written with such a word in that factor only."""
+    out = {key: {unit: factor for unit, (factor, _) in sorted(units.items()) if factor in numbers.get(key, ())}
+           for key, units in sorted(unit_factors(samples, numbers).items())}
+    return {key: units for key, units in out.items() if units}
 
 
 def learn_no_repeat_fields(samples: list[dict[str, Any]], seeds: list[dict[str, Any]], learned: dict[str, Any]) -> list[str]:

@@ -122,7 +122,8 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         seed_answers = [{"id": f"seed-{n}", "input": seed.input, "output": seed.output if isinstance(seed.output, str)
                          else json.dumps(seed.output)} for n, seed in enumerate(config.seeds, 1)]
         learned = derived_values.learn(samples, seed_answers) if config.data.derived_values and \
-            config.output.format == "json" else {"derived_numbers": {}, "clock_fields": [], "no_repeat_fields": []}
+            config.output.format == "json" else {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [],
+                                                 "no_repeat_fields": []}
         learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
         # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
         slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
