@@ -52,10 +52,16 @@ def number_units(text: str) -> dict[int | float, list[str]]:
     """{request number: the words written right after it, in order} ("3 hours" -> {3: ["hour"]}, "a 5-minute
     timer" -> {5: ["minute"]}); a word is lower-cased, a plural's "s" cut. The unit a number is counted in."""
     units: dict[int | float, list[str]] = {}
-    for _, value, end in _number_matches(text):
-        if match := _UNIT.match(text, end):
-            units.setdefault(value, []).append(_unit_word(match.group(1)))
+    for value, word in _number_words(text):
+        if word is not None:
+            units.setdefault(value, []).append(word)
     return units
+
+
+def _number_words(text: str) -> list[tuple[int | float, str | None]]:
+    """(request number, the word written right after it as `number_units` gives it, or None) for every number."""
+    return [(value, _unit_word(match.group(1)) if (match := _UNIT.match(text, end)) else None)
+            for _, value, end in _number_matches(text)]
 
 
 _UNIT = re.compile(r"\s*-?\s*([A-Za-z]+)")
@@ -128,17 +134,12 @@ def unit_bound_factors(text: str, units: dict[str, int | float] | None) -> dict[
     {"minute": 60} -> {5: [60]}; a number written once without such a word ("timer 5", "5 eggs") is left out."""
     if not units:
         return {}
-    found: dict[int | float, list[int | float] | None] = {}
-    for _, value, end in _number_matches(text):
-        match = _UNIT.match(text, end)
-        word = _unit_word(match.group(1)) if match else None
-        factor = units.get(word) if word is not None else None
-        known = found.setdefault(value, [])
-        if factor is None or known is None:
-            found[value] = None
-        elif factor not in known:
-            known.append(factor)
-    return {value: factors for value, factors in found.items() if factors}
+    written: dict[int | float, list[str | None]] = {}
+    for value, word in _number_words(text):
+        written.setdefault(value, []).append(word)
+    factors = {value: [units.get(word) for word in words]  # a number without a unit word gets None
+               for value, words in written.items()}
+    return {value: list(dict.fromkeys(found)) for value, found in factors.items() if None not in found}
 
 
 def derived_schema(schema: dict[str, Any] | None, fields: dict[str, list[int | float]] | None,

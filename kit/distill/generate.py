@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kit.core.dataset import DERIVED_VALUES
+from kit.core.dataset import DERIVED_VALUES, no_derived_values
 from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
@@ -122,8 +122,7 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         seed_answers = [{"id": f"seed-{n}", "input": seed.input, "output": seed.output if isinstance(seed.output, str)
                          else json.dumps(seed.output)} for n, seed in enumerate(config.seeds, 1)]
         learned = derived_values.learn(samples, seed_answers) if config.data.derived_values and \
-            config.output.format == "json" else {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [],
-                                                 "no_repeat_fields": []}
+            config.output.format == "json" else no_derived_values()
         learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
         # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
         slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
