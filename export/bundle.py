@@ -52,7 +52,7 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
         system_prompt=info.system_prompt, chat_template=tokenizer.chat_template, output_format=info.output_format,
         output_schema=info.output_schema, copy_fields=list(info.copy_fields),
         derived_numbers=dict(info.derived_numbers), unit_factors=dict(info.unit_factors),
-        clock_fields=list(info.clock_fields), default_values=dict(info.default_values),
+        clock_fields=list(info.clock_fields),
         no_repeat_fields=list(info.no_repeat_fields),
         generation=GenerationDefaults(**config.generation.model_dump()),
         verification=_verification_summary(reports, ship, reference_ppl), eval=info.eval,

@@ -105,8 +105,6 @@ class BundleInfo(StrictModel):
                                           "request number takes (runtime.derived_numbers)")
     clock_fields: list[str] = Field(default_factory=list, description="24-hour time keys the student copies as the "
                                                                       "request writes them (runtime.clock_times)")
-    default_values: dict[str, Any] = Field(default_factory=dict, description="per field of fixed choices, the choice "
-                                           "taken when the request writes none of them (runtime.default_values)")
     no_repeat_fields: list[str] = Field(default_factory=list, description="string keys dropped where they repeat the "
                                         "words a derived value beside them was made from (runtime.answer_rules)")
     eval: dict[str, Any] = Field(default_factory=dict)

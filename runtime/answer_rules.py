@@ -6,8 +6,6 @@
   data showed for the field ("5 minute") takes that unit's factor only;
 - clock fields (runtime.clock_times): a 24-hour time may be copied as the request writes it ("6pm"), converted
   afterwards;
-- default values (runtime.default_values): a field of fixed choices takes its learned default when the request
-  writes none of them ("weather for Berlin" -> today);
 - no-repeat fields: a string member that repeats the words a derived value beside it was made from (a timer's
   label "5 minute" next to "5 * 60") is dropped, as it was from the training answers (kit.distill.derived_values).
 
@@ -22,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection
 
 from runtime import clock_times, derived_numbers
-from runtime.default_values import default_schema
 from runtime.copy_fields import copy_schema
 
 
@@ -33,7 +30,6 @@ class AnswerRules:
     clock_fields: tuple[str, ...] = ()
     no_repeat_fields: tuple[str, ...] = ()
     unit_factors: dict[str, dict[str, int | float]] = field(default_factory=dict)
-    default_values: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, source: Any) -> "AnswerRules":
@@ -41,7 +37,7 @@ class AnswerRules:
         get = source.get if isinstance(source, dict) else (lambda key, default: getattr(source, key, default))
         return cls(tuple(get("copy_fields", ()) or ()), dict(get("derived_numbers", {}) or {}),
                    tuple(get("clock_fields", ()) or ()), tuple(get("no_repeat_fields", ()) or ()),
-                   dict(get("unit_factors", {}) or {}), dict(get("default_values", {}) or {}))
+                   dict(get("unit_factors", {}) or {}))
 
     @property
     def rewrites_answers(self) -> bool:
@@ -49,12 +45,11 @@ class AnswerRules:
         return bool(self.derived_numbers or self.clock_fields)
 
     def __bool__(self) -> bool:
-        return bool(self.copy_fields or self.default_values or self.rewrites_answers)
+        return bool(self.copy_fields or self.rewrites_answers)
 
     def schema(self, schema: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
         """`schema` as a request whose text is `text` is decoded with (the schema itself when nothing applies)."""
         schema = copy_schema(schema, self.copy_fields, text)
-        schema = default_schema(schema, self.default_values, text)
         schema = derived_numbers.derived_schema(schema, self.derived_numbers, text, self.unit_factors)
         return clock_times.clock_schema(schema, self.clock_fields, text)
 

@@ -54,8 +54,6 @@ class Manifest:
     derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
     # {JSON key: {unit word: factor}}: a request number written with such a word is offered with that factor only
     unit_factors: dict[str, dict[str, int | float]] = field(default_factory=dict)
-    # {JSON key: choice}: an `enum` field held to that choice when the request writes none of its choices
-    default_values: dict[str, Any] = field(default_factory=dict)
     clock_fields: list[str] = field(default_factory=list)  # 24-hour "HH:MM" keys copied as the request's times
     # string keys dropped where they repeat the words a derived value beside them was made from (answer_rules)
     no_repeat_fields: list[str] = field(default_factory=list)
