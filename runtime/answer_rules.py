@@ -7,7 +7,8 @@
 - clock fields (runtime.clock_times): a 24-hour time may be copied as the request writes it ("6pm"), converted
   afterwards;
 - no-repeat fields: a string member that repeats the words a derived value beside it was made from (a timer's
-  label "5 minute" next to "5 * 60") is dropped, as it was from the training answers (kit.distill.derived_values).
+  label "5 minute" next to "5 * 60"), or holds nothing but unit words of that value's field ("minutes"), is
+  dropped, as it was from the training answers (kit.distill.derived_values).
 
 `Expert.run`, `kit chat`, the server (for the bundle's own schema), the eval and the probe all decode and finish
 answers this way, so every score is what an app gets. Standard library only.
@@ -71,25 +72,29 @@ class AnswerRules:
         a clock field beside them holds (read before either is worked out)."""
         return without_repeats(value, self._sources, lambda key: key in self.no_repeat_fields)[0]
 
-    def _sources(self, value: dict[str, Any]) -> tuple[set[float], set[str]]:
+    def _sources(self, value: dict[str, Any]) -> tuple[set[float], set[str], set[str]]:
         used: set[float] = set()
         times: set[str] = set()
+        units: set[str] = set()
         for key, item in value.items():
             if key in self.derived_numbers and isinstance(item, str) and derived_numbers.EXPRESSION.match(item):
                 used |= derived_numbers.expression_numbers(item)
+                units |= set(self.unit_factors.get(key, ()))
             elif key in self.clock_fields and isinstance(item, str):
                 if time := item if clock_times.HH_MM.match(item) else clock_times.to_24h(item):
                     times.add(time)
-        return used, times
+        return used, times, units
 
 
-Sources = Callable[[dict[str, Any]], tuple[set[float], set[str]]]
+# (request numbers, "HH:MM" times, unit words) the derived members of an object were made from / written in
+Sources = Callable[[dict[str, Any]], tuple[set[float], set[str], set[str]]]
 
 
 def without_repeats(value: Any, sources: Sources, beside: Callable[[str], bool],
                     only: Collection[str] | None = None) -> tuple[Any, list[str], list[str]]:
     """`value` (any JSON) without the string members that repeat what a derived value of their own object was made
-    from: `sources(object)` gives the request numbers and "HH:MM" times its derived members used, `beside(key)`
+    from: `sources(object)` gives the request numbers and "HH:MM" times its derived members used and the unit words
+    of their fields (a member holding nothing but those and numbers repeats too), `beside(key)`
     which string members are checked, `only` (when given) which of those may go. Also returns the keys dropped and
     the keys checked (dropped or not). The runtime drops what a model writes (AnswerRules.finish), the distill stage
     what a teacher wrote (kit.distill.derived_values)."""
@@ -98,12 +103,12 @@ def without_repeats(value: Any, sources: Sources, beside: Callable[[str], bool],
         return [p[0] for p in parts], [k for p in parts for k in p[1]], [k for p in parts for k in p[2]]
     if not isinstance(value, dict):
         return value, [], []
-    numbers, times = sources(value)
+    numbers, times, units = sources(value)
     out, dropped, checked = {}, [], []
     for key, item in value.items():
         if isinstance(item, str) and (numbers or times) and beside(key):
             checked.append(key)
-            if (only is None or key in only) and repeats(item, numbers, times):
+            if (only is None or key in only) and repeats(item, numbers, times, units):
                 dropped.append(key)
                 continue
         if isinstance(item, (dict, list)):
@@ -114,10 +119,11 @@ def without_repeats(value: Any, sources: Sources, beside: Callable[[str], bool],
     return out, dropped, checked
 
 
-def repeats(text: str, numbers: set[float], times: set[str]) -> bool:
+def repeats(text: str, numbers: set[float], times: set[str], units: set[str] = frozenset()) -> bool:
     """Whether `text` writes one of `numbers` (request numbers a derived value was made from) or a time of day that
-    is one of `times` ("HH:MM")."""
+    is one of `times` ("HH:MM"), or holds nothing but numbers and `units` words ("minutes", "hour 30")."""
     if not (numbers or times):
         return False
     return bool({float(n) for n in derived_numbers.request_numbers(text)} & numbers
-                or {clock_times.to_24h(span) for span in clock_times.clock_spans(text)} & times)
+                or {clock_times.to_24h(span) for span in clock_times.clock_spans(text)} & times
+                or units and derived_numbers.only_units(text, units))

@@ -72,6 +72,16 @@ def _unit_word(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
+_LETTERS_OR_NUMBER = re.compile(r"[^\W\d_]+|\d+(?:\.\d+)?")
+
+
+def only_units(text: str, units: set[str] | frozenset[str]) -> bool:
+    """Whether `text` holds nothing but numbers and words of `units` (singular unit words as `number_units` gives
+    them), one such word at least: "minutes", "hour 30", "five minutes"; not "pasta", "5 minute pasta"."""
+    named = [w for w in _LETTERS_OR_NUMBER.findall(text) if not w[0].isdigit() and w.lower() not in _WORDS]
+    return bool(named) and all(_unit_word(w) in units for w in named)
+
+
 def _number_matches(text: str) -> list[tuple[int, int | float, int]]:
     """(start, value, end) of every request number, in order (numbers inside clock times left out)."""
     times = [m.span() for m in CLOCK.finditer(text) if to_24h(m.group(0)) is not None]

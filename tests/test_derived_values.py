@@ -149,6 +149,12 @@ def test_a_label_repeating_the_words_a_derived_value_came_from_is_dropped_unless
     # seeds that label a timer with its duration say the author wants it; seeds that label it otherwise, that not
     assert learned.learn(samples, [labelled("timer 9 minutes", 540, "9 minutes")])["no_repeat_fields"] == []
     assert learned.learn(samples, [labelled("timer 9 minutes for rice", 540, "rice")])["no_repeat_fields"] == ["label"]
+    # a label of nothing but unit words the samples learned ("minutes") is a repeat in the training answers too
+    worded = samples + [labelled("timer for 10 minutes", 600, "minutes"), labelled("2 hours timer", 7200, "hours"),
+                        labelled("a 3 hours timer", 10800, "3 hours")]
+    rules = learned.learn(worded, [labelled("timer 9 minutes for rice", 540, "rice")])
+    assert rules["no_repeat_fields"] == ["label"] and rules["unit_factors"]["duration_seconds"] == {"hour": 3600, "minute": 60, "second": 1}
+    assert {"timer for 10 minutes", "2 hours timer"} <= set(learned.repeated_spans(worded, rules))
     # without seeds, a habit most samples share is the task's
     habit = samples + [labelled(f"timer {n} minutes", n * 60, f"{n} minutes") for n in (2, 6, 7, 11)]
     assert learned.learn(habit)["no_repeat_fields"] == [] and learned.repeated_spans(habit, learned.learn(habit)) == {}
@@ -165,6 +171,14 @@ def test_the_runtime_drops_a_repeat_the_model_writes_before_working_the_value_ou
     assert finish({"tool": "set_alarm", "arguments": {"time": "6:45 am", "label": "6:45 alarm"}}) == \
         {"tool": "set_alarm", "arguments": {"time": "06:45"}}
     assert finish({"tool": "set_alarm", "arguments": {"time": "6:45 am", "label": "gym"}})["arguments"]["label"] == "gym"
+    # a label of nothing but the field's unit words (and numbers) repeats the value too, once the units are known
+    units = AnswerRules(derived_numbers={"duration_seconds": [60, 3600, 1]}, no_repeat_fields=("label",),
+                        unit_factors={"duration_seconds": {"minute": 60, "hour": 3600}})
+    for label in ("minutes", "minute", "hour 30", "Five Minutes"):
+        assert "label" not in json.loads(units.finish(json.dumps({"duration_seconds": "5 * 60", "label": label})))
+    for label in ("pasta", "minute rice", "seconds"):  # a word of its own beside it, or a unit no sample showed
+        assert json.loads(units.finish(json.dumps({"duration_seconds": "5 * 60", "label": label})))["label"] == label
+    assert json.loads(rules.finish('{"duration_seconds": "5 * 60", "label": "minutes"}'))["label"] == "minutes"
     # without the rule (an older bundle) the label stays
     older = AnswerRules(derived_numbers={"duration_seconds": [60, 1]})
     assert json.loads(older.finish('{"duration_seconds": "5 * 60", "label": "5 minute"}'))["label"] == "5 minute"

@@ -19,7 +19,8 @@ where "hour" is * 3600 in most samples: `unit_factors`), is a teacher's slip the
 whose rule explains more than `MIN_EXPLAINED` of the samples holding it.
 
 - No-repeat fields: a string member that repeats the request words a derived value beside it was taken from (a
-  timer's label "5 minutes" next to its 300 seconds, an alarm's label "6:45") holds nothing the request gives
+  timer's label "5 minutes" next to its 300 seconds, an alarm's label "6:45"), or holds nothing but the unit
+  words of that value's field and numbers (a label "minutes", `unit_factors`), holds nothing the request gives
   beyond that value: the teacher's habit of filling an optional field. A string field seen beside derived values
   is a no-repeat field unless the seeds show it repeating such words (the author wants it) or, without seeds
   that show it beside a derived value, half or more of the samples do. `repeated_spans` drops such members from
@@ -94,8 +95,9 @@ def learn_no_repeat_fields(samples: list[dict[str, Any]], seeds: list[dict[str, 
     numbers, clock = _rules(learned)
     if not (numbers or clock):
         return []
-    _, beside, repeating = _scan(samples, numbers, clock)
-    _, seeds_beside, seeds_repeating = _scan(seeds, numbers, clock)
+    units = learned.get("unit_factors") or {}
+    _, beside, repeating = _scan(samples, numbers, clock, units)
+    _, seeds_beside, seeds_repeating = _scan(seeds, numbers, clock, units)
     return sorted(key for key in set(beside) | set(seeds_beside) if not seeds_repeating[key]
                   and (seeds_beside[key] or repeating[key] * 2 < beside[key]))
 
@@ -275,7 +277,8 @@ def repeated_spans(samples: list[dict[str, Any]], learned: dict[str, Any]) -> di
     if not keep:
         return {}
     out = {}
-    for sample_id, (cleaned, dropped) in _scan(samples, numbers, clock, keep)[0].items():
+    for sample_id, (cleaned, dropped) in _scan(samples, numbers, clock, learned.get("unit_factors") or {},
+                                               keep)[0].items():
         fields = ", ".join(f"'{key}'" for key in dict.fromkeys(dropped))
         out[sample_id] = (json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")),
                           f"{fields} repeats the request words a derived value beside it was taken from")
@@ -283,6 +286,7 @@ def repeated_spans(samples: list[dict[str, Any]], learned: dict[str, Any]) -> di
 
 
 def _scan(rows: list[dict[str, Any]], numbers: dict[str, list[int | float]], clock: set[str],
+          units: dict[str, dict[str, Any]],
           only: set[str] | None = None) -> tuple[dict[str, tuple[Any, list[str]]], Counter, Counter]:
     """({row id: (answer without repeats, keys dropped)}, string keys seen beside a derived value, keys repeating
     its words) over `rows`; `only`: drop these keys only."""
@@ -291,7 +295,7 @@ def _scan(rows: list[dict[str, Any]], numbers: dict[str, list[int | float]], clo
     repeating: Counter = Counter()
     for row, answer in answered(rows):
         cleaned, dropped, held = _without_repeats(answer, request_numbers(str(row.get("input", ""))), numbers,
-                                                  clock, only)
+                                                  clock, units, only)
         beside.update(held)
         repeating.update(dropped)
         if dropped:
@@ -300,18 +304,21 @@ def _scan(rows: list[dict[str, Any]], numbers: dict[str, list[int | float]], clo
 
 
 def _without_repeats(value: Any, request: list[int | float], numbers: dict[str, list[int | float]],
-                     clock: set[str], only: set[str] | None = None) -> tuple[Any, list[str], list[str]]:
+                     clock: set[str], units: dict[str, dict[str, Any]],
+                     only: set[str] | None = None) -> tuple[Any, list[str], list[str]]:
     """`value` without the string members (of the `only` keys, when given) that repeat the request words a derived
     sibling was taken from, the keys dropped, and the string keys seen beside a derived value (dropped or not)."""
-    def sources(obj: dict[str, Any]) -> tuple[set[float], set[str]]:
+    def sources(obj: dict[str, Any]) -> tuple[set[float], set[str], set[str]]:
         used: set[float] = set()  # the request numbers a derived number here was made from
         times: set[str] = set()  # the clock times a clock field here took from the request
+        words: set[str] = set()  # the unit words of those derived numbers' fields
         for key, item in obj.items():
             if key in numbers and _is_number(item) and (expression := expression_for(item, request, numbers[key])):
                 used |= expression_numbers(expression)
+                words |= set(units.get(key, ()))
             elif key in clock and isinstance(item, str) and HH_MM.match(item):
                 times.add(item)
-        return used, times
+        return used, times, words
 
     return without_repeats(value, sources, lambda key: key not in numbers and key not in clock, only)
 
