@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kit.distill.config import (ConfidentVerifier, DecontaminateVerifier, DedupVerifier, JsonSchemaVerifier,
-                               PythonVerifier, SqlVerifier)
+                               PythonVerifier, SameKindVerifier, SqlVerifier)
 from kit.distill.critic import Answer, Candidate, build_critic
 from kit.distill.critic.confident import answer_confidence
 
@@ -226,7 +226,7 @@ def test_an_unknown_verifier_type_names_the_known_ones():
     from types import SimpleNamespace
 
     with pytest.raises(ValueError, match="'spellcheck'.*known types: confident, decontaminate, dedup, distinct_outputs, grounded, "
-                                         "json_schema, judge, python, sql"):
+                                         "json_schema, judge, python, same_kind, sql"):
         critic(SimpleNamespace(type="spellcheck"))
 
 
@@ -297,3 +297,33 @@ def test_distinct_outputs_caps_how_often_one_answer_is_kept():
     assert review(c, candidate({"value": 180, "unit": "s"}, "three minute timer for eggs")) is None
     # another request that rightly has the same answer is not a rewrite: kept
     assert review(c, candidate(pasta, "remind me when the laundry is done in 600 seconds")) is None
+
+
+ROUTER = {"type": "object", "required": ["tool", "arguments"], "oneOf": [
+    {"properties": {"tool": {"const": "send_message"}, "arguments": {
+        "type": "object", "properties": {"recipient": {"type": "string"}, "text": {"type": "string"}},
+        "required": ["recipient", "text"]}}},
+    {"properties": {"tool": {"const": "none"}, "arguments": {"type": "object", "maxProperties": 0}}}]}
+
+
+def test_same_kind_cuts_a_seed_rewrite_that_drifted_to_another_branch_and_passes_fresh_inputs():
+    seeds = [{"tool": "send_message", "arguments": {"recipient": "Maria", "text": "running late"}},
+             {"tool": "none", "arguments": {}}]
+    c = build_critic([SameKindVerifier(type="same_kind")], schema=ROUTER, eval_file=None, seed_inputs=[],
+                     seed_outputs=seeds, judge_client=None, task_description="route")
+    message = {"tool": "send_message", "arguments": {"recipient": "Leo", "text": "home soon"}}
+    none = {"tool": "none", "arguments": {}}
+
+    def rewrite(value, seed):
+        return Candidate(0, "Maria, what time did you start running?", [Answer(value, json.dumps(value))], seed=seed)
+
+    assert review(c, rewrite(message, 0)) is None and review(c, rewrite(none, 1)) is None
+    rejection = review(c, rewrite(none, 0))
+    assert rejection.verifier == "same_kind"
+    assert rejection.reason == "rewritten from seed 0 (tool=send_message) but answered as tool=none"
+    assert review(c, rewrite(message, 1)).reason.endswith("(tool=none) but answered as tool=send_message")
+    assert review(c, rewrite(none, None)) is None  # a fresh input: new kinds come from those
+    # a schema without branches (or no schema) has no kinds: every answer passes
+    plain = build_critic([SameKindVerifier(type="same_kind")], schema=SCHEMA, eval_file=None, seed_inputs=[],
+                         seed_outputs=[{"value": 1, "unit": "km"}], judge_client=None, task_description="")
+    assert review(plain, Candidate(0, "x", [Answer({"value": 2}, '{"value": 2}')], seed=0)) is None

@@ -178,9 +178,16 @@ class ConfidentVerifier(StrictModel):
                          "returns them; other teachers' answers pass")
 
 
+class SameKindVerifier(StrictModel):
+    """Cut a sample rewritten from a seed whose answer takes another branch of the output schema's top-level
+    `oneOf` / `anyOf` (another tool) than the seed's answer: the rewrite drifted off the seed's request."""
+
+    type: Literal["same_kind"]
+
+
 Verifier = Annotated[
     Union[JsonSchemaVerifier, SqlVerifier, PythonVerifier, JudgeVerifier, GroundedVerifier, DedupVerifier,
-          DistinctOutputsVerifier, DecontaminateVerifier, ConfidentVerifier],
+          DistinctOutputsVerifier, DecontaminateVerifier, ConfidentVerifier, SameKindVerifier],
     Field(discriminator="type"),
 ]
 

@@ -61,7 +61,7 @@ def task_critic(config: GenerateConfig, teacher: TeacherClient | None,
 
     critic = build_critic(config.critic.verifiers, schema=config.output.json_schema, eval_file=config.eval_file,
                           seed_inputs=[input_text(s.input) for s in config.seeds], judge_client=judge_client,
-                          task_description=config.task.description)
+                          task_description=config.task.description, seed_outputs=[s.output for s in config.seeds])
     return critic, judges
 
 
@@ -145,7 +145,8 @@ class ItemMaker:
         if not answers:
             return ({"input": task_input, "origin": item.origin, "raw": replies[0].text[:500]},
                     Rejection("parse", f"answer: {problems[0]}"))
-        candidate = Candidate(index, task_input, answers, origin=item.origin, reference=reference)
+        candidate = Candidate(index, task_input, answers, origin=item.origin, reference=reference,
+                              seed=item.evolve_seed)
         if n > 1 and (rejection := self._vote(candidate, n)) is not None:
             return candidate, rejection
         self._stop_if_done()

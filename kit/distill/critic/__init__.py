@@ -18,11 +18,12 @@ from kit.distill.critic.grounded import GroundedCheck
 from kit.distill.critic.json_schema import JsonSchemaCheck
 from kit.distill.critic.judge import JudgeCheck
 from kit.distill.critic.python_tests import PythonCheck
+from kit.distill.critic.same_kind import SameKindCheck
 from kit.distill.critic.sql import SqlCheck
 
 VERIFIERS: dict[str, type[Verifier]] = {cls.type: cls for cls in (
     JsonSchemaCheck, SqlCheck, PythonCheck, JudgeCheck, GroundedCheck, DedupCheck, DistinctOutputsCheck,
-    DecontaminateCheck, ConfidentCheck)}
+    DecontaminateCheck, ConfidentCheck, SameKindCheck)}
 
 
 def step_label(verifier_type: str, step: int, repeated: bool) -> str:
@@ -110,10 +111,12 @@ def answer_in_input(candidate: Candidate, min_words: int = 3) -> bool:
 
 
 def build_critic(verifier_configs: list[Any], *, schema: dict[str, Any] | None, eval_file: Path | None,
-                 seed_inputs: list[str], judge_client, task_description: str) -> Critic:
+                 seed_inputs: list[str], judge_client, task_description: str,
+                 seed_outputs: list[Any] = ()) -> Critic:
     """Verifiers from the recipe's `critic.verifiers`; `judge_client(config)` gives the judge its teacher."""
     context = CriticContext(schema=schema, eval_file=eval_file, seed_inputs=tuple(seed_inputs),
-                            judge_client=judge_client, task_description=task_description)
+                            seed_outputs=tuple(seed_outputs), judge_client=judge_client,
+                            task_description=task_description)
     return Critic([verifier_class(config.type)(config, context) for config in verifier_configs])
 
 

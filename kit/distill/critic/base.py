@@ -32,6 +32,7 @@ class Candidate:
     reference: Any = None  # an independent answer written with the input, when a verifier asks for one
     votes: int = 1
     label: Answer | None = None  # a label the vote composed field by field, equal to no single answer
+    seed: int | None = None  # the seed (its index in the recipe's seeds) this input rewrites; None for a fresh one
 
     @property
     def input_text(self) -> str:
@@ -63,6 +64,7 @@ class CriticContext:
     schema: dict[str, Any] | None = None  # the recipe's output schema
     eval_file: Path | None = None
     seed_inputs: Sequence[str] = ()
+    seed_outputs: Sequence[Any] = ()  # the seeds' answers, in the recipe's order
     judge_client: Callable[[Any], Any] | None = None  # judge_client(verifier config) -> its TeacherClient
     task_description: str = ""
 
