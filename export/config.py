@@ -97,6 +97,9 @@ class BundleInfo(StrictModel):
     output_schema: dict[str, Any] | None = None
     copy_fields: list[str] = Field(default_factory=list, description="JSON keys the runtime decodes as spans of "
                                                                      "the request (runtime.copy_fields)")
+    copy_stop_words: dict[str, list[str]] = Field(
+        default_factory=dict, description="per copied field, the words no span offered for it may be made of alone "
+                                          "(runtime.copy_fields)")
     derived_numbers: dict[str, list[int | float]] = Field(
         default_factory=dict, description="JSON number fields the student writes as arithmetic over the request's "
                                           "numbers, with their factors (runtime.derived_numbers)")

@@ -1,6 +1,7 @@
 """How one request of a JSON task expert is decoded and finished, by the rules its bundle carries:
 
-- copied fields (runtime.copy_fields): names, cities, texts are held to the request's own words;
+- copied fields (runtime.copy_fields): names, cities, texts are held to the request's own words, never to words
+  alone that most requests of their kind write (`copy_stop_words`: a label "timer", a city "today");
 - derived numbers (runtime.derived_numbers): a number made from a request number by a constant factor may be
   written as the arithmetic ("5 * 60"), worked out afterwards; a number written with a unit word the training
   data showed for the field ("5 minute") takes that unit's factor only;
@@ -31,6 +32,7 @@ class AnswerRules:
     clock_fields: tuple[str, ...] = ()
     no_repeat_fields: tuple[str, ...] = ()
     unit_factors: dict[str, dict[str, int | float]] = field(default_factory=dict)
+    copy_stop_words: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, source: Any) -> "AnswerRules":
@@ -38,7 +40,7 @@ class AnswerRules:
         get = source.get if isinstance(source, dict) else (lambda key, default: getattr(source, key, default))
         return cls(tuple(get("copy_fields", ()) or ()), dict(get("derived_numbers", {}) or {}),
                    tuple(get("clock_fields", ()) or ()), tuple(get("no_repeat_fields", ()) or ()),
-                   dict(get("unit_factors", {}) or {}))
+                   dict(get("unit_factors", {}) or {}), dict(get("copy_stop_words", {}) or {}))
 
     @property
     def rewrites_answers(self) -> bool:
@@ -50,7 +52,7 @@ class AnswerRules:
 
     def schema(self, schema: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
         """`schema` as a request whose text is `text` is decoded with (the schema itself when nothing applies)."""
-        schema = copy_schema(schema, self.copy_fields, text)
+        schema = copy_schema(schema, self.copy_fields, text, self.copy_stop_words)
         schema = derived_numbers.derived_schema(schema, self.derived_numbers, text, self.unit_factors)
         return clock_times.clock_schema(schema, self.clock_fields, text)
 

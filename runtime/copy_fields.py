@@ -5,7 +5,11 @@ A bundle names such fields (`copy_fields` in its manifest, from the recipe's `gr
 request the output schema's string properties of those names become an `enum` of the request's word spans
 (those matching the property's pattern, when it has one and a span does), which llama.cpp's grammar enforces. A small model can no longer recase a city ("tokyo"), add a space
 (" Cairo"), misspell it ("Buena Aires") or invent a value the request does not hold; which span it copies is
-still its own choice. Standard library only: the runtime embeds it.
+still its own choice. A bundle may also name, per copied field, its stop words (`copy_stop_words`, learned with
+the dataset, kit.distill.stop_words): words most requests of the field's kind write ("set", "timer", "weather")
+that no value of the field was ever made of alone. A span made of nothing but those is not offered, so a model
+that wants a label where the request gives none cannot make one of "timer", nor a city of "today". Standard
+library only: the runtime embeds it.
 """
 
 from __future__ import annotations
@@ -36,11 +40,27 @@ def request_spans(text: str) -> list[str]:
     return list(spans)
 
 
-def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ...], text: str) -> dict[str, Any] | None:
-    """`schema` with every free string property named in `fields` restricted to the spans of `text` (the
-    schema itself when there is nothing to restrict)."""
+def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ...], text: str,
+                stop_words: dict[str, list[str]] | None = None) -> dict[str, Any] | None:
+    """`schema` with every free string property named in `fields` restricted to the spans of `text`, less the
+    spans made of nothing but that field's `stop_words` (the schema itself when there is nothing to restrict)."""
+    stop = {name: set(words) for name, words in (stop_words or {}).items() if words}
     return offered_per_request(schema, fields, lambda: request_spans(text),
-                               lambda _, prop, spans: _copied(prop, spans))
+                               lambda name, prop, spans: _copied(prop, _without_stop_spans(spans, stop.get(name))))
+
+
+def span_words(span: str) -> list[str]:
+    """The lower-cased words of a span as stop words count them ("What's up?" -> ["what's", "up"])."""
+    return _SPAN_WORD.findall(span.lower())
+
+
+_SPAN_WORD = re.compile(r"\w+(?:['’]\w+)*")
+
+
+def _without_stop_spans(spans: list[str], stop: set[str] | None) -> list[str]:
+    if not stop:
+        return spans
+    return [span for span in spans if not (words := span_words(span)) or not all(w in stop for w in words)]
 
 
 def _copied(prop: Any, spans: list[str]) -> Any:

@@ -92,6 +92,11 @@ def test_a_copy_expert_answers_with_the_requests_words_as_written(store_gguf, wr
     with Expert.load(copying, n_ctx=512) as expert:
         answer = expert.run(request)
     assert answer["city"] in request_spans(request)
+    # with the bundle's stop words the city cannot be made of "weather", "in" or "tomorrow" alone
+    stopping = write_bundle(tmp_path / "stopping", [(store_gguf, "gguf", "Q4_1")], copy_fields=["city"],
+                            copy_stop_words={"city": ["how", "is", "the", "weather", "in", "tomorrow"]}, **fields)
+    with Expert.load(stopping, n_ctx=512) as expert:
+        assert "bUeNoS" in expert.run(request)["city"]
 
 
 @pytest.mark.slow
@@ -125,3 +130,34 @@ def test_each_eval_case_gets_its_own_copied_spans():
     oslo, lima = (enums(case_schema(spec, f"weather in {city} today"))["city"] for city in ("Oslo", "Lima"))
     assert "Oslo" in oslo and "Oslo" not in lima and "Lima" in lima
     assert case_schema({"schema": ROUTER}, "weather in Oslo") is ROUTER  # a spec without copied fields: as it was
+
+
+def test_a_span_of_nothing_but_a_fields_stop_words_is_not_offered():
+    stop = {"label": ["a", "for", "minutes", "set", "timer"], "city": ["in", "today", "weather"]}
+    label = enums(copy_schema(ROUTER, COPIED, "set a timer for 5 minutes", stop))["label"]
+    assert not {"timer", "set a timer", "a timer for", "minutes", "set"} & set(label)
+    assert {"5 minutes", "timer for 5", "set a timer for 5 minutes"} <= set(label)  # a word of its own in them
+    city = enums(copy_schema(ROUTER, COPIED, "weather in Tokyo today", stop))["city"]
+    assert "today" not in city and "in Tokyo" in city and "Tokyo" in city
+    # other copied fields, and a bundle without stop words, are offered every span
+    assert "timer" in enums(copy_schema(ROUTER, COPIED, "set a timer for 5 minutes", stop))["text"]
+    assert "timer" in enums(copy_schema(ROUTER, COPIED, "set a timer for 5 minutes"))["label"]
+
+
+def test_stop_words_are_the_words_most_requests_of_a_fields_kind_write_and_no_value_holds():
+    from kit.distill import stop_words
+
+    def row(text, tool, **arguments):
+        return {"input": text, "output": json.dumps({"tool": tool, "arguments": arguments})}
+
+    timers = [row(f"set a timer for {n} minutes", "set_timer", duration_seconds=n * 60) for n in (2, 5, 9)] + [
+        row("set a timer for 4 minutes for the pasta", "set_timer", duration_seconds=240, label="pasta"),
+        row("timer 30 seconds for the tea", "set_timer", duration_seconds=30, label="tea"),
+        row("set a timer called timer break", "set_timer", duration_seconds=60, label="timer break")]
+    weather = [row(f"weather in {c} today", "get_weather", city=c, day="today") for c in ("Oslo", "Lima", "Rome")]
+    learned = stop_words.learn(timers + weather, ["label", "city"], ROUTER)
+    # "timer" is in a label once ("timer break"): never a stop word; the weather requests are too few to count
+    assert learned == {"label": ["a", "for", "minutes", "set"]}
+    weather += [row(f"weather in {c} today", "get_weather", city=c, day="today") for c in ("Pune", "Kiev")]
+    assert stop_words.learn(timers + weather, ["label", "city"], ROUTER)["city"] == ["in", "today", "weather"]
+    assert stop_words.learn(timers, [], ROUTER) == {}

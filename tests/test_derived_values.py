@@ -196,9 +196,10 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     row = next(r for split in ("train", "validation") for r in data[split] if r["input"] == "timer 12 minutes for tea")
     assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
-    assert derived_values(tmp_path / "dataset") == json.loads(json.dumps(fields))  # the rules travel with it
+    # the rules travel with it (a dataset written before a kind of rule existed reads as having none of that kind)
+    assert derived_values(tmp_path / "dataset") == json.loads(json.dumps(fields)) | {"copy_stop_words": {}}
     assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [],
-                                                    "no_repeat_fields": []}
+                                                    "no_repeat_fields": [], "copy_stop_words": {}}
 
 
 def test_a_number_written_with_a_learned_unit_word_is_offered_in_that_units_factor_only():
@@ -363,7 +364,8 @@ def test_the_bundle_carries_the_rules_its_dataset_was_trained_with(tiny_llama, t
     from runtime.manifest import read_manifest
     from tests.test_export import make_adapter
 
-    rules = {"derived_numbers": {"duration_seconds": [60, 1]}, "clock_fields": ["time"]}
+    rules = {"derived_numbers": {"duration_seconds": [60, 1]}, "clock_fields": ["time"],
+             "copy_stop_words": {"label": ["set", "timer"]}}
     write_dataset(SAMPLES, tmp_path / "dataset", system_prompt="route", validation_fraction=0.2, seed=0,
                   answer=lambda text, output: learned.student_answer(text, output, rules),
                   extra_files={DERIVED_VALUES: json.dumps(rules)})
@@ -375,3 +377,4 @@ def test_the_bundle_carries_the_rules_its_dataset_was_trained_with(tiny_llama, t
     export(config, RunDir(tmp_path / "run"))
     manifest = read_manifest(tmp_path / "run" / "bundle")
     assert manifest.derived_numbers == rules["derived_numbers"] and manifest.clock_fields == ["time"]
+    assert manifest.copy_stop_words == {"label": ["set", "timer"]}

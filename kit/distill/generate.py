@@ -17,7 +17,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
-from kit.distill import derived_values
+from kit.distill import derived_values, stop_words
 from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection
@@ -124,6 +124,9 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         learned = derived_values.learn(samples, seed_answers) if config.data.derived_values and \
             config.output.format == "json" else no_derived_values()
         learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
+        if config.data.derived_values and config.output.format == "json":  # "timer" is never a label on its own
+            learned["copy_stop_words"] = stop_words.learn(samples + seed_answers, config.critic.copied_fields,
+                                                          config.output.resolved_schema())
         # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
         slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
         # a member repeating the words a derived value came from ("5 minutes" as a timer's label) is dropped
