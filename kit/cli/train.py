@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -45,3 +47,14 @@ def train(
         typer.echo(f"validation loss {figures.get('validation_loss_before'):.4f} -> "
                    f"{figures.get('validation_loss_after'):.4f}; {figures.get('train_tokens_per_s')} train tokens/s; "
                    f"adapter: {folder.adapter}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_without_finalization()
+
+
+def _leave_without_finalization() -> None:
+    """One rank of several, done and with everything written: leave before the interpreter's finalization, where
+    gloo's worker threads, still holding work objects after the process group is destroyed, now and then abort the
+    process ("terminate called without an active exception", SIGABRT), failing a run that has finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
