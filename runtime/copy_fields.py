@@ -45,8 +45,15 @@ def copy_schema(schema: dict[str, Any] | None, fields: list[str] | tuple[str, ..
     """`schema` with every free string property named in `fields` restricted to the spans of `text`, less the
     spans made of nothing but that field's `stop_words` (the schema itself when there is nothing to restrict)."""
     stop = {name: set(words) for name, words in (stop_words or {}).items() if words}
-    return offered_per_request(schema, fields, lambda: request_spans(text),
-                               lambda name, prop, spans: _copied(prop, _without_stop_spans(spans, stop.get(name))))
+    words: dict[str, list[str]] = {}  # span -> its words, read once per request for every field
+    kept: dict[str, list[str]] = {}  # field -> its spans less those of its stop words alone, once per field
+
+    def offered(name: str, prop: Any, spans: list[str]) -> Any:
+        if name in stop and name not in kept:
+            kept[name] = _without_stop_spans(spans, stop[name], words)
+        return _copied(prop, kept.get(name, spans))
+
+    return offered_per_request(schema, fields, lambda: request_spans(text), offered)
 
 
 def span_words(span: str) -> list[str]:
@@ -57,10 +64,15 @@ def span_words(span: str) -> list[str]:
 _SPAN_WORD = re.compile(r"\w+(?:['’]\w+)*")
 
 
-def _without_stop_spans(spans: list[str], stop: set[str] | None) -> list[str]:
-    if not stop:
-        return spans
-    return [span for span in spans if not (words := span_words(span)) or not all(w in stop for w in words)]
+def _without_stop_spans(spans: list[str], stop: set[str], words: dict[str, list[str]]) -> list[str]:
+    """`spans` less those made of nothing but `stop` words; `words` caches each span's words across fields."""
+    kept = []
+    for span in spans:
+        if (found := words.get(span)) is None:
+            found = words[span] = span_words(span)
+        if not found or not all(w in stop for w in found):
+            kept.append(span)
+    return kept
 
 
 def _copied(prop: Any, spans: list[str]) -> Any:

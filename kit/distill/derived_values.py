@@ -48,15 +48,15 @@ MAX_FACTORS = 6
 MIN_EXPLAINED = 0.5  # a rule that explains no more than half of its field's values cannot overrule the teacher
 
 
-def _members(value: Any) -> Iterator[tuple[str, Any]]:
+def members(value: Any) -> Iterator[tuple[str, Any]]:
     """(key, member) for every member of an object holding no object or list, at any depth."""
     if isinstance(value, list):
         for item in value:
-            yield from _members(item)
+            yield from members(item)
     elif isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, (dict, list)):
-                yield from _members(item)
+                yield from members(item)
             else:
                 yield key, item
 
@@ -118,7 +118,7 @@ def _factors(samples: list[dict[str, Any]]) -> dict[str, list[int | float]]:
     holding: Counter = Counter()
     for sample, answer in answered(samples):
         numbers = [n for n in request_numbers(str(sample.get("input", ""))) if n > 0]
-        for key, value in _members(answer):
+        for key, value in members(answer):
             if not _is_number(value):
                 continue
             holding[key] += 1
@@ -158,7 +158,7 @@ def _unit_terms(input_text: str, answer: Any, numbers: dict[str, list[int | floa
         return
     request = request_numbers(input_text)
     units = number_units(input_text)
-    for key, value in _members(answer):
+    for key, value in members(answer):
         if key in numbers and _is_number(value):
             for number, factor in _terms_for(value, request, numbers[key]) or ():
                 if words := units.get(number):
@@ -183,7 +183,7 @@ def learn_clock_fields(samples: list[dict[str, Any]]) -> list[str]:
     holding: Counter = Counter()
     for sample, answer in answered(samples):
         times = {to_24h(span) for span in clock_spans(str(sample.get("input", "")))}
-        for key, value in _members(answer):
+        for key, value in members(answer):
             if isinstance(value, str) and HH_MM.match(value):
                 holding[key] += 1
                 support[key] += value in times
@@ -259,7 +259,7 @@ def inconsistent(samples: list[dict[str, Any]], learned: dict[str, Any]) -> dict
     slips: dict[str, tuple[str, str]] = {}
     units = unit_factors(samples, numbers)
     for sample, answer in answered(samples):
-        holding.update({key for key, _ in _members(answer)} & ruled)
+        holding.update({key for key, _ in members(answer)} & ruled)
         text = str(sample.get("input", ""))
         slip = _slip(text, answer, numbers, clock) or _unit_slip(text, answer, numbers, units)
         if slip:
@@ -333,7 +333,7 @@ def _slip(input_text: str, answer: Any, numbers: dict[str, list[int | float]], c
         return None
     request = request_numbers(input_text) if numbers else []
     times = {to_24h(span) for span in clock_spans(input_text)} if clock else set()
-    for key, value in _members(answer):
+    for key, value in members(answer):
         if key in numbers and _is_number(value) and expression_for(value, request, numbers[key]) is None:
             factors = " or ".join(str(f) for f in numbers[key])
             return key, f"'{key}' {value} is no number of the request times {factors}"

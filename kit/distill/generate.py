@@ -121,10 +121,10 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         swaps, stats["value_swaps"] = await swap_rows(config, critic, samples, seeds, held_out)
         seed_answers = [{"id": f"seed-{n}", "input": seed.input, "output": seed.output if isinstance(seed.output, str)
                          else json.dumps(seed.output)} for n, seed in enumerate(config.seeds, 1)]
-        learned = derived_values.learn(samples, seed_answers) if config.data.derived_values and \
-            config.output.format == "json" else no_derived_values()
+        learns_rules = config.data.derived_values and config.output.format == "json"
+        learned = derived_values.learn(samples, seed_answers) if learns_rules else no_derived_values()
         learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
-        if config.data.derived_values and config.output.format == "json":  # "timer" is never a label on its own
+        if learns_rules:  # "timer" is never a label on its own
             learned["copy_stop_words"] = stop_words.learn(samples + seed_answers, config.critic.copied_fields,
                                                           config.output.resolved_schema())
         # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from kit.distill.critic.same_kind import answer_kind, schema_branches
-from kit.distill.derived_values import answered
+from kit.distill.derived_values import answered, members
 from runtime.copy_fields import span_words
 
 MIN_SHARE = 0.4
@@ -39,8 +39,8 @@ def learn(samples: list[dict[str, Any]], fields: list[str], schema: dict[str, An
         kind = answer_kind(answer, branches) if branches else 0
         counts[kind] += 1
         requests[kind].update(set(span_words(str(row.get("input", "")))))
-        for key, value in _strings(answer):
-            if key in fields:
+        for key, value in members(answer):
+            if key in fields and isinstance(value, str):
                 holding[key].add(kind)
                 used[key].update(span_words(value))
     stop = {}
@@ -50,16 +50,3 @@ def learn(samples: list[dict[str, Any]], fields: list[str], schema: dict[str, An
         if words := sorted(frequent - used[key]):
             stop[key] = words
     return stop
-
-
-def _strings(value: Any):
-    """(key, string member) at any depth."""
-    if isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, str):
-                yield key, item
-            else:
-                yield from _strings(item)
