@@ -60,10 +60,39 @@ def resolve(text: str, fields: dict) -> str:
 def test_fields_and_factors_are_learned_from_the_samples_only_where_a_factor_repeats():
     fields = learned.learn(SAMPLES + [timer("timer 3 hours", 10800)])["derived_numbers"]
     assert set(fields) == {"duration_seconds"}  # the volume level is copied (factor 1 only): not derived
-    assert fields["duration_seconds"][0] == 60 and set(fields["duration_seconds"]) == {60, 1, 3600}
-    slip = learned.learn(SAMPLES + [timer("timer 4 hours", 24000)])["derived_numbers"]["duration_seconds"]
-    assert 6000 not in slip and 3600 not in slip  # a factor one sample shows is no rule (here a teacher's slip)
+    # learned: 60, 1, 3600; a day (86400 seconds) follows from the family of "hour", "minute", "second" (unit_families)
+    assert fields["duration_seconds"][0] == 60 and set(fields["duration_seconds"]) == {60, 1, 3600, 86400}
+    rules = learned.learn(SAMPLES + [timer("timer 4 hours", 24000)])
+    slip = rules["derived_numbers"]["duration_seconds"]
+    assert 6000 not in slip  # a factor one sample shows is no rule (here a teacher's slip)
+    assert rules["unit_families"]["duration_seconds"]["hour"] == 3600  # two samples disagree on "hour": the family says
     assert learned.learn([timer("set a timer for 5 minutes", 300)])["derived_numbers"] == {}
+    assert learned.learn([timer("set a timer for 5 minutes", 300)])["derived_numbers"] == {}
+
+
+def test_a_unit_the_samples_never_show_follows_from_the_family_of_those_they_do():
+    minutes = [timer(f"set a timer for {n} minutes", n * 60) for n in (3, 5, 12)] + [
+        timer("countdown 45 seconds", 45), timer("timer 90 secs", 90), timer("timer for one hour", 3600)]
+    rules = learned.learn(minutes)  # one sample in hours: no rule of its own
+    assert rules["unit_factors"]["duration_seconds"]["hour"] == 3600 == rules["unit_families"]["duration_seconds"]["hour"]
+    assert "minute" not in rules["unit_families"]["duration_seconds"]  # learned, not added
+    assert "day" not in rules["unit_factors"]["duration_seconds"]  # one unit past those shown (seconds, minutes)
+    assert 3600 in rules["derived_numbers"]["duration_seconds"] and learned.inconsistent(minutes, rules) == {}
+    offered = lambda text: AnswerRules.of(rules).schema(TIMER, text)["properties"]["arguments"][  # noqa: E731
+        "properties"]["duration_seconds"]["anyOf"][0]["enum"]
+    assert offered("set a timer for one hour") == ["1 * 3600"]
+    assert offered("timer 1 hr 30 minutes") == ["1 * 3600", "30 * 60", "1 * 3600 + 30 * 60"]
+    # a field counting minutes takes hours as 60 and no seconds (not a whole factor)
+    in_minutes = [sample(f"park for {n} minutes", {"minutes": n}) for n in (10, 25)] + [
+        sample(f"park for {n} hours", {"minutes": n * 60}) for n in (2, 3)]
+    rules = learned.learn(in_minutes)
+    assert rules["unit_factors"]["minutes"] == {"hour": 60, "minute": 1, "min": 1, "hr": 60, "hrs": 60, "day": 1440}
+    # units that disagree with every family's ratios (a "minute" of 60, an "hour" of 100) add nothing
+    odd = [timer(f"timer {n} minutes", n * 60) for n in (2, 4)] + [timer(f"timer {n} hours", n * 100) for n in (2, 3)]
+    assert learned.learn(odd)["unit_families"] == {}
+    # no derived field, no family
+    assert learned.learn([sample("volume to 30", {"level": 30}), sample("volume 70", {"level": 70})])[
+        "unit_families"] == {}
 
 
 def test_training_answers_write_the_arithmetic_and_keep_everything_else():
@@ -116,14 +145,16 @@ def test_a_factor_only_samples_breaking_their_units_rule_show_is_no_factor_and_t
             timer("set a timer for 3 hours", 1800), timer("timer 2 hours and 30 minutes", 1200),  # the teacher's slips
             timer("timer 45 seconds", 45), timer("90 seconds please", 90)]
     rules = learned.learn(rows)
-    assert rules["derived_numbers"] == {"duration_seconds": [60, 3600, 1]}  # 600 (two slips) is not learned
+    # 600 (two slips) is not learned; 86400 is the family's day, next to the hour (kit.distill.unit_families)
+    assert rules["derived_numbers"] == {"duration_seconds": [60, 3600, 1, 86400]}
     assert learned.unit_factors(rows, rules["derived_numbers"]) == {
         "duration_seconds": {"minute": (60, 3), "hour": (3600, 3), "second": (1, 2)}}
-    assert rules["unit_factors"] == {"duration_seconds": {"hour": 3600, "minute": 60, "second": 1}}
+    assert rules["unit_factors"] == {"duration_seconds": {"hour": 3600, "minute": 60, "second": 1} | {
+        "sec": 1, "min": 60, "hr": 3600, "hrs": 3600, "day": 86400}}
     slips = learned.inconsistent(rows, rules)
     assert set(slips) == {"set a timer for 3 hours", "timer 2 hours and 30 minutes"}
     assert slips["set a timer for 3 hours"] == ("'duration_seconds' 1800 is no number of the request times 60 or "
-                                                "3600 or 1")
+                                                "3600 or 1 or 86400")
     # learned with the slip's factor (as a smaller dataset may), the unit's rule still names it
     assert learned._unit_slip("set a timer for 3 hours", {"duration_seconds": 1800},
                               {"duration_seconds": [60, 3600, 1, 600]}, learned.unit_factors(rows, rules[
@@ -153,7 +184,8 @@ def test_a_label_repeating_the_words_a_derived_value_came_from_is_dropped_unless
     worded = samples + [labelled("timer for 10 minutes", 600, "minutes"), labelled("2 hours timer", 7200, "hours"),
                         labelled("a 3 hours timer", 10800, "3 hours")]
     rules = learned.learn(worded, [labelled("timer 9 minutes for rice", 540, "rice")])
-    assert rules["no_repeat_fields"] == ["label"] and rules["unit_factors"]["duration_seconds"] == {"hour": 3600, "minute": 60, "second": 1}
+    assert rules["no_repeat_fields"] == ["label"]
+    assert rules["unit_factors"]["duration_seconds"].items() >= {"hour": 3600, "minute": 60, "second": 1}.items()
     assert {"timer for 10 minutes", "2 hours timer"} <= set(learned.repeated_spans(worded, rules))
     # without seeds, a habit most samples share is the task's
     habit = samples + [labelled(f"timer {n} minutes", n * 60, f"{n} minutes") for n in (2, 6, 7, 11)]
@@ -197,7 +229,8 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     assert json.loads(row["output"])["arguments"]["duration_seconds"] == 720
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
     # the rules travel with it (a dataset written before a kind of rule existed reads as having none of that kind)
-    assert derived_values(tmp_path / "dataset") == json.loads(json.dumps(fields)) | {"copy_stop_words": {}}
+    saved = {key: value for key, value in json.loads(json.dumps(fields)).items() if key != "unit_families"}
+    assert derived_values(tmp_path / "dataset") == saved | {"copy_stop_words": {}}  # unit_families: for people only
     assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [],
                                                     "no_repeat_fields": [], "copy_stop_words": {}}
 

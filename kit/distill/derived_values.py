@@ -38,6 +38,7 @@ from collections import Counter, defaultdict
 from itertools import combinations, product
 from typing import Any, Iterator
 
+from kit.distill import unit_families
 from runtime.clock_times import HH_MM, clock_spans, to_24h
 from runtime.answer_rules import without_repeats
 from runtime.derived_numbers import expression_numbers, number_units, request_numbers, term
@@ -74,12 +75,14 @@ def _parsed(text: str) -> Any:
 
 def learn(samples: list[dict[str, Any]], seeds: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """{"derived_numbers": {field: factors}, "unit_factors": {field: {unit word: factor}}, "clock_fields": [field,
-    ...], "no_repeat_fields": [field, ...]} for `samples` (rows with `input` and JSON `output` text; `seeds` in the
-    same form, the author's own answers); empty parts when no rule holds."""
+    ...], "no_repeat_fields": [field, ...], "unit_families": {field: {unit word: factor}}} for `samples` (rows with
+    `input` and JSON `output` text; `seeds` in the same form, the author's own answers); empty parts when no rule
+    holds. `unit_factors` holds the unit words the samples show and those their family adds (`unit_families`:
+    kit.distill.unit_families), whose factors join the field's."""
     numbers = learn_numbers(samples)
-    learned = {"derived_numbers": numbers, "unit_factors": learn_units(samples, numbers),
-               "clock_fields": learn_clock_fields(samples)}
-    return learned | {"no_repeat_fields": learn_no_repeat_fields(samples, seeds, learned)}
+    numbers, units, family_units = unit_families.extend(numbers, learn_units(samples, numbers))
+    learned = {"derived_numbers": numbers, "unit_factors": units, "clock_fields": learn_clock_fields(samples)}
+    return learned | {"no_repeat_fields": learn_no_repeat_fields(samples, seeds, learned), "unit_families": family_units}
 
 
 def learn_units(samples: list[dict[str, Any]], numbers: dict[str, list[int | float]]) -> dict[str, dict[str, Any]]:
