@@ -58,6 +58,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # the first 200 of the source's samples (plan order): what the samples past 200 added
     "first-200": {},
     "first-150": {},
+    # distilling step-by-step on a source built with data.reasoning: true (the teacher's reasoning in the data):
+    # the reasoning as a second training task (train.rationales), or not, at about the same training compute
+    "rationales-4": {"train": {"rationales": True, "epochs": 4}},
+    "rationales-8": {"train": {"rationales": True, "epochs": 8}},
+    "answers-only-8": {"train": {"rationales": False, "epochs": 8}},
 }
 # variant -> which of the source's samples it keeps (every one, for variants not named here)
 SAMPLE_FILTERS: dict[str, Callable[[dict[str, Any]], bool]] = {

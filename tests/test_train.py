@@ -156,6 +156,31 @@ def test_the_student_prompt_replaces_or_drops_the_datasets_system_message(tiny_l
     assert system not in bare and "Route it." not in bare and rows[0]["output"] in bare
 
 
+def test_rationales_train_the_teachers_reasoning_as_a_second_task_on_the_training_split_only(tiny_llama):
+    from datasets import Dataset, DatasetDict
+
+    from trainers.data import RATIONALE_ASK, tokenized_splits
+    from trainers.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    rows = tool_call_rows(3)
+    rows[0]["reasoning"] = "A countdown is a timer; the request gives the minutes."
+    data = DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows)})
+    plain = tokenized_splits(tokenizer, data, 512, None)
+    split = tokenized_splits(tokenizer, data, 512, None, rationales=True)
+    assert len(split["train"]) == 4 and len(split["validation"]) == len(plain["validation"]) == 3
+    assert split["train"][:3] == plain["train"][:3]  # the answer task's rows are untouched
+    explained = split["train"][3]
+    trained = tokenizer.decode([t for t in explained["labels"] if t != -100])
+    prompt = tokenizer.decode([t for t, label in zip(explained["input_ids"], explained["labels"]) if label == -100])
+    assert rows[0]["reasoning"] in trained and rows[0]["output"] not in trained
+    assert rows[0]["input"] in prompt and RATIONALE_ASK in prompt
+    # asked for without any reasoning in the data: one message naming the fix
+    bare = DatasetDict({"train": Dataset.from_list(tool_call_rows(2)), "validation": Dataset.from_list(tool_call_rows(2))})
+    with pytest.raises(UserError, match="data.reasoning: true"):
+        tokenized_splits(tokenizer, bare, 512, None, rationales=True)
+
+
 def test_missing_dataset_names_the_generate_command(tmp_path, tiny_llama):
     from trainers.sft import train
 

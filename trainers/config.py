@@ -45,6 +45,10 @@ class TrainConfig(StrictModel):
                                 "system prompt) once per batch instead of once per row; exact, and off with "
                                 "gradient checkpointing")
     gradient_checkpointing: bool = False
+    rationales: bool = Field(False, description="distilling step-by-step: every training row with the teacher's "
+                             "reasoning (data.reasoning: true) also trains that reasoning as a second task (the "
+                             "request with an ask to explain, the reasoning as the answer); served experts are "
+                             "asked the plain request and answer alone. About doubles the training rows")
     checkpoint_every: int = Field(50, ge=1, description="save a checkpoint every N optimizer steps")
     # a small student's validation loss turns up long before its answers stop improving (it grows surer of the
     # few tokens it still gets wrong): tool-calling, one build's data, shipped exact match 48.6% with the epoch of

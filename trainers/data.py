@@ -32,23 +32,52 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_len: in
 KEEP = object()  # keep each row's own system message
 
 
-def tokenized_splits(tokenizer, data, max_len: int, system_prompt: str | None | object = KEEP):
+# the second task of distilling step-by-step (Hsieh et al., 2023): asked after the request, so the request's own
+# tokens read exactly as in the answer task (causal attention) and the plain request still asks for the answer
+RATIONALE_ASK = "Explain step by step how the answer follows from this request."
+
+
+def tokenized_splits(tokenizer, data, max_len: int, system_prompt: str | None | object = KEEP,
+                     rationales: bool = False):
     """Every split as `input_ids` / `labels`; rows left without a trained token by truncation are dropped.
-    `system_prompt` replaces the rows' system message (None drops it): the student's own prompt."""
+    `system_prompt` replaces the rows' system message (None drops it): the student's own prompt. With
+    `rationales`, the training split also trains each row's `reasoning` as a second task (rationale_rows); the
+    validation split stays the answer task alone."""
     def encode(row: dict[str, Any]) -> dict[str, list[int]]:
         messages = row["messages"] if system_prompt is KEEP else with_system_prompt(row["messages"], system_prompt)
         return tokenize_conversation(tokenizer, messages, max_len)
 
     out = {}
     for split in SPLITS:
+        rows = rationale_rows(data[split]) if rationales and split == "train" else data[split]
         # in memory: cache files written beside the saved dataset would change its fingerprint (the stage input)
-        encoded = data[split].map(encode, remove_columns=data[split].column_names, desc=f"tokenizing {split}",
-                                  keep_in_memory=True)
+        encoded = rows.map(encode, remove_columns=rows.column_names, desc=f"tokenizing {split}",
+                           keep_in_memory=True)
         kept = encoded.filter(lambda row: any(label != -100 for label in row["labels"][1:]), keep_in_memory=True)
         if len(kept) == 0:
             raise UserError(f"no {split} example keeps an answer token within max_seq_len={max_len}: raise train.max_seq_len")
         out[split] = kept
     return out
+
+
+def rationale_rows(rows):
+    """`rows` and, after them, one row per row with reasoning: the request with `RATIONALE_ASK` after it, the
+    teacher's reasoning as the answer (id "<id>:rationale")."""
+    from datasets import concatenate_datasets
+
+    explained = rows.filter(lambda row: bool((row.get("reasoning") or "").strip()), keep_in_memory=True)
+    if len(explained) == 0:
+        raise UserError("train.rationales needs the teacher's reasoning in the dataset: set data.reasoning: true "
+                        "(or train.rationales: false) and run `kit generate` again")
+
+    def explain(row: dict[str, Any]) -> dict[str, Any]:
+        prompt, _ = prompt_and_answer(row["messages"])
+        *head, request = prompt
+        asked = {"role": request["role"], "content": f"{request['content']}\n\n{RATIONALE_ASK}"}
+        return {"id": f"{row['id']}:rationale",
+                "messages": [*head, asked, {"role": "assistant", "content": row["reasoning"].strip()}]}
+
+    return concatenate_datasets([rows, explained.map(explain, keep_in_memory=True)])
 
 
 def _template_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:

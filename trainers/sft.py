@@ -169,7 +169,7 @@ def build_trainer(config: TrainConfig, base, teacher, data, paths: TrainPaths, d
     # from other random adapter weights (and a resumed build could not end as an uninterrupted one)
     set_seed(config.seed)
     tokenizer = load_tokenizer(base.hf_path)
-    rows = tokenized_splits(tokenizer, data, config.max_seq_len, system_prompt)
+    rows = tokenized_splits(tokenizer, data, config.max_seq_len, system_prompt, rationales=config.rationales)
     train_rows, collator = rows["train"], None
     if config.shared_prefix and not config.gradient_checkpointing:
         collator = SharedPrefixCollator(pad_token_id=tokenizer.pad_token_id, packing=config.packing)
