@@ -122,6 +122,9 @@ def test_missing_files_and_inconsistent_sections_are_reported(tmp_path):
         assert expected in messages
     with pytest.raises(RecipeInvalid, match="gguf_types does not make"):
         load_recipe(write(tmp_path, MINIMAL + "export: {gguf_types: [F16], ship: [Q4_K_M]}\n"))
+    with pytest.raises(RecipeInvalid, match="data.reasoning: false leaves out"):
+        load_recipe(write(tmp_path, MINIMAL + "data: {reasoning: false}\ntrain: {rationales: true}\n"))
+    assert load_recipe(write(tmp_path, MINIMAL + "train: {rationales: true}\n")).train.rationales  # reasoning: on
 
 
 def test_invalid_json_schema_and_bad_yaml_are_explained(tmp_path):

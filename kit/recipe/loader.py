@@ -252,6 +252,9 @@ def _semantic_problems(recipe: Recipe, root: yaml.Node | None) -> list[RecipePro
                 add(keys + ["tests_file"], f"file not found: {verifier.tests_file}", "fix the path")
     if recipe.teacher.backend == "openai" and recipe.teacher.base_url is None and recipe.teacher.api_key_env is None:
         add(["teacher"], "the openai backend needs an endpoint", "set `base_url:` (and `api_key_env:` if it needs a key)")
+    if recipe.train.rationales and not recipe.data.reasoning:
+        add(["train", "rationales"], "train.rationales trains the teacher's reasoning, which data.reasoning: false "
+            "leaves out", "set `data.reasoning: true` (the teacher writes its reasoning) or `train.rationales: false`")
     distill = recipe.train.distill
     if distill.enabled and not distill.teacher and recipe.teacher.backend != "hf":
         add(["train", "distill"], "logit distillation needs a local HF teacher", "set `train.distill.teacher:` or use teacher.backend: hf")
