@@ -156,8 +156,38 @@ def test_stop_words_are_the_words_most_requests_of_a_fields_kind_write_and_no_va
         row("set a timer called timer break", "set_timer", duration_seconds=60, label="timer break")]
     weather = [row(f"weather in {c} today", "get_weather", city=c, day="today") for c in ("Oslo", "Lima", "Rome")]
     learned = stop_words.learn(timers + weather, ["label", "city"], ROUTER)
-    # "timer" is in a label once ("timer break"): never a stop word; the weather requests are too few to count
-    assert learned == {"label": ["a", "for", "minutes", "set"]}
+    # "timer" is in a label once ("timer break"): never a stop word; the weather requests are too few to count;
+    # every timer request writes a number and no label holds one
+    assert learned == {"label": ["#number", "a", "for", "minutes", "set"]}
     weather += [row(f"weather in {c} today", "get_weather", city=c, day="today") for c in ("Pune", "Kiev")]
     assert stop_words.learn(timers + weather, ["label", "city"], ROUTER)["city"] == ["in", "today", "weather"]
     assert stop_words.learn(timers, [], ROUTER) == {}
+
+
+def test_shapes_are_dates_times_and_other_numbers_and_a_stop_shape_cuts_every_span_holding_it():
+    from kit.distill import stop_words
+    from runtime.copy_fields import span_shapes
+
+    assert span_shapes("haircut 2026-07-22 at 11am") == {"#date", "#time"}
+    assert span_shapes("running 10 minutes late") == {"#number"} and span_shapes("lunch at noon") == {"#time"}
+    assert span_shapes("on 22/07/2026") == {"#date"} and span_shapes("version 1.5") == {"#number"}
+    assert span_shapes("dinner with the Smiths") == set()
+
+    def event(text, title, date, time):
+        return {"input": text, "output": json.dumps({"tool": "create_event", "arguments": {
+            "title": title, "date": date, "time": time}})}
+
+    events = [event("add dentist 2027-01-12 at 9am", "dentist", "2027-01-12", "09:00"),
+              event("schedule team sync on 2027-02-03 at 14:30", "team sync", "2027-02-03", "14:30"),
+              event("calendar: yoga class 2027-03-04 6pm", "yoga class", "2027-03-04", "18:00"),
+              event("put lunch with Ana on 2027-04-05 at noon", "lunch with Ana", "2027-04-05", "12:00"),
+              event("new event 3 budget review 2027-05-06 10:00", "3 budget review", "2027-05-06", "10:00")]
+    learned = stop_words.learn(events, ["title", "date"], ROUTER)
+    # a title never held a date or a time, every request writes both; one title holds a number: no stop shape
+    assert {"#date", "#time"} <= set(learned["title"]) and "#number" not in learned["title"]
+    assert "#date" not in learned.get("date", [])  # every date value is one
+    title = enums(copy_schema(ROUTER, COPIED, "calendar: haircut 2026-07-22 at 11am", learned))["title"]
+    assert title == ["calendar:", "calendar", "calendar: haircut", "haircut"]  # nothing running into the date
+    # a bundle whose stop words name no shape offers those spans as before
+    assert "haircut 2026-07-22" in enums(copy_schema(ROUTER, COPIED, "calendar: haircut 2026-07-22 at 11am",
+                                                     {"title": ["at"]}))["title"]

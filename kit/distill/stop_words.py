@@ -9,7 +9,9 @@ output schema's top-level `oneOf` / `anyOf` an answer takes, kit.distill.critic.
 branches), and a word is a stop word of the field when at least `MIN_SHARE` of the requests of such a kind write
 it (a kind counted from `MIN_REQUESTS` samples) and no value of the field in any sample holds it. The runtime
 offers no span made of nothing but stop words; a span with any other word in it ("for the gym") is offered as
-before. Saved with the dataset's other rules (kit.core.dataset.DERIVED_VALUES), carried by the bundle.
+before. Shapes count like words (runtime.copy_fields.span_shapes: "#date", "#time", "#number"), but a span
+holding a stop shape anywhere is not offered: every event request writes a date and no title ever held one, so
+"haircut 2026-07-22" is no title. Saved with the dataset's other rules (kit.core.dataset.DERIVED_VALUES), carried by the bundle.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from kit.distill.critic.same_kind import answer_kind, schema_branches
 from kit.distill.derived_values import answered, members
-from runtime.copy_fields import span_words
+from runtime.copy_fields import span_shapes, span_words
 
 MIN_SHARE = 0.4
 MIN_REQUESTS = 5
@@ -38,11 +40,13 @@ def learn(samples: list[dict[str, Any]], fields: list[str], schema: dict[str, An
     for row, answer in answered(samples):
         kind = answer_kind(answer, branches) if branches else 0
         counts[kind] += 1
-        requests[kind].update(set(span_words(str(row.get("input", "")))))
+        request = str(row.get("input", ""))
+        requests[kind].update(set(span_words(request)) | span_shapes(request))
         for key, value in members(answer):
             if key in fields and isinstance(value, str):
                 holding[key].add(kind)
                 used[key].update(span_words(value))
+                used[key].update(span_shapes(value))
     stop = {}
     for key in fields:
         frequent = {word for kind in holding.get(key, ()) if counts[kind] >= MIN_REQUESTS
