@@ -51,7 +51,7 @@ def write_bundle(bundle_dir: Path, info: BundleInfo, base: BaseModel, config: Ex
                     **({"source_gguf": base.source_gguf.name} if base.source_gguf else {})},
         system_prompt=info.system_prompt, chat_template=tokenizer.chat_template, output_format=info.output_format,
         output_schema=info.output_schema, copy_fields=list(info.copy_fields),
-        copy_stop_words=dict(info.copy_stop_words),
+        copy_stop_words=dict(info.copy_stop_words), named_choices=dict(info.named_choices),
         derived_numbers=dict(info.derived_numbers), unit_factors=dict(info.unit_factors),
         clock_fields=list(info.clock_fields),
         no_repeat_fields=list(info.no_repeat_fields),

@@ -100,6 +100,9 @@ class BundleInfo(StrictModel):
     copy_stop_words: dict[str, list[str]] = Field(
         default_factory=dict, description="per copied field, the words no span offered for it may be made of alone "
                                           "(runtime.copy_fields)")
+    named_choices: dict[str, list[str]] = Field(
+        default_factory=dict, description="per enum field, the choices a request that names one of them alone is "
+                                          "held to (runtime.named_choices)")
     derived_numbers: dict[str, list[int | float]] = Field(
         default_factory=dict, description="JSON number fields the student writes as arithmetic over the request's "
                                           "numbers, with their factors (runtime.derived_numbers)")

@@ -2,6 +2,8 @@
 
 - copied fields (runtime.copy_fields): names, cities, texts are held to the request's own words, never to words
   alone that most requests of their kind write (`copy_stop_words`: a label "timer", a city "today");
+- named choices (runtime.named_choices): an enum field is held to the one choice a request names alone, where
+  the training data showed that choice so answered (`named_choices`: "tomorrow" for the day);
 - derived numbers (runtime.derived_numbers): a number made from a request number by a constant factor may be
   written as the arithmetic ("5 * 60"), worked out afterwards; a number written with a unit word the training
   data showed for the field ("5 minute") takes that unit's factor only;
@@ -23,6 +25,7 @@ from typing import Any, Callable, Collection
 
 from runtime import clock_times, derived_numbers
 from runtime.copy_fields import copy_schema
+from runtime.named_choices import named_schema
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class AnswerRules:
     no_repeat_fields: tuple[str, ...] = ()
     unit_factors: dict[str, dict[str, int | float]] = field(default_factory=dict)
     copy_stop_words: dict[str, list[str]] = field(default_factory=dict)
+    named_choices: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, source: Any) -> "AnswerRules":
@@ -40,7 +44,8 @@ class AnswerRules:
         get = source.get if isinstance(source, dict) else (lambda key, default: getattr(source, key, default))
         return cls(tuple(get("copy_fields", ()) or ()), dict(get("derived_numbers", {}) or {}),
                    tuple(get("clock_fields", ()) or ()), tuple(get("no_repeat_fields", ()) or ()),
-                   dict(get("unit_factors", {}) or {}), dict(get("copy_stop_words", {}) or {}))
+                   dict(get("unit_factors", {}) or {}), dict(get("copy_stop_words", {}) or {}),
+                   dict(get("named_choices", {}) or {}))
 
     @property
     def rewrites_answers(self) -> bool:
@@ -48,11 +53,12 @@ class AnswerRules:
         return bool(self.derived_numbers or self.clock_fields)
 
     def __bool__(self) -> bool:
-        return bool(self.copy_fields or self.rewrites_answers)
+        return bool(self.copy_fields or self.named_choices or self.rewrites_answers)
 
     def schema(self, schema: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
         """`schema` as a request whose text is `text` is decoded with (the schema itself when nothing applies)."""
         schema = copy_schema(schema, self.copy_fields, text, self.copy_stop_words)
+        schema = named_schema(schema, self.named_choices, text)
         schema = derived_numbers.derived_schema(schema, self.derived_numbers, text, self.unit_factors)
         return clock_times.clock_schema(schema, self.clock_fields, text)
 

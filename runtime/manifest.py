@@ -52,6 +52,8 @@ class Manifest:
     copy_fields: list[str] = field(default_factory=list)  # JSON keys decoded as spans of the request
     # {JSON key: words}: a copied span made of nothing but these words is not offered (runtime.copy_fields)
     copy_stop_words: dict[str, list[str]] = field(default_factory=dict)
+    # {JSON key: choices}: an enum field narrowed to the one of these a request names alone (named_choices)
+    named_choices: dict[str, list[str]] = field(default_factory=dict)
     # {JSON key: factors}: numbers the model writes as arithmetic over the request's numbers (derived_numbers)
     derived_numbers: dict[str, list[int | float]] = field(default_factory=dict)
     # {JSON key: {unit word: factor}}: a request number written with such a word is offered with that factor only

@@ -230,9 +230,10 @@ def test_the_dataset_trains_the_arithmetic_and_keeps_the_label(tmp_path):
     assert json.loads(row["messages"][-1]["content"])["arguments"]["duration_seconds"] == "12 * 60"
     # the rules travel with it (a dataset written before a kind of rule existed reads as having none of that kind)
     saved = {key: value for key, value in json.loads(json.dumps(fields)).items() if key != "unit_families"}
-    assert derived_values(tmp_path / "dataset") == saved | {"copy_stop_words": {}}  # unit_families: for people only
+    # unit_families: for people only
+    assert derived_values(tmp_path / "dataset") == saved | {"copy_stop_words": {}, "named_choices": {}}
     assert derived_values(tmp_path / "nothing") == {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [],
-                                                    "no_repeat_fields": [], "copy_stop_words": {}}
+                                                    "no_repeat_fields": [], "copy_stop_words": {}, "named_choices": {}}
 
 
 def test_a_number_written_with_a_learned_unit_word_is_offered_in_that_units_factor_only():
@@ -398,7 +399,7 @@ def test_the_bundle_carries_the_rules_its_dataset_was_trained_with(tiny_llama, t
     from tests.test_export import make_adapter
 
     rules = {"derived_numbers": {"duration_seconds": [60, 1]}, "clock_fields": ["time"],
-             "copy_stop_words": {"label": ["set", "timer"]}}
+             "copy_stop_words": {"label": ["set", "timer"]}, "named_choices": {"day": ["tomorrow"]}}
     write_dataset(SAMPLES, tmp_path / "dataset", system_prompt="route", validation_fraction=0.2, seed=0,
                   answer=lambda text, output: learned.student_answer(text, output, rules),
                   extra_files={DERIVED_VALUES: json.dumps(rules)})
@@ -410,4 +411,4 @@ def test_the_bundle_carries_the_rules_its_dataset_was_trained_with(tiny_llama, t
     export(config, RunDir(tmp_path / "run"))
     manifest = read_manifest(tmp_path / "run" / "bundle")
     assert manifest.derived_numbers == rules["derived_numbers"] and manifest.clock_fields == ["time"]
-    assert manifest.copy_stop_words == {"label": ["set", "timer"]}
+    assert manifest.copy_stop_words == {"label": ["set", "timer"]} and manifest.named_choices == {"day": ["tomorrow"]}

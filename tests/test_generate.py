@@ -309,7 +309,8 @@ def test_values_derived_by_a_rule_are_trained_in_the_students_form_and_can_be_tu
     run(generate_config(load_recipe(recipe_path)), run_dir)
     assert teacher.count == sent  # the same samples, trained as plain numbers: nothing new asked
     assert json.loads((run_dir.dataset / "derived_values.json").read_text()) == \
-        {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [], "no_repeat_fields": [], "copy_stop_words": {}}
+        {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [], "no_repeat_fields": [], "copy_stop_words": {},
+         "named_choices": {}}
     plain = load_from_disk(str(run_dir.dataset))["train"]
     assert all(r["messages"][-1]["content"] == r["output"] for r in plain)
 

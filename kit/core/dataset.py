@@ -26,12 +26,12 @@ def with_system_prompt(messages: Messages, system: str | None) -> Messages:
 def no_derived_values() -> dict[str, Any]:
     """The derived values of a dataset that has none (kit.distill.derived_values learns them)."""
     return {"derived_numbers": {}, "unit_factors": {}, "clock_fields": [], "no_repeat_fields": [],
-            "copy_stop_words": {}}
+            "copy_stop_words": {}, "named_choices": {}}
 
 
 def derived_values(dataset: Path | None) -> dict[str, Any]:
     """{"derived_numbers": {...}, "unit_factors": {...}, "clock_fields": [...], "no_repeat_fields": [...],
-    "copy_stop_words": {...}} of a saved dataset (empty parts when it has none)."""
+    "copy_stop_words": {...}, "named_choices": {...}} of a saved dataset (empty parts when it has none)."""
     empty = no_derived_values()
     if dataset is None:
         return empty

@@ -17,7 +17,7 @@ from kit.core.errors import UserError
 from kit.core.files import atomic_write_json, atomic_write_text, fingerprint
 from kit.core.run_dir import RunDir
 from kit.core.stage import StageManifest, StagePlan, config_dict, run_stage, write_stage_manifest
-from kit.distill import derived_values, stop_words
+from kit.distill import derived_values, named_choices, stop_words
 from kit.distill.augment import value_swaps
 from kit.distill.config import GenerateConfig
 from kit.distill.critic import Candidate, Critic, Rejection
@@ -124,11 +124,16 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         learns_rules = config.data.derived_values and config.output.format == "json"
         learned = derived_values.learn(samples, seed_answers) if learns_rules else no_derived_values()
         learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
-        if learns_rules:  # "timer" is never a label on its own
+        if learns_rules:  # "timer" is never a label on its own; "tomorrow" is the day of a request naming it alone
             learned["copy_stop_words"] = stop_words.learn(samples + seed_answers, config.critic.copied_fields,
                                                           config.output.resolved_schema())
-        # a derived value no rule explains is a teacher's slip the other samples contradict: not trained on
+            learned["named_choices"] = named_choices.learn(samples + seed_answers, config.output.resolved_schema())
+        # a derived value no rule explains, or another choice than the one the request names, is a teacher's slip
+        # the other samples contradict: not trained on
         slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
+        for sample_id, why in named_choices.slips(samples, learned.get("named_choices") or {},
+                                                  config.output.resolved_schema()).items():
+            slips.setdefault(sample_id, why)
         # a member repeating the words a derived value came from ("5 minutes" as a timer's label) is dropped
         repaired = derived_values.repeated_spans(samples, learned)
         stats["derived_values"] = learned | {"left_out": len(slips), "left_out_examples": [
