@@ -14,11 +14,13 @@ library only.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Collection
 
 from runtime.json_fields import with_named_properties
 
 
+@lru_cache(maxsize=4096)  # a bundle has a few choices; each request asks for all of them again
 def choice_pattern(choice: str) -> re.Pattern[str]:
     """The words of a choice as a request writes them: "do_not_disturb" matches "do not disturb", "Do-Not-Disturb"."""
     words = [w for w in re.split(r"[\s_-]+", choice.strip()) if w]
