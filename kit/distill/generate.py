@@ -124,15 +124,14 @@ async def _run(config: GenerateConfig, run_dir: RunDir, plan: StagePlan, show_pr
         learns_rules = config.data.derived_values and config.output.format == "json"
         learned = derived_values.learn(samples, seed_answers) if learns_rules else no_derived_values()
         learned["no_repeat_fields"] = _optional_fields(config, learned["no_repeat_fields"], samples)
+        schema = config.output.resolved_schema() if learns_rules else None  # read once: it may be a file
         if learns_rules:  # "timer" is never a label on its own; "tomorrow" is the day of a request naming it alone
-            learned["copy_stop_words"] = stop_words.learn(samples + seed_answers, config.critic.copied_fields,
-                                                          config.output.resolved_schema())
-            learned["named_choices"] = named_choices.learn(samples + seed_answers, config.output.resolved_schema())
+            learned["copy_stop_words"] = stop_words.learn(samples + seed_answers, config.critic.copied_fields, schema)
+            learned["named_choices"] = named_choices.learn(samples + seed_answers, schema)
         # a derived value no rule explains, or another choice than the one the request names, is a teacher's slip
         # the other samples contradict: not trained on
         slips = derived_values.inconsistent(samples, learned)  # none when no rule was learned
-        for sample_id, why in named_choices.slips(samples, learned.get("named_choices") or {},
-                                                  config.output.resolved_schema()).items():
+        for sample_id, why in named_choices.slips(samples, learned.get("named_choices") or {}, schema).items():
             slips.setdefault(sample_id, why)
         # a member repeating the words a derived value came from ("5 minutes" as a timer's label) is dropped
         repaired = derived_values.repeated_spans(samples, learned)

@@ -46,7 +46,7 @@ def learn(samples: list[dict[str, Any]], schema: dict[str, Any] | None) -> dict[
     choices = enum_choices(schema)
     support: Counter = Counter()
     agree: Counter = Counter()
-    for key, value, named in _named(samples, choices):
+    for _, key, value, named in _named(samples, choices):
         support[key, named] += 1
         agree[key, named] += value == named
     learned = {key: [c for c in options if support[key, c] >= MIN_SUPPORT
@@ -59,15 +59,14 @@ def slips(samples: list[dict[str, Any]], learned: dict[str, list[str]], schema: 
     and whose answer takes another."""
     choices = {key: found for key, found in enum_choices(schema).items() if key in learned}
     out = {}
-    for row, _ in answered(samples):
-        for key, value, named in _named([row], choices):
-            if named in learned[key] and value != named and "id" in row:
-                out.setdefault(row["id"], f"'{key}' is {value!r} where the request names {named!r}")
+    for row, key, value, named in _named(samples, choices):
+        if named in learned[key] and value != named and "id" in row:
+            out.setdefault(row["id"], f"'{key}' is {value!r} where the request names {named!r}")
     return out
 
 
-def _named(samples: list[dict[str, Any]], choices: dict[str, list[str]]) -> Iterator[tuple[str, Any, str]]:
-    """(field, answered value, the one choice the request names) for every enum member of every answer whose
+def _named(samples: list[dict[str, Any]], choices: dict[str, list[str]]) -> Iterator[tuple[dict[str, Any], str, Any, str]]:
+    """(row, field, answered value, the one choice the request names) for every enum member of every answer whose
     request names exactly one of its field's choices."""
     if not choices:
         return
@@ -75,4 +74,4 @@ def _named(samples: list[dict[str, Any]], choices: dict[str, list[str]]) -> Iter
         text = str(row.get("input", ""))
         for key, value in members(answer):
             if key in choices and len(named := named_choices(text, choices[key])) == 1:
-                yield key, value, named[0]
+                yield row, key, value, named[0]
