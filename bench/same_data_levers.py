@@ -63,6 +63,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "rationales-4": {"train": {"rationales": True, "epochs": 4}},
     "rationales-8": {"train": {"rationales": True, "epochs": 8}},
     "answers-only-8": {"train": {"rationales": False, "epochs": 8}},
+    # a second expert on the same base and data (another training seed) that also keeps its F16 GGUF: with the
+    # source, the pair bench/shared_base.py serves from one base and compares with the unquantized models
+    "second-expert": {"train": {"seed": 1}, "export": {"gguf_types": ["F16", "Q8_0"]}},
 }
 # variant -> which of the source's samples it keeps (every one, for variants not named here)
 SAMPLE_FILTERS: dict[str, Callable[[dict[str, Any]], bool]] = {
