@@ -2,8 +2,12 @@
 (built once from the same pinned llama.cpp source by scripts/build_llama_server.sh), the same GGUF, the same
 threads and the same prompts, at 1, 4, 8 and 16 concurrent clients.
 
-    .venv/bin/python bench/serve_concurrency.py [--model smollm2-135m-instruct] [--clients 1,4,8,16] \
+    .venv/bin/python bench/serve_concurrency.py [--model GGUF | model-store name] [--clients 1,4,8,16] \
         [--requests 32] [--max-tokens 64] [--threads N]
+
+Without --model: the store's SmolLM2-135M at Q8_0, the type the tool-calling expert ships (made from the store's
+Hugging Face copy with llama.cpp's converter and quantizer into bench-runs/batch-cost/, as bench/batch_cost.py
+makes it; the store's own GGUF is mostly Q4_1).
 
 Each client sends chat completions one after another (greedy, `max_tokens` each, no streaming) until the
 requests are spent; the server has as many slots as there are clients. Prints a markdown table: aggregate
@@ -121,7 +125,12 @@ def llama_server() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def model_path(name: str) -> Path:
+def model_path(name: str | None) -> Path:
+    if name is None:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from batch_cost import store_quants
+
+        return store_quants(["Q8_0"], ROOT / "bench-runs" / "batch-cost")[0]
     if Path(name).is_file():
         return Path(name)
     from kit.models.reference import resolve_model
@@ -131,7 +140,8 @@ def model_path(name: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="a model-store name or a .gguf path")
+    parser.add_argument("--model", default=None, help="a model-store name or a .gguf path (default: SmolLM2-135M "
+                        "at Q8_0)")
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
