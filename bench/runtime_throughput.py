@@ -10,7 +10,7 @@ from scratch (bare llama.cpp is reset too, as Expert does). Decode tokens/s = (c
 from first to last token), median over runs; a ratio is the median of the back-to-back pairs' ratios.
 Start-up, first-token latency and peak RSS come from a fresh process per mode. The ONNX modes run the
 export stage's shipped variants of the same weights: fp32, int8 (dynamic, down_proj kept float), int4; the genai
-modes run onnxruntime-genai models of the same weights made by its model builder (fp32, int4).
+modes run onnxruntime-genai models of the same weights made by its model builder (fp32, int4, int8).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PROMPTS = [
 ]
 RATIOS = [("expert", "bare", 0.97), ("server", "bare", 0.90), ("onnx-fp32", "torch", 2.0), ("onnx-int8", "torch", 2.0),
           ("onnx-int4", "torch", 2.0), ("genai-fp32", "torch", 2.0), ("genai-int4", "torch", 2.0),
-          ("genai-int4", "bare", 0.0)]
+          ("genai-int8", "torch", 2.0), ("genai-int4", "bare", 0.0), ("genai-int8", "bare", 0.0)]
 
 
 def messages(prompt: str) -> list[dict[str, str]]:
@@ -183,6 +183,10 @@ def mode_genai_int4(args):
     return _mode_onnx(args, args.genai / "genai-int4")
 
 
+def mode_genai_int8(args):
+    return _mode_onnx(args, args.genai / "genai-int8")
+
+
 def mode_torch(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -206,7 +210,7 @@ def mode_torch(args):
 
 MODES = {"bare": mode_bare, "expert": mode_expert, "server": mode_server, "onnx-fp32": mode_onnx_fp32,
          "onnx-int8": mode_onnx_int8, "onnx-int4": mode_onnx_int4, "genai-fp32": mode_genai_fp32,
-         "genai-int4": mode_genai_int4, "torch": mode_torch}
+         "genai-int4": mode_genai_int4, "genai-int8": mode_genai_int8, "torch": mode_torch}
 # Each mode decodes in a process of its own: llama.cpp's OpenMP threads (the runtime's engine thread, bare
 # llama-cpp-python on the main thread) and torch's slow each other down threefold when two share one process.
 AB_GROUPS = [(mode,) for mode in MODES]
@@ -294,7 +298,7 @@ def prepare(workdir: Path) -> dict[str, Path]:
 
     genai = settings.microkit_home() / "bench" / f"{STORE_MODEL}-genai"
     print("building onnxruntime-genai models with its model builder (once) ...", file=sys.stderr, flush=True)
-    make_genai(hf, genai, ["fp32", "int4"])
+    make_genai(hf, genai, ["fp32", "int4", "int8"])
     return {"bundle": bundle, "gguf": gguf, "hf": hf, "onnx": onnx, "genai": genai}
 
 

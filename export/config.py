@@ -23,7 +23,7 @@ def check_shipped_are_made(ship: list[str], made: list[str], always_made: str, s
         raise ValueError(f"{ship_key} names {missing}, which {made_key} does not make; add them to {made_key}")
 
 
-GenaiVariant = Literal["int4", "int4-mixed", "fp32"]
+GenaiVariant = Literal["int4", "int4-mixed", "int8", "fp32"]
 
 
 class OnnxSettings(StrictModel):
@@ -33,7 +33,8 @@ class OnnxSettings(StrictModel):
                                     "(with `quantize` also empty, optimum's export is skipped: onnxruntime-genai only)")
     genai: list[GenaiVariant] = Field(default_factory=list, description="onnxruntime-genai models made by its model "
                                       "builder (int4: MatMulNBits with int8 activations on CPU; int4-mixed: k-quant "
-                                      "int4 with int8 where it matters); served with JSON-schema guidance")
+                                      "int4 with int8 where it matters; int8: every MatMul at 8 bits); served with "
+                                      "JSON-schema guidance")
     genai_ship: list[GenaiVariant] = Field(default_factory=list, description="onnxruntime-genai variants copied into "
                                            "the bundle (loaded before optimum's ONNX when the bundle has no GGUF)")
     int8_keep_float: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "dense_4h_to_h"],

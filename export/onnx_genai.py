@@ -11,12 +11,16 @@ from pathlib import Path
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
 
-# variant -> builder precision and extra options; int4-mixed keeps the layers k-quant finds sensitive (and the
-# LM head) at 8 bits. The builder offers no plain int8 precision.
-VARIANTS = {
-    "int4": ("int4", ["int4_accuracy_level=4"]),
-    "int4-mixed": ("int4", ["int4_accuracy_level=4", "int4_algo_config=k_quant_mixed"]),
-    "fp32": ("fp32", []),
+# variant -> builder precision, extra options and the weight bits onnxruntime's MatMulNBits quantizer then gives
+# the builder's MatMuls. int4-mixed keeps the layers k-quant finds sensitive (and the LM head) at 8 bits. The
+# builder offers no int8 precision: int8 is its fp32 model with every MatMul at 8 bits (MatMulNBits, symmetric
+# blocks of 32, int8 activations on CPU like the builder's int4); the embedding stays float (onnxruntime's
+# GatherBlockQuantized takes 4 bits only).
+VARIANTS: dict[str, tuple[str, list[str], int | None]] = {
+    "int4": ("int4", ["int4_accuracy_level=4"], None),
+    "int4-mixed": ("int4", ["int4_accuracy_level=4", "int4_algo_config=k_quant_mixed"], None),
+    "int8": ("fp32", [], 8),
+    "fp32": ("fp32", [], None),
 }
 
 
@@ -25,7 +29,7 @@ def make_genai(merged: Path, out_dir: Path, variants: list[str], device: str = "
     tokenizer and chat template), built once; returns variant -> folder."""
     made = {}
     for variant in variants:
-        precision, extra = VARIANTS[variant]
+        precision, extra, bits = VARIANTS[variant]
         target = out_dir / f"genai-{variant}"
         if not (target / "genai_config.json").is_file():
             with atomic_output(target) as partial, tempfile.TemporaryDirectory(prefix="microkit-genai-") as cache:
@@ -36,8 +40,32 @@ def make_genai(merged: Path, out_dir: Path, variants: list[str], device: str = "
                 if done.returncode != 0 or not (partial / "genai_config.json").is_file():
                     tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
                     raise UserError(f"onnxruntime-genai's model builder failed on {merged} ({variant}):\n{tail}")
+                if bits is not None:
+                    quantize_matmuls(partial / _model_file(partial), bits)
         made[variant] = target
     return made
+
+
+def _model_file(folder: Path) -> str:
+    import json
+
+    return json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"]
+
+
+def quantize_matmuls(model_file: Path, bits: int, block_size: int = 32) -> None:
+    """Every MatMul of an onnxruntime-genai model at `bits` (weight-only MatMulNBits, symmetric blocks, accuracy
+    level 4), in place; its weights go to one external data file beside it, as the builder writes them."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(model_file)), bits=bits, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=4, op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    for old in model_file.parent.glob(model_file.name + "*"):  # the float model and its data (loaded above)
+        old.unlink()
+    quantizer.model.save_model_to_file(str(model_file), use_external_data_format=True)
+    for written in model_file.parent.glob(model_file.name + "*"):
+        written.chmod(0o644)
 
 
 class GenaiCausalLM:

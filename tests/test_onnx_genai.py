@@ -26,7 +26,7 @@ def genai_export(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("genai-export")
     tiny_adapter = make_adapter(tiny_llama, root / "adapter")
     config = ExportConfig(gguf_types=["F16"], ship=["F16"], gguf_pre_tokenizer="gpt-2",
-                          onnx={"quantize": [], "ship": ["fp32"], "genai": ["fp32", "int4"], "genai_ship": ["int4"]},
+                          onnx={"quantize": [], "ship": ["fp32"], "genai": ["fp32", "int4", "int8"], "genai_ship": ["int4"]},
                           min_top1_agreement=0.0, max_perplexity_ratio=10.0, verify_tokens=12, threads=1)
     info = BundleInfo(name="tiny-genai", task="Set timers.", output_format="json", output_schema=SCHEMA)
     stage = run(ExportStageConfig(export=config, bundle=info, adapter=tiny_adapter, base=str(tiny_llama)), RunDir(root))
@@ -37,10 +37,17 @@ def test_builder_models_are_verified_and_the_int4_one_ships(genai_export):
     root, stage = genai_export
     verify = json.loads((root / "export" / "verify.json").read_text())
     genai = {a["quant"]: a for a in verify["artifacts"] if a["kind"] == "onnx-genai"}
-    assert set(genai) == {"fp32", "int4"}
+    assert set(genai) == {"fp32", "int4", "int8"}
     assert genai["fp32"]["tokenization_identical"] and genai["fp32"]["greedy_identical"]
     assert genai["fp32"]["perplexity_ratio"] == pytest.approx(1.0, abs=0.01)
     assert genai["int4"]["top1_agreement"] is not None and genai["int4"]["kl_divergence"] is not None
+    # int8: the builder's fp32 model with every MatMul at 8 bits, closer to the merged model than int4
+    assert genai["int8"]["tokenization_identical"]
+    assert genai["int8"]["kl_divergence"] < genai["int4"]["kl_divergence"]
+    assert genai["int8"]["perplexity_ratio"] == pytest.approx(1.0, abs=0.05)
+    int8 = root / "export" / "genai-int8"
+    assert json.loads((int8 / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.onnx"
+    assert {p.name for p in int8.glob("model.onnx*")} == {"model.onnx", "model.onnx.data"}
     manifest = read_manifest(root / "bundle")
     assert [f.path for f in manifest.files if f.kind == "onnx-genai"] == ["genai-int4/model.onnx"]
     assert (root / "bundle" / "genai-int4" / "genai_config.json").is_file()
@@ -62,6 +69,9 @@ def test_runtime_generates_with_onnxruntime_genai_and_holds_the_schema(genai_exp
     with Expert.load(root / "export" / "genai-fp32") as bare:  # a bare builder folder loads as onnx-genai
         assert bare.backend.name == "onnx-genai"
         assert bare.complete(PROMPT, max_tokens=6, stop=["zzz"])
+    with Expert.load(root / "export" / "genai-int8") as int8:  # 8-bit MatMulNBits runs in onnxruntime-genai
+        assert int8.backend.name == "onnx-genai"
+        assert int8.complete(PROMPT, max_tokens=6, stop=["zzz"])
 
 
 def test_guidance_holds_derived_values_to_the_requests_own_forms(genai_export):
