@@ -47,16 +47,23 @@ def quantize_int8(model: Path, keep_float: list[str] | tuple[str, ...] = ()) -> 
     return out
 
 
-def quantize_int4(model: Path, block_size: int = 32) -> Path:
-    """Weight-only int4 (onnxruntime MatMulNBits, symmetric blocks); activations stay float."""
+def matmul_nbits(model: Path, bits: int, block_size: int = 32, accuracy_level: int | None = None):
+    """The model with every MatMul weight-only quantized to `bits` (onnxruntime's MatMulNBits, symmetric blocks;
+    accuracy level 4: int8 activations on CPU); returns onnxruntime's model wrapper, for the caller to save."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    out = model.with_name(ONNX_FILES["int4"])
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), bits=4, block_size=block_size, is_symmetric=True,
-                                     op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), bits=bits, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer.process()
-    quantizer.model.save_model_to_file(str(out), use_external_data_format=_model_bytes(model) > EXTERNAL_DATA_ABOVE * 4)
+    return quantizer.model
+
+
+def quantize_int4(model: Path, block_size: int = 32) -> Path:
+    """Weight-only int4 (onnxruntime MatMulNBits, symmetric blocks); activations stay float."""
+    out = model.with_name(ONNX_FILES["int4"])
+    quantized = matmul_nbits(model, 4, block_size)
+    quantized.save_model_to_file(str(out), use_external_data_format=_model_bytes(model) > EXTERNAL_DATA_ABOVE * 4)
     return out
 
 

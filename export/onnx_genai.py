@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from export.onnx_export import matmul_nbits
 from kit.core.errors import UserError
 from kit.core.files import atomic_output
 
@@ -55,15 +56,10 @@ def _model_file(folder: Path) -> str:
 def quantize_matmuls(model_file: Path, bits: int, block_size: int = 32) -> None:
     """Every MatMul of an onnxruntime-genai model at `bits` (weight-only MatMulNBits, symmetric blocks, accuracy
     level 4), in place; its weights go to one external data file beside it, as the builder writes them."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(model_file)), bits=bits, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=4, op_types_to_quantize=("MatMul",))
-    quantizer.process()
+    quantized = matmul_nbits(model_file, bits, block_size, accuracy_level=4)
     for old in model_file.parent.glob(model_file.name + "*"):  # the float model and its data (loaded above)
         old.unlink()
-    quantizer.model.save_model_to_file(str(model_file), use_external_data_format=True)
+    quantized.save_model_to_file(str(model_file), use_external_data_format=True)
     for written in model_file.parent.glob(model_file.name + "*"):
         written.chmod(0o644)
 
